@@ -1,0 +1,386 @@
+# Copyright (c) fediscale.mastodon contributors
+# GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
+"""The connection budget: who opens how many PostgreSQL connections, and where.
+
+    total on the primary = sum over hosts (pgbouncer server pools, or the
+                           processes' own pools when a host has no pgbouncer)
+                         + direct connections (migrations, tootctl, ...)
+
+Every Rails process (web, sidekiq) opens a second pool of the same size on
+the replica when there is one; streaming never does. ``compute`` returns the
+report as plain data (JSON-ready); ``rules.check`` adds the findings.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from typing import Any, Dict, List, Optional
+
+from ansible_collections.fediscale.mastodon.plugins.module_utils import mastodon
+from ansible_collections.fediscale.mastodon.plugins.module_utils import pgtune
+from ansible_collections.fediscale.mastodon.plugins.module_utils.schema import (
+    AUTO, PlanInputError, format_size_kb, parse_description,
+)
+from ansible_collections.fediscale.mastodon.plugins.module_utils.sizing import nginx_sizing, pgbouncer_sizing
+
+PGBOUNCER_PORT = 6432
+POSTGRESQL_PORT = 5432
+WARNING_LINE_PERCENT = 90
+DEFAULT_HEADROOM_CONCURRENCY = 10
+
+
+def warning_line(max_connections: int) -> int:
+    """The most connections that stay at or below 90 % of max_connections."""
+    return max_connections * WARNING_LINE_PERCENT // 100
+
+
+def usable_connections(server: Dict[str, Any]) -> int:
+    return server["max_connections"] - server["superuser_reserved_connections"] - server["reserved_connections"]
+
+
+def _address(host: str, sections: Dict[str, Any]) -> str:
+    return sections["mastodon"]["address"] or host
+
+
+def _database_servers(hosts: Dict[str, Dict[str, Any]]) -> Dict[str, Dict[str, Any]]:
+    servers: Dict[str, Dict[str, Any]] = {}
+    for host, sections in hosts.items():
+        section = sections.get("postgresql")
+        if section is None:
+            continue
+        role = section["role"]
+        if role in servers:
+            raise PlanInputError("host %s, postgresql_role" % host,
+                                 "%s is already %s; the plan takes one primary and at most one replica"
+                                 % (servers[role]["host"], role),
+                                 "set postgresql_role: replica on the replica, or remove the second host from db")
+        tuning = pgtune.tuning_kb(section["ram"], section["cpus"], section["max_connections"],
+                                  section["disk_type"], section["database_size"], section["version"])
+        # An explicit work_mem is kept as given, so the 2 x RAM rule can judge it.
+        if section["work_mem"] is not None:
+            tuning["work_mem"] = section["work_mem"]
+        servers[role] = dict(section, host=host, address=_address(host, sections), tuning=tuning,
+                             work_mem_kb=tuning["work_mem"], work_mem=format_size_kb(tuning["work_mem"]))
+    if "primary" not in servers:
+        raise PlanInputError("inventory group db", "has no PostgreSQL primary",
+                             "put the database host in group db (postgresql_role defaults to primary)")
+    return servers
+
+
+def _process_groups(cluster: Dict[str, Any], host: str, sections: Dict[str, Any]) -> List[Dict[str, Any]]:
+    version = cluster["version"]
+    host_env = sections["mastodon"]["environment"]
+    env_production = sections["mastodon"]["env_production"]
+    groups: List[Dict[str, Any]] = []
+
+    def add(service: str, unit: str, sizing: Dict[str, Any], instances: int, rails: bool, **extra: Any) -> None:
+        row = dict(host=host, service=service, unit=unit, instances=instances, rails=rails, **extra)
+        row.update(sizing)
+        row["processes"] = sizing["processes"] * instances
+        row["connections"] = row["processes"] * row["pool"]
+        groups.append(row)
+
+    web = sections.get("web")
+    if web is not None:
+        unit = dict(host_env, WEB_CONCURRENCY=str(web["concurrency"]))
+        if web["max_threads"] is not None:
+            unit["MAX_THREADS"] = str(web["max_threads"])
+        if web["db_pool"] is not None:
+            unit["DB_POOL"] = str(web["db_pool"])
+        where = "host %s, web" % host
+        add("web", "mastodon-web.service", mastodon.web_sizing(unit, env_production, where), 1, True,
+            port=web["port"], unit_environment=unit)
+    streaming = sections.get("streaming")
+    if streaming is not None:
+        unit = dict(host_env)
+        if streaming["db_pool"] is not None:
+            unit["DB_POOL"] = str(streaming["db_pool"])
+        for port in streaming["ports"]:
+            where = "host %s, streaming %d" % (host, port)
+            add("streaming", "mastodon-streaming@%d.service" % port,
+                mastodon.streaming_sizing(unit, env_production, where), 1, False, port=port, unit_environment=unit)
+    sidekiq = sections.get("sidekiq")
+    if sidekiq is not None:
+        for index, item in enumerate(sidekiq["queues"]):
+            where = "host %s, sidekiq_queues[%d]" % (host, index)
+            queues = list(item["queues"] or []) + ([item["queue"]] if item["queue"] else [])
+            if not queues:
+                raise PlanInputError(where, "names no queue", "give it queue: NAME, e.g. queue: pull")
+            unit = dict(host_env)
+            if item["db_pool"] is not None:
+                unit["DB_POOL"] = str(item["db_pool"])
+            sizing = mastodon.sidekiq_sizing(version, item["concurrency"], unit, env_production, where)
+            add("sidekiq", "mastodon-sidekiq-%s@.service" % "-".join(queues), sizing, item["instances"], True,
+                queues=queues, unit_environment=unit)
+    return groups
+
+
+def _allocate_pgbouncers(hosts: Dict[str, Any], clients: Dict[str, Dict[str, int]],
+                         servers: Dict[str, Dict[str, Any]], direct_total: int) -> Dict[str, Dict[str, Any]]:
+    """Size each host's pgbouncer; auto pools share what the servers can take.
+
+    An auto pool's share of a server is what is left below the 90 % line (or
+    the usable capacity, when lower) after direct connections, hosts without
+    pgbouncer and pgbouncers with a fixed pool, split by client count.
+    """
+    bouncers = {host: sections["pgbouncer"] for host, sections in hosts.items()
+                if sections.get("pgbouncer") and sections["pgbouncer"]["enabled"] and clients[host]["primary"]}
+    databases = 2 if "replica" in servers else 1
+    shares: Dict[str, Optional[int]] = {host: None for host in bouncers}
+    for role, server in servers.items():
+        target = min(usable_connections(server), warning_line(server["max_connections"]))
+        fixed = direct_total if role == "primary" else 0
+        weights = {}
+        for host in hosts:
+            if host in bouncers:
+                section = bouncers[host]
+                if section["default_pool_size"] == AUTO:
+                    weights[host] = clients[host][role]
+                else:
+                    fixed += _server_connections(section, section["default_pool_size"])
+            else:
+                fixed += clients[host][role]
+        remaining = max(target - fixed, 0)
+        total_weight = sum(weights.values())
+        for host, weight in weights.items():
+            if weight == 0:
+                continue
+            share = remaining * weight // total_weight
+            shares[host] = share if shares[host] is None else min(shares[host], share)
+    result = {}
+    for host, section in bouncers.items():
+        sized = pgbouncer_sizing(clients[host]["primary"], shares[host], section["processes"], databases,
+                                 section["users"], section["reserve_pool_size"], section["default_pool_size"],
+                                 section["max_client_conn"], section["limit_nofile"])
+        pool = sized["default_pool_size"]
+        result[host] = dict(
+            section, host=host, databases=databases, clients=clients[host]["primary"],
+            replica_clients=clients[host]["replica"], default_pool_size=pool,
+            max_client_conn=sized["max_client_conn"], limit_nofile=sized["limit_nofile"],
+            fd_need=sized["fd_need"], pool_size_auto=section["default_pool_size"] == AUTO,
+            primary_connections=_server_connections(section, pool),
+            replica_connections=_server_connections(section, pool) if databases == 2 else 0,
+            nofile_hard_limit=hosts[host]["mastodon"]["nofile_hard_limit"],
+        )
+    return result
+
+
+def _server_connections(section: Dict[str, Any], pool: int) -> int:
+    """Server connections of one host's pgbouncer processes to one database."""
+    per_process = section["users"] * (pool + section["reserve_pool_size"])
+    if section["max_db_connections"]:
+        per_process = min(per_process, section["max_db_connections"])
+    return section["processes"] * per_process
+
+
+def _server_report(role: str, server: Dict[str, Any], sources: List[Dict[str, Any]],
+                   concurrency: int) -> Dict[str, Any]:
+    total = sum(source["connections"] for source in sources)
+    line = warning_line(server["max_connections"])
+    room = line - total
+    return {
+        "role": role,
+        "host": server["host"],
+        "max_connections": server["max_connections"],
+        "superuser_reserved_connections": server["superuser_reserved_connections"],
+        "reserved_connections": server["reserved_connections"],
+        "usable": usable_connections(server),
+        "warning_line": line,
+        "total": total,
+        "loose": server["max_connections"] - total,
+        "spare": usable_connections(server) - total,
+        "utilisation_percent": round(100.0 * total / server["max_connections"], 1),
+        "sources": sources,
+        "headroom": {
+            "connections": room,
+            "concurrency": concurrency,
+            "sidekiq_processes": max(room, 0) // concurrency,
+        },
+        "work_mem": server["work_mem"],
+        "work_mem_kb": server["work_mem_kb"],
+        "ram_kb": server["ram"],
+        "version": server["version"],
+        "acknowledge_max_connections_over_1000": server["acknowledge_max_connections_over_1000"],
+        "tuning": pgtune.formatted(server["tuning"]),
+    }
+
+
+def _headroom_concurrency(processes: List[Dict[str, Any]]) -> int:
+    counts = Counter(row["threads"] for row in processes if row["service"] == "sidekiq" and row["processes"])
+    if not counts:
+        return DEFAULT_HEADROOM_CONCURRENCY
+    return max(counts, key=lambda threads: (counts[threads], threads))
+
+
+def _redis_url(instance: Optional[Dict[str, Any]]) -> Optional[str]:
+    if instance is None:
+        return None
+    return "redis://%s:%d" % (instance["address"], instance["port"])
+
+
+REDIS_PURPOSE_DEFAULTS = {
+    "cache": {"maxmemory_policy": "allkeys-lru", "appendonly": False, "save": ""},
+    "persistent": {"maxmemory_policy": "noeviction", "appendonly": True, "save": ""},
+    "sidekiq": {"maxmemory_policy": "noeviction", "appendonly": True, "save": ""},
+}
+# Mastodon's three Redis configurations, by environment prefix.
+REDIS_CONFIGURATIONS = {"REDIS": "base", "SIDEKIQ_REDIS": "sidekiq", "CACHE_REDIS": "cache"}
+
+
+def _redis(hosts: Dict[str, Dict[str, Any]], cluster: Dict[str, Any]) -> Dict[str, Any]:
+    instances = []
+    for host, sections in hosts.items():
+        for item in (sections.get("redis") or {}).get("instances", []):
+            instance = dict(REDIS_PURPOSE_DEFAULTS[item["purpose"]])
+            instance.update({key: value for key, value in item.items() if value is not None})
+            instance.update(host=host, address=_address(host, sections))
+            instances.append(instance)
+    by_purpose: Dict[str, Dict[str, Any]] = {}
+    for instance in instances:
+        by_purpose.setdefault(instance["purpose"], instance)
+    settings = cluster["redis_settings"]
+    derived = settings is None
+    if derived:
+        targets = {
+            "REDIS": by_purpose.get("persistent"),
+            "SIDEKIQ_REDIS": by_purpose.get("sidekiq") or by_purpose.get("persistent"),
+            "CACHE_REDIS": by_purpose.get("cache"),
+        }
+        settings = {prefix + "_URL": _redis_url(target) for prefix, target in targets.items() if target}
+    return {"instances": instances, "settings": settings, "derived": derived,
+            "configurations": resolve_redis_settings(settings, instances)}
+
+
+def resolve_redis_settings(settings: Dict[str, str], instances: List[Dict[str, Any]]) -> Dict[str, Any]:
+    """Which endpoint each of Mastodon's Redis configurations uses, as lib/mastodon/redis_configuration.rb does.
+
+    ``*_URL`` wins over ``*_HOST``/``*_PORT``; a sidekiq or cache configuration
+    with neither URL, host nor sentinels falls back to the whole base
+    configuration (a lone ``CACHE_REDIS_PORT`` is silently ignored).
+    """
+    resolved: Dict[str, Any] = {}
+    for prefix in ("REDIS", "SIDEKIQ_REDIS", "CACHE_REDIS"):
+        url = settings.get(prefix + "_URL")
+        host = settings.get(prefix + "_HOST")
+        sentinels = settings.get(prefix + "_SENTINELS")
+        ignored = []
+        if url:
+            endpoint = _endpoint_from_url(url)
+            source = prefix + "_URL"
+        elif sentinels:
+            endpoint = ("sentinel", settings.get(prefix + "_SENTINEL_MASTER", "mymaster"))
+            source = prefix + "_SENTINELS"
+        elif host or prefix == "REDIS":
+            endpoint = (host or "localhost", int(settings.get(prefix + "_PORT", 6379)))
+            source = prefix + "_HOST" if host else "Mastodon's default localhost:6379"
+        else:
+            endpoint = resolved["REDIS"]["endpoint"]
+            source = "the base REDIS_* configuration"
+            ignored = [name for name in (prefix + "_PORT", prefix + "_DB", prefix + "_PASSWORD") if name in settings]
+        instance = next((item["name"] for item in instances
+                         if (item["address"], item["port"]) == tuple(endpoint)
+                         or (item["host"], item["port"]) == tuple(endpoint)), None)
+        resolved[prefix] = {"dataset": REDIS_CONFIGURATIONS[prefix], "endpoint": list(endpoint), "source": source,
+                            "instance": instance, "ignored": ignored}
+    return resolved
+
+
+def _endpoint_from_url(url: str) -> tuple:
+    rest = url.split("://", 1)[-1].split("/", 1)[0].rsplit("@", 1)[-1]
+    host, _, port = rest.rpartition(":") if ":" in rest else (rest, "", "6379")
+    return (host, int(port) if port.isdigit() else 6379)
+
+
+def _environment(host: str, sections: Dict[str, Any], servers: Dict[str, Any], bouncer: Optional[Dict[str, Any]],
+                 redis_settings: Dict[str, str], trusted_proxy_ip: Optional[str]) -> Dict[str, Dict[str, str]]:
+    """Mastodon's database and Redis settings for a host's units, and the direct ones for migrations."""
+    primary = servers["primary"]
+    direct = {"DB_HOST": primary["address"], "DB_PORT": str(POSTGRESQL_PORT)}
+    env = dict(direct)
+    if bouncer is not None:
+        env.update(DB_HOST="127.0.0.1", DB_PORT=str(PGBOUNCER_PORT))
+        if bouncer["pool_mode"] != "session":
+            env["PREPARED_STATEMENTS"] = "false"
+    if "replica" in servers:
+        if bouncer is not None:
+            env.update(REPLICA_DB_HOST="127.0.0.1", REPLICA_DB_PORT=str(PGBOUNCER_PORT))
+            if bouncer["pool_mode"] != "session":
+                env["REPLICA_PREPARED_STATEMENTS"] = "false"
+        else:
+            env.update(REPLICA_DB_HOST=servers["replica"]["address"], REPLICA_DB_PORT=str(POSTGRESQL_PORT))
+    env.update(redis_settings)
+    if trusted_proxy_ip:
+        env["TRUSTED_PROXY_IP"] = trusted_proxy_ip
+    # The admin's own unit-wide variables win: the rules check what they set.
+    env.update(sections["mastodon"]["environment"])
+    return {"units": env, "migrations": dict(env, **direct)}
+
+
+def compute(description: Any) -> Dict[str, Any]:
+    """The budget report of a cluster description, without findings."""
+    parsed = parse_description(description)
+    cluster, hosts = parsed["mastodon"], parsed["hosts"]
+    servers = _database_servers(hosts)
+    processes: List[Dict[str, Any]] = []
+    clients: Dict[str, Dict[str, int]] = {}
+    for host in sorted(hosts):
+        rows = _process_groups(cluster, host, hosts[host])
+        processes.extend(rows)
+        clients[host] = {
+            "primary": sum(row["connections"] for row in rows),
+            "replica": sum(row["connections"] for row in rows if row["rails"]) if "replica" in servers else 0,
+        }
+    direct = cluster["direct_connections"]
+    direct_total = sum(direct.values())
+    bouncers = _allocate_pgbouncers(hosts, clients, servers, direct_total)
+    concurrency = _headroom_concurrency(processes)
+
+    server_reports = {}
+    for role, server in servers.items():
+        sources = []
+        for host in sorted(hosts):
+            if host in bouncers:
+                count = bouncers[host]["%s_connections" % role]
+                via = "pgbouncer"
+            else:
+                count = clients[host][role]
+                via = "direct"
+            if count:
+                sources.append({"host": host, "via": via, "connections": count})
+        if role == "primary":
+            sources.extend({"host": name, "via": "direct connection", "connections": count}
+                           for name, count in sorted(direct.items()) if count)
+        server_reports[role] = _server_report(role, server, sources, concurrency)
+    if "replica" in server_reports:
+        headroom = server_reports["primary"]["headroom"]
+        headroom["sidekiq_processes"] = min(headroom["sidekiq_processes"],
+                                            server_reports["replica"]["headroom"]["sidekiq_processes"])
+
+    for row in processes:
+        row["via"] = "pgbouncer" if row["host"] in bouncers else "direct"
+        row["replica_connections"] = row["connections"] if row["rails"] and "replica" in servers else 0
+
+    redis = _redis(hosts, cluster)
+    nginx = {}
+    for host, sections in sorted(hosts.items()):
+        if sections.get("nginx") is not None:
+            section = sections["nginx"]
+            nginx[host] = dict(section, **nginx_sizing(section["worker_connections"], section["worker_rlimit_nofile"],
+                                                       section["limit_nofile"]),
+                               nofile_hard_limit=sections["mastodon"]["nofile_hard_limit"])
+
+    app_hosts = [host for host in sorted(hosts) if any(s in hosts[host] for s in ("web", "streaming", "sidekiq"))]
+    return {
+        "mastodon": cluster,
+        "servers": server_reports,
+        "processes": processes,
+        "clients": clients,
+        "pgbouncer": bouncers,
+        "direct_connections": direct,
+        "redis": redis,
+        "nginx": nginx,
+        "environment": {host: _environment(host, hosts[host], servers, bouncers.get(host), redis["settings"],
+                                           cluster["trusted_proxy_ip"]) for host in app_hosts},
+        "hosts": {host: sorted(section for section in hosts[host] if section != "mastodon") for host in sorted(hosts)},
+        "env_production": {host: hosts[host]["mastodon"]["env_production"] for host in sorted(hosts)},
+    }

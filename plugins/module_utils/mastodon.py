@@ -1,0 +1,88 @@
+# Copyright (c) fediscale.mastodon contributors
+# GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
+"""How Mastodon sizes its database pools, by version.
+
+Sources: Mastodon's config/puma.rb, config/database.yml, config/sidekiq.yml and
+streaming/database.js. Rails and streaming load .env.production with dotenv,
+which never overrides a variable the unit already sets: the unit wins.
+"""
+
+from __future__ import annotations
+
+from typing import Dict, List, Mapping, Optional, Tuple
+
+from ansible_collections.fediscale.mastodon.plugins.module_utils.schema import parse_int, version_tuple
+
+PUMA_DEFAULT_WORKERS = 2
+PUMA_DEFAULT_THREADS = 5
+RAILS_DEFAULT_POOL = 5
+STREAMING_DEFAULT_POOL = 10
+SIDEKIQ_DEFAULT_CONCURRENCY = 5
+
+# Variables that size a process; placed in .env.production they reach every
+# process on the host that does not set them itself.
+SIZING_VARIABLES = ("DB_POOL", "MAX_THREADS", "WEB_CONCURRENCY", "SIDEKIQ_CONCURRENCY")
+
+
+def sidekiq_queues(version: str, experimental_features: List[str]) -> Tuple[List[str], List[str]]:
+    """(queues Mastodon knows, queues it actually uses) for a version and its feature flags."""
+    known = ["default", "push", "ingress", "mailers", "pull", "scheduler"]
+    used = list(known)
+    if version_tuple(version) >= (4, 4):
+        known.append("fasp")
+        if "fasp" in experimental_features:
+            used.append("fasp")
+    return known, used
+
+
+def _from_env(name: str, unit: Mapping[str, str], env_production: Mapping[str, str],
+              where: str) -> Tuple[Optional[int], str]:
+    if name in unit:
+        return parse_int(unit[name], "%s: %s in the unit" % (where, name), 1), "%s in the unit" % name
+    if name in env_production:
+        return (parse_int(env_production[name], "%s: %s in .env.production" % (where, name), 1),
+                "%s from .env.production" % name)
+    return None, ""
+
+
+def web_sizing(unit: Mapping[str, str], env_production: Mapping[str, str], where: str) -> Dict[str, object]:
+    """Puma workers, threads and the pool of each worker.
+
+    Puma reads WEB_CONCURRENCY and MAX_THREADS before dotenv runs, so only the
+    unit's values count for them (mastodon issue 28440); database.yml is read
+    after dotenv, so the pool sees .env.production.
+    """
+    workers = parse_int(unit.get("WEB_CONCURRENCY", PUMA_DEFAULT_WORKERS), where + ": WEB_CONCURRENCY", 1)
+    threads = parse_int(unit.get("MAX_THREADS", PUMA_DEFAULT_THREADS), where + ": MAX_THREADS", 1)
+    pool, source = _from_env("DB_POOL", unit, env_production, where)
+    if pool is None:
+        pool, source = _from_env("MAX_THREADS", unit, env_production, where)
+    if pool is None:
+        pool, source = RAILS_DEFAULT_POOL, "Rails default"
+    return {"processes": workers, "threads": threads, "pool": pool, "pool_source": source}
+
+
+def streaming_sizing(unit: Mapping[str, str], env_production: Mapping[str, str], where: str) -> Dict[str, object]:
+    pool, source = _from_env("DB_POOL", unit, env_production, where)
+    if pool is None:
+        pool, source = STREAMING_DEFAULT_POOL, "streaming default"
+    return {"processes": 1, "threads": None, "pool": pool, "pool_source": source}
+
+
+def sidekiq_sizing(version: str, concurrency: Optional[int], unit: Mapping[str, str],
+                   env_production: Mapping[str, str], where: str) -> Dict[str, object]:
+    """Threads (-c) and pool of one sidekiq process.
+
+    From 4.3 the pool falls back to the sidekiq concurrency; before, to
+    MAX_THREADS and then 5.
+    """
+    threads = concurrency if concurrency is not None else SIDEKIQ_DEFAULT_CONCURRENCY
+    pool, source = _from_env("DB_POOL", unit, env_production, where)
+    if pool is None:
+        if version_tuple(version) >= (4, 3):
+            pool, source = threads, "sidekiq concurrency"
+        else:
+            pool, source = _from_env("MAX_THREADS", unit, env_production, where)
+            if pool is None:
+                pool, source = RAILS_DEFAULT_POOL, "Rails default"
+    return {"processes": 1, "threads": threads, "pool": pool, "pool_source": source}

@@ -1,0 +1,139 @@
+# Copyright (c) fediscale.mastodon contributors
+# GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
+"""The plan: the budget report with its findings, and its readable forms."""
+
+from __future__ import annotations
+
+from typing import Any, Dict, List
+
+from ansible_collections.fediscale.mastodon.plugins.module_utils import budget, rules
+
+BAR_WIDTH = 50
+
+
+def connection_budget(description: Any) -> Dict[str, Any]:
+    """Budget report, findings and a one-line headroom statement for a cluster description."""
+    report = budget.compute(description)
+    report["findings"] = rules.check(report)
+    report["errors"] = sum(1 for item in report["findings"] if item["severity"] == rules.ERROR)
+    report["warnings"] = sum(1 for item in report["findings"] if item["severity"] == rules.WARNING)
+    report["ok"] = report["errors"] == 0
+    report["headroom"] = headroom_statement(report["servers"]["primary"])
+    return report
+
+
+def headroom_statement(server: Dict[str, Any]) -> str:
+    room = server["headroom"]
+    if room["connections"] < 0:
+        return "the %s is %d connections over the 90 %% line (%d of %d)" % (
+            server["role"], -room["connections"], server["warning_line"], server["max_connections"])
+    return "%d more sidekiq processes at concurrency %d fit below the 90 %% line (%d of %d); %d connections of room" % (
+        room["sidekiq_processes"], room["concurrency"], server["warning_line"], server["max_connections"],
+        room["connections"])
+
+
+def sidekiq_units(report: Dict[str, Any]) -> Dict[str, List[Dict[str, Any]]]:
+    """Per host, the sidekiq templates and instances to run, with their environment."""
+    units: Dict[str, List[Dict[str, Any]]] = {}
+    for row in report["processes"]:
+        if row["service"] != "sidekiq":
+            continue
+        template = row["unit"]
+        units.setdefault(row["host"], []).append({
+            "queue": row["queues"][0] if len(row["queues"]) == 1 else row["queues"],
+            "template": template,
+            "instances": [template.replace("@.", "@%d." % number) for number in range(1, row["instances"] + 1)],
+            "concurrency": row["threads"],
+            "db_pool": row["pool"],
+            "environment": {"DB_POOL": str(row["pool"]), "CONCURRENCY": str(row["threads"])},
+        })
+    return units
+
+
+def _bar(server: Dict[str, Any]) -> str:
+    scale = server["max_connections"]
+    used = min(BAR_WIDTH, server["total"] * BAR_WIDTH // scale)
+    usable = min(BAR_WIDTH, server["usable"] * BAR_WIDTH // scale)
+    line = server["warning_line"] * BAR_WIDTH // scale
+    cells = []
+    for index in range(BAR_WIDTH):
+        if index < used:
+            cells.append("#")
+        elif index == line:
+            cells.append("|")
+        elif index < usable:
+            cells.append(".")
+        else:
+            cells.append("x")
+    return "[%s]" % "".join(cells)
+
+
+def _server_lines(server: Dict[str, Any]) -> List[str]:
+    return [
+        "PostgreSQL %s on %s: %d of %d max_connections, %d loose; usable %d (%d superuser_reserved, %d reserved),"
+        " 90 %% line %d" % (server["role"], server["host"], server["total"], server["max_connections"],
+                             server["loose"], server["usable"], server["superuser_reserved_connections"],
+                             server["reserved_connections"], server["warning_line"]),
+        "%s %.1f %%   (# used, . free below usable, | 90 %% line, x reserved)" % (
+            _bar(server), server["utilisation_percent"]),
+    ]
+
+
+def _rows(report: Dict[str, Any]) -> List[List[str]]:
+    rows = [["host", "service", "unit", "procs", "pool", "conns", "via"]]
+    for row in report["processes"]:
+        rows.append([row["host"], row["service"], row["unit"], str(row["processes"]), str(row["pool"]),
+                     str(row["connections"]), row["via"]])
+    for host, bouncer in sorted(report["pgbouncer"].items()):
+        rows.append([host, "pgbouncer", "%d clients / max_client_conn %d" % (bouncer["clients"],
+                                                                            bouncer["max_client_conn"]),
+                     str(bouncer["processes"]), str(bouncer["default_pool_size"] + bouncer["reserve_pool_size"]),
+                     str(bouncer["primary_connections"]), "to primary"])
+    for name, count in sorted(report["direct_connections"].items()):
+        rows.append(["-", "direct", name, "", "", str(count), "direct"])
+    return rows
+
+
+def render_table(report: Dict[str, Any]) -> str:
+    """The plan as plain text: one bar per database server, a row per process group, the findings."""
+    lines = ["Connection budget for Mastodon %s" % report["mastodon"]["version"], ""]
+    for server in report["servers"].values():
+        lines.extend(_server_lines(server))
+    lines.append("")
+    rows = _rows(report)
+    widths = [max(len(row[index]) for row in rows) for index in range(len(rows[0]))]
+    for row in rows:
+        lines.append("  ".join(cell.rjust(width) if 3 <= index <= 5 else cell.ljust(width)
+                               for index, (cell, width) in enumerate(zip(row, widths))).rstrip())
+    lines.extend(["", "Headroom: %s" % report["headroom"], ""])
+    lines.append("%d errors, %d warnings" % (report["errors"], report["warnings"]))
+    for item in report["findings"]:
+        lines.append("%s %s [%s%s]: %s" % (item["severity"].upper(), item["rule"],
+                                           item["host"] + " " if item["host"] else "", item["service"],
+                                           item["message"]))
+        lines.append("    fix: %s" % item["hint"])
+    return "\n".join(lines)
+
+
+def render_markdown(report: Dict[str, Any]) -> str:
+    """The plan as Markdown, for a ticket or a wiki page."""
+    lines = ["# Connection budget for Mastodon %s" % report["mastodon"]["version"], ""]
+    lines.append("| server | host | total | max_connections | usable | 90 % line | loose | utilisation |")
+    lines.append("| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |")
+    for server in report["servers"].values():
+        lines.append("| %s | %s | %d | %d | %d | %d | %d | %.1f %% |" % (
+            server["role"], server["host"], server["total"], server["max_connections"], server["usable"],
+            server["warning_line"], server["loose"], server["utilisation_percent"]))
+    lines.extend(["", "## Processes", ""])
+    rows = _rows(report)
+    lines.append("| " + " | ".join(rows[0]) + " |")
+    lines.append("| " + " | ".join("---:" if 3 <= index <= 5 else "---" for index in range(len(rows[0]))) + " |")
+    lines.extend("| " + " | ".join(cell.replace("|", "\\|") for cell in row) + " |" for row in rows[1:])
+    lines.extend(["", "Headroom: %s" % report["headroom"], "", "## Findings", ""])
+    if not report["findings"]:
+        lines.append("None.")
+    for item in report["findings"]:
+        lines.append("- **%s** `%s` (%s%s): %s. Fix: %s." % (
+            item["severity"], item["rule"], item["host"] + ", " if item["host"] else "", item["service"],
+            item["message"], item["hint"]))
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,530 @@
+# Copyright (c) fediscale.mastodon contributors
+# GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
+"""Every scaling rule the collection enforces, one function each, found by its id.
+
+A rule reads the budget report (``budget.compute``) and yields findings: the
+rule id, error or warning, the host and service at fault, the numbers, and
+what to do. Tests: tests/unit/plugins/module_utils/test_rules.py, one class
+per rule, named after it.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Dict, Iterator, List, Optional
+
+from ansible_collections.fediscale.mastodon.plugins.module_utils import mastodon
+from ansible_collections.fediscale.mastodon.plugins.module_utils.pgtune import work_mem_limit_kb
+from ansible_collections.fediscale.mastodon.plugins.module_utils.schema import format_size_kb, version_tuple
+
+ERROR = "error"
+WARNING = "warning"
+
+Finding = Dict[str, Any]
+Report = Dict[str, Any]
+RULES: Dict[str, Callable[[Report], Iterator[Finding]]] = {}
+
+
+def rule(rule_id: str) -> Callable:
+    def register(function: Callable[[Report], Iterator[Finding]]) -> Callable[[Report], Iterator[Finding]]:
+        RULES[rule_id] = function
+        function.rule_id = rule_id  # type: ignore[attr-defined]
+        return function
+    return register
+
+
+def finding(rule_id: str, severity: str, host: Optional[str], service: str, message: str, hint: str,
+            **numbers: Any) -> Finding:
+    return {"rule": rule_id, "severity": severity, "host": host, "service": service,
+            "message": message, "hint": hint, "numbers": numbers}
+
+
+def check(report: Report) -> List[Finding]:
+    """All findings of all rules, errors first."""
+    findings = [item for function in RULES.values() for item in function(report)]
+    return sorted(findings, key=lambda item: (item["severity"] != ERROR, item["rule"], item["host"] or ""))
+
+
+def _breakdown(server: Dict[str, Any]) -> str:
+    parts = {}
+    for source in server["sources"]:
+        parts[source["via"]] = parts.get(source["via"], 0) + source["connections"]
+    return ", ".join("%s %d" % (via, count) for via, count in sorted(parts.items()))
+
+
+# --- PostgreSQL capacity ---
+
+@rule("connections-over-usable-capacity")
+def connections_over_usable_capacity(report: Report) -> Iterator[Finding]:
+    for role, server in report["servers"].items():
+        if server["total"] > server["usable"]:
+            yield finding(
+                "connections-over-usable-capacity", ERROR, server["host"], "postgresql %s" % role,
+                "the plan opens %d connections on the %s (%s) but only %d are usable: max_connections %d minus "
+                "%d superuser_reserved_connections and %d reserved_connections"
+                % (server["total"], role, _breakdown(server), server["usable"], server["max_connections"],
+                   server["superuser_reserved_connections"], server["reserved_connections"]),
+                "remove %d connections: lower DB_POOL or sidekiq concurrency, put the hosts behind pgbouncer "
+                "(pgbouncer_enabled) with smaller pools, or raise postgresql_max_connections"
+                % (server["total"] - server["usable"]),
+                total=server["total"], usable=server["usable"], max_connections=server["max_connections"])
+
+
+@rule("connections-over-warning-line")
+def connections_over_warning_line(report: Report) -> Iterator[Finding]:
+    for role, server in report["servers"].items():
+        if server["warning_line"] < server["total"] <= server["usable"]:
+            yield finding(
+                "connections-over-warning-line", WARNING, server["host"], "postgresql %s" % role,
+                "the plan opens %d of %d connections on the %s (%.1f %%), over the 90 %% line of %d; %d are left"
+                % (server["total"], server["max_connections"], role, server["utilisation_percent"],
+                   server["warning_line"], server["loose"]),
+                "keep room for migrations, tootctl and a deploy's overlap: remove %d connections or raise "
+                "postgresql_max_connections" % (server["total"] - server["warning_line"]),
+                total=server["total"], warning_line=server["warning_line"], max_connections=server["max_connections"])
+
+
+@rule("max-connections-over-512")
+def max_connections_over_512(report: Report) -> Iterator[Finding]:
+    for role, server in report["servers"].items():
+        if 512 < server["max_connections"] <= 1000:
+            yield finding(
+                "max-connections-over-512", WARNING, server["host"], "postgresql %s" % role,
+                "max_connections is %d; above 512 PostgreSQL grows unstable under load" % server["max_connections"],
+                "put pgbouncer in front of every app host and lower max_connections",
+                max_connections=server["max_connections"])
+
+
+@rule("max-connections-over-1000")
+def max_connections_over_1000(report: Report) -> Iterator[Finding]:
+    for role, server in report["servers"].items():
+        if server["max_connections"] > 1000:
+            acknowledged = server["acknowledge_max_connections_over_1000"]
+            yield finding(
+                "max-connections-over-1000", WARNING if acknowledged else ERROR, server["host"],
+                "postgresql %s" % role,
+                "max_connections is %d; above about 1000 throughput collapses (up to 46 %% fewer queries per second)"
+                % server["max_connections"],
+                "pool with pgbouncer and lower max_connections; if you have measured it, set "
+                "postgresql_acknowledge_max_connections_over_1000: true" if not acknowledged
+                else "acknowledged by postgresql_acknowledge_max_connections_over_1000",
+                max_connections=server["max_connections"])
+
+
+@rule("work-mem-over-twice-ram")
+def work_mem_over_twice_ram(report: Report) -> Iterator[Finding]:
+    for role, server in report["servers"].items():
+        worst = server["max_connections"] * server["work_mem_kb"]
+        if worst > 2 * server["ram_kb"]:
+            limit = work_mem_limit_kb(server["ram_kb"], server["max_connections"])
+            yield finding(
+                "work-mem-over-twice-ram", ERROR, server["host"], "postgresql %s" % role,
+                "max_connections %d x work_mem %s = %s, more than twice the RAM (%s)"
+                % (server["max_connections"], server["work_mem"], format_size_kb(worst),
+                   format_size_kb(server["ram_kb"])),
+                "set postgresql_work_mem to %s or less, or leave it out to get the PGTune value"
+                % format_size_kb(limit),
+                max_connections=server["max_connections"], work_mem_kb=server["work_mem_kb"],
+                ram_kb=server["ram_kb"], work_mem_limit_kb=limit)
+
+
+# --- pgbouncer ---
+
+@rule("pgbouncer-clients-over-max-client-conn")
+def pgbouncer_clients_over_max_client_conn(report: Report) -> Iterator[Finding]:
+    for host, bouncer in sorted(report["pgbouncer"].items()):
+        if bouncer["clients"] > bouncer["max_client_conn"]:
+            yield finding(
+                "pgbouncer-clients-over-max-client-conn", ERROR, host, "pgbouncer",
+                "the Mastodon processes on %s open %d client connections into pgbouncer, max_client_conn is %d"
+                % (host, bouncer["clients"], bouncer["max_client_conn"]),
+                "raise pgbouncer_max_client_conn to %d or more, or leave it out (auto)" % bouncer["clients"],
+                clients=bouncer["clients"], max_client_conn=bouncer["max_client_conn"])
+
+
+@rule("pgbouncer-fd-need-over-limit-nofile")
+def pgbouncer_fd_need_over_limit_nofile(report: Report) -> Iterator[Finding]:
+    for host, bouncer in sorted(report["pgbouncer"].items()):
+        if bouncer["fd_need"] > bouncer["limit_nofile"]:
+            yield finding(
+                "pgbouncer-fd-need-over-limit-nofile", ERROR, host, "pgbouncer",
+                "pgbouncer may need %d file descriptors (max_client_conn %d + (pool %d + reserve %d) x %d databases "
+                "x %d users), LimitNOFILE is %d"
+                % (bouncer["fd_need"], bouncer["max_client_conn"], bouncer["default_pool_size"],
+                   bouncer["reserve_pool_size"], bouncer["databases"], bouncer["users"], bouncer["limit_nofile"]),
+                "raise pgbouncer_limit_nofile to %d or more, or leave it out (auto)" % bouncer["fd_need"],
+                fd_need=bouncer["fd_need"], limit_nofile=bouncer["limit_nofile"])
+
+
+@rule("limit-nofile-over-hard-limit")
+def limit_nofile_over_hard_limit(report: Report) -> Iterator[Finding]:
+    services = [("pgbouncer", host, item) for host, item in report["pgbouncer"].items()]
+    services += [("nginx", host, item) for host, item in report["nginx"].items()]
+    for service, host, item in sorted(services, key=lambda entry: (entry[1], entry[0])):
+        if item["limit_nofile"] > item["nofile_hard_limit"]:
+            yield finding(
+                "limit-nofile-over-hard-limit", ERROR, host, service,
+                "%s needs LimitNOFILE=%d but the host's hard open-file limit is %d: systemd cannot grant it"
+                % (service, item["limit_nofile"], item["nofile_hard_limit"]),
+                "lower %s's connection limits, run more hosts, or raise the hard limit and set "
+                "mastodon_nofile_hard_limit for %s" % (service, host),
+                limit_nofile=item["limit_nofile"], nofile_hard_limit=item["nofile_hard_limit"])
+
+
+@rule("pgbouncer-processes-need-peers")
+def pgbouncer_processes_need_peers(report: Report) -> Iterator[Finding]:
+    for host, bouncer in sorted(report["pgbouncer"].items()):
+        if bouncer["processes"] > 1 and version_tuple(bouncer["version"]) < (1, 19):
+            yield finding(
+                "pgbouncer-processes-need-peers", ERROR, host, "pgbouncer",
+                "%d pgbouncer processes share a port with so_reuseport, but pgbouncer %s has no [peers] section "
+                "(1.19+): a query cancellation can reach the wrong process" % (bouncer["processes"],
+                                                                              bouncer["version"]),
+                "set pgbouncer_processes: 1, or install pgbouncer 1.19 or newer and set pgbouncer_version",
+                processes=bouncer["processes"], version=bouncer["version"])
+
+
+@rule("prepared-statements-with-transaction-pooling")
+def prepared_statements_with_transaction_pooling(report: Report) -> Iterator[Finding]:
+    for host, bouncer in sorted(report["pgbouncer"].items()):
+        if bouncer["pool_mode"] == "session":
+            continue
+        units = report["environment"][host]["units"]
+        names = ["PREPARED_STATEMENTS"] + (["REPLICA_PREPARED_STATEMENTS"] if "replica" in report["servers"] else [])
+        for name in names:
+            if units.get(name, "true").lower() != "false":
+                yield finding(
+                    "prepared-statements-with-transaction-pooling", ERROR, host, "pgbouncer",
+                    "pgbouncer runs pool_mode = %s but Mastodon's units get %s=%s: prepared statements break "
+                    "when a transaction lands on another server connection" % (bouncer["pool_mode"], name,
+                                                                               units.get(name, "(unset)")),
+                    "remove %s from mastodon_environment (the collection sets it to false)" % name,
+                    pool_mode=bouncer["pool_mode"])
+
+
+@rule("migrations-through-pgbouncer")
+def migrations_through_pgbouncer(report: Report) -> Iterator[Finding]:
+    if report["mastodon"]["migrations_via"] == "pgbouncer" and report["pgbouncer"]:
+        yield finding(
+            "migrations-through-pgbouncer", ERROR, None, "migrations",
+            "rails db:migrate is routed through pgbouncer (mastodon_migrations_via: pgbouncer): its advisory "
+            "locks break under transaction pooling (mastodon issues 29526, 36485)",
+            "set mastodon_migrations_via: direct; the plan counts the direct connections in "
+            "mastodon_direct_connections.migrations")
+
+
+# --- sidekiq ---
+
+def _sidekiq(report: Report) -> List[Dict[str, Any]]:
+    return [row for row in report["processes"] if row["service"] == "sidekiq"]
+
+
+@rule("sidekiq-db-pool-below-concurrency")
+def sidekiq_db_pool_below_concurrency(report: Report) -> Iterator[Finding]:
+    for row in _sidekiq(report):
+        if row["pool"] < row["threads"]:
+            yield finding(
+                "sidekiq-db-pool-below-concurrency", ERROR, row["host"], row["unit"],
+                "DB_POOL %d (%s) is below the concurrency -c %d: threads wait for a connection and time out"
+                % (row["pool"], row["pool_source"], row["threads"]),
+                "set db_pool to %d for this queue, or leave it out to follow the concurrency" % row["threads"],
+                pool=row["pool"], concurrency=row["threads"])
+
+
+@rule("sidekiq-db-pool-above-concurrency")
+def sidekiq_db_pool_above_concurrency(report: Report) -> Iterator[Finding]:
+    for row in _sidekiq(report):
+        if row["pool"] > row["threads"]:
+            yield finding(
+                "sidekiq-db-pool-above-concurrency", WARNING, row["host"], row["unit"],
+                "DB_POOL %d (%s) is above the concurrency -c %d: %d connections per process are never used"
+                % (row["pool"], row["pool_source"], row["threads"], row["pool"] - row["threads"]),
+                "set db_pool to %d for this queue, or leave it out to follow the concurrency" % row["threads"],
+                pool=row["pool"], concurrency=row["threads"])
+
+
+@rule("sidekiq-concurrency-over-25")
+def sidekiq_concurrency_over_25(report: Report) -> Iterator[Finding]:
+    for row in _sidekiq(report):
+        if row["threads"] > 25:
+            yield finding(
+                "sidekiq-concurrency-over-25", WARNING, row["host"], row["unit"],
+                "concurrency -c %d: sidekiq does poorly above 25 threads per process" % row["threads"],
+                "use -c 25 or less and raise instances instead (%d instances at 25 keep the same threads)"
+                % -(-row["threads"] * row["instances"] // 25),
+                concurrency=row["threads"])
+
+
+@rule("sidekiq-unit-with-several-queues")
+def sidekiq_unit_with_several_queues(report: Report) -> Iterator[Finding]:
+    for row in _sidekiq(report):
+        if len(row["queues"]) > 1:
+            yield finding(
+                "sidekiq-unit-with-several-queues", ERROR, row["host"], row["unit"],
+                "one unit listens to %d queues (%s): logs, scaling and the connection count are per queue"
+                % (len(row["queues"]), ", ".join(row["queues"])),
+                "split it into one sidekiq_queues entry per queue",
+                queues=len(row["queues"]))
+
+
+@rule("sidekiq-unknown-queue")
+def sidekiq_unknown_queue(report: Report) -> Iterator[Finding]:
+    known, _ = mastodon.sidekiq_queues(report["mastodon"]["version"], report["mastodon"]["experimental_features"])
+    for row in _sidekiq(report):
+        for queue in row["queues"]:
+            if queue not in known:
+                yield finding(
+                    "sidekiq-unknown-queue", ERROR, row["host"], row["unit"],
+                    "queue %r is not a queue of Mastodon %s" % (queue, report["mastodon"]["version"]),
+                    "use one of %s" % ", ".join(known))
+
+
+@rule("sidekiq-queue-without-worker")
+def sidekiq_queue_without_worker(report: Report) -> Iterator[Finding]:
+    _, used = mastodon.sidekiq_queues(report["mastodon"]["version"], report["mastodon"]["experimental_features"])
+    served = {queue for row in _sidekiq(report) if row["processes"] for queue in row["queues"]}
+    for queue in used:
+        if queue not in served:
+            yield finding(
+                "sidekiq-queue-without-worker", ERROR, None, "sidekiq %s" % queue,
+                "no sidekiq process in the cluster listens to queue %r: its jobs pile up forever" % queue,
+                "add {queue: %s, instances: 1} to sidekiq_queues on a host in group sidekiq" % queue)
+
+
+@rule("sidekiq-scheduler-count")
+def sidekiq_scheduler_count(report: Report) -> Iterator[Finding]:
+    rows = [row for row in _sidekiq(report) if "scheduler" in row["queues"] and row["processes"]]
+    count = sum(row["processes"] for row in rows)
+    if count != 1:
+        where = ", ".join("%s %s x%d" % (row["host"], row["unit"], row["processes"]) for row in rows)
+        yield finding(
+            "sidekiq-scheduler-count", ERROR, rows[0]["host"] if len(rows) == 1 else None, "sidekiq scheduler",
+            "%d sidekiq processes listen to the scheduler queue%s; exactly one must: none means scheduled jobs "
+            "never run, two or more run them twice (mastodon issue 14764)"
+            % (count, " (%s)" % where if where else ""),
+            "keep one scheduler entry with instances: 1 on one host" if count else
+            "add {queue: scheduler, instances: 1} to sidekiq_queues on one host",
+            processes=count)
+
+
+# --- Mastodon's environment ---
+
+def _env_settings(report: Report, name: str) -> Iterator[tuple]:
+    for host, env in sorted(report["env_production"].items()):
+        if name in env:
+            yield host, ".env.production"
+    for host, env in sorted(report["environment"].items()):
+        if name in env["units"]:
+            yield host, "mastodon_environment"
+
+
+@rule("streaming-cluster-num-ignored")
+def streaming_cluster_num_ignored(report: Report) -> Iterator[Finding]:
+    if version_tuple(report["mastodon"]["version"]) < (4, 2):
+        return
+    for host, place in _env_settings(report, "STREAMING_CLUSTER_NUM"):
+        yield finding(
+            "streaming-cluster-num-ignored", ERROR, host, "streaming",
+            "STREAMING_CLUSTER_NUM is set in %s but Mastodon %s ignores it (removed in 4.2): the plan would "
+            "count processes that never start" % (place, report["mastodon"]["version"]),
+            "remove it and list one port per process in streaming_ports")
+
+
+@rule("redis-namespace-aborts-boot")
+def redis_namespace_aborts_boot(report: Report) -> Iterator[Finding]:
+    if version_tuple(report["mastodon"]["version"]) < (4, 4):
+        return
+    for host, place in _env_settings(report, "REDIS_NAMESPACE"):
+        yield finding(
+            "redis-namespace-aborts-boot", ERROR, host, "mastodon",
+            "REDIS_NAMESPACE is set in %s: Mastodon %s refuses to boot with it" % (place,
+                                                                               report["mastodon"]["version"]),
+            "migrate the namespaced keys (tootctl redis migrate) and remove REDIS_NAMESPACE; use one Redis "
+            "instance per dataset instead")
+
+
+@rule("sizing-variable-in-env-production")
+def sizing_variable_in_env_production(report: Report) -> Iterator[Finding]:
+    for host, env in sorted(report["env_production"].items()):
+        rows = [row for row in report["processes"] if row["host"] == host]
+        for name in mastodon.SIZING_VARIABLES:
+            if name not in env:
+                continue
+            reached = [row["unit"] for row in rows if name not in row["unit_environment"]]
+            if not reached:
+                continue
+            note = ""
+            if name in ("WEB_CONCURRENCY", "MAX_THREADS") and any(row["service"] == "web" for row in rows):
+                note = "; Puma ignores it there for workers and threads (mastodon issue 28440)"
+            yield finding(
+                "sizing-variable-in-env-production", WARNING, host, ".env.production",
+                "%s=%s in .env.production reaches %s, which do not set it themselves%s"
+                % (name, env[name], ", ".join(reached), note),
+                "remove it from .env.production and size each unit in the inventory (web_db_pool, "
+                "streaming_db_pool, sidekiq_queues[].db_pool); the plan counts what it reaches today",
+                processes=len(reached))
+
+
+# --- Redis ---
+
+def _configurations(report: Report) -> Dict[str, Dict[str, Any]]:
+    return report["redis"]["configurations"]
+
+
+def _instance(report: Report, name: Optional[str]) -> Optional[Dict[str, Any]]:
+    return next((item for item in report["redis"]["instances"] if item["name"] == name), None) if name else None
+
+
+def _persistent_instances(report: Report) -> Iterator[tuple]:
+    seen = set()
+    for prefix in ("REDIS", "SIDEKIQ_REDIS"):
+        instance = _instance(report, _configurations(report)[prefix]["instance"])
+        if instance is not None and instance["name"] not in seen:
+            seen.add(instance["name"])
+            yield prefix, instance
+
+
+@rule("redis-dataset-without-instance")
+def redis_dataset_without_instance(report: Report) -> Iterator[Finding]:
+    if not report["redis"]["derived"]:
+        return
+    purposes = {item["purpose"] for item in report["redis"]["instances"]}
+    for purpose in ("persistent", "cache"):
+        if purpose not in purposes:
+            yield finding(
+                "redis-dataset-without-instance", ERROR, None, "redis %s" % purpose,
+                "no Redis instance has purpose %s, so Mastodon's %s data has nowhere to go"
+                % (purpose, "base and sidekiq" if purpose == "persistent" else "cache"),
+                "add {name: %s, purpose: %s, port: ...} to redis_instances on a host in group redis, or set "
+                "mastodon_redis_settings for an external Redis" % (purpose, purpose))
+
+
+@rule("redis-cache-shares-instance")
+def redis_cache_shares_instance(report: Report) -> Iterator[Finding]:
+    configurations = _configurations(report)
+    cache = configurations["CACHE_REDIS"]
+    for prefix in ("REDIS", "SIDEKIQ_REDIS"):
+        if configurations[prefix]["endpoint"] == cache["endpoint"]:
+            yield finding(
+                "redis-cache-shares-instance", ERROR, None, "redis",
+                "the cache (%s) and the %s data (%s) use the same Redis %s: evicting cache keys can evict "
+                "feeds and jobs, and a cache spike slows the job queue"
+                % (cache["source"], configurations[prefix]["dataset"], configurations[prefix]["source"],
+                   ":".join(str(part) for part in cache["endpoint"])),
+                "run a separate cache instance (purpose: cache) and point CACHE_REDIS_URL at it")
+
+
+@rule("redis-persistent-without-aof")
+def redis_persistent_without_aof(report: Report) -> Iterator[Finding]:
+    for prefix, instance in _persistent_instances(report):
+        if not instance["appendonly"]:
+            yield finding(
+                "redis-persistent-without-aof", ERROR, instance["host"], "redis %s" % instance["name"],
+                "Redis %s holds Mastodon's %s data (%s) without appendonly: a crash loses feeds and queued jobs"
+                % (instance["name"], _configurations(report)[prefix]["dataset"], prefix),
+                "set appendonly: true (appendfsync everysec) on this instance")
+
+
+@rule("redis-persistent-evicting-policy")
+def redis_persistent_evicting_policy(report: Report) -> Iterator[Finding]:
+    for prefix, instance in _persistent_instances(report):
+        if instance["maxmemory_policy"] != "noeviction":
+            yield finding(
+                "redis-persistent-evicting-policy", ERROR, instance["host"], "redis %s" % instance["name"],
+                "Redis %s holds Mastodon's %s data with maxmemory-policy %s: it would silently drop jobs and feeds"
+                % (instance["name"], _configurations(report)[prefix]["dataset"], instance["maxmemory_policy"]),
+                "set maxmemory_policy: noeviction (writes then fail loudly when memory is full)")
+
+
+def _cache_instance(report: Report) -> Optional[Dict[str, Any]]:
+    return _instance(report, _configurations(report)["CACHE_REDIS"]["instance"])
+
+
+@rule("redis-cache-without-maxmemory")
+def redis_cache_without_maxmemory(report: Report) -> Iterator[Finding]:
+    instance = _cache_instance(report)
+    if instance is not None and instance["purpose"] == "cache" and not instance.get("maxmemory"):
+        yield finding(
+            "redis-cache-without-maxmemory", WARNING, instance["host"], "redis %s" % instance["name"],
+            "the cache instance %s has no maxmemory: it grows until the host runs out of memory" % instance["name"],
+            "set maxmemory (e.g. 2GB) on it; it evicts with %s" % instance["maxmemory_policy"])
+
+
+@rule("redis-cache-persistence-on")
+def redis_cache_persistence_on(report: Report) -> Iterator[Finding]:
+    instance = _cache_instance(report)
+    if instance is not None and instance["purpose"] == "cache" and (instance["appendonly"] or instance["save"]):
+        yield finding(
+            "redis-cache-persistence-on", WARNING, instance["host"], "redis %s" % instance["name"],
+            "the cache instance %s persists to disk (appendonly %s, save %r): wasted I/O for disposable data"
+            % (instance["name"], "yes" if instance["appendonly"] else "no", instance["save"]),
+            "set appendonly: false and save: \"\" on it")
+
+
+@rule("redis-setting-ignored")
+def redis_setting_ignored(report: Report) -> Iterator[Finding]:
+    for prefix, configuration in sorted(_configurations(report).items()):
+        if configuration["ignored"]:
+            yield finding(
+                "redis-setting-ignored", ERROR, None, "redis %s" % configuration["dataset"],
+                "%s is set without %s_URL or %s_HOST: Mastodon ignores it and uses the base REDIS_* configuration"
+                % (", ".join(configuration["ignored"]), prefix, prefix),
+                "set %s_URL (or %s_HOST with the port)" % (prefix, prefix))
+
+
+# --- nginx and the web tier ---
+
+@rule("nginx-rlimit-below-twice-worker-connections")
+def nginx_rlimit_below_twice_worker_connections(report: Report) -> Iterator[Finding]:
+    for host, nginx in sorted(report["nginx"].items()):
+        if nginx["worker_rlimit_nofile"] < 2 * nginx["worker_connections"]:
+            yield finding(
+                "nginx-rlimit-below-twice-worker-connections", ERROR, host, "nginx",
+                "worker_rlimit_nofile %d is below 2 x worker_connections %d: a proxied request holds two "
+                "connections" % (nginx["worker_rlimit_nofile"], nginx["worker_connections"]),
+                "set nginx_worker_rlimit_nofile to %d or more, or leave it out (auto)"
+                % (2 * nginx["worker_connections"]),
+                worker_rlimit_nofile=nginx["worker_rlimit_nofile"], worker_connections=nginx["worker_connections"])
+
+
+@rule("nginx-limit-nofile-below-rlimit")
+def nginx_limit_nofile_below_rlimit(report: Report) -> Iterator[Finding]:
+    for host, nginx in sorted(report["nginx"].items()):
+        if nginx["limit_nofile"] < nginx["worker_rlimit_nofile"]:
+            yield finding(
+                "nginx-limit-nofile-below-rlimit", ERROR, host, "nginx",
+                "systemd LimitNOFILE %d is below worker_rlimit_nofile %d: the workers cannot raise their limit"
+                % (nginx["limit_nofile"], nginx["worker_rlimit_nofile"]),
+                "set nginx_limit_nofile to %d or more, or leave it out (auto)" % nginx["worker_rlimit_nofile"],
+                limit_nofile=nginx["limit_nofile"], worker_rlimit_nofile=nginx["worker_rlimit_nofile"])
+
+
+@rule("nginx-proxy-timeout-below-request-timeout")
+def nginx_proxy_timeout_below_request_timeout(report: Report) -> Iterator[Finding]:
+    timeout = report["mastodon"]["request_timeout"]
+    for host, nginx in sorted(report["nginx"].items()):
+        if nginx["proxy_read_timeout"] < timeout:
+            yield finding(
+                "nginx-proxy-timeout-below-request-timeout", ERROR, host, "nginx",
+                "proxy_read_timeout %ds is shorter than Mastodon's request timeout %ds: nginx gives up while "
+                "Rails keeps working, clients retry and duplicate work lands on the database"
+                % (nginx["proxy_read_timeout"], timeout),
+                "set nginx_proxy_read_timeout to %d or more" % timeout,
+                proxy_read_timeout=nginx["proxy_read_timeout"], request_timeout=timeout)
+
+
+@rule("trusted-proxy-ip-missing")
+def trusted_proxy_ip_missing(report: Report) -> Iterator[Finding]:
+    proxies = set(report["nginx"])
+    if not proxies:
+        return
+    for host, sections in sorted(report["hosts"].items()):
+        if "web" not in sections or host in proxies:
+            continue
+        if "TRUSTED_PROXY_IP" in report["environment"][host]["units"] or \
+                "TRUSTED_PROXY_IP" in report["env_production"][host]:
+            continue
+        yield finding(
+            "trusted-proxy-ip-missing", ERROR, host, "web",
+            "Puma on %s sits behind nginx on %s, but TRUSTED_PROXY_IP is not set: Mastodon logs and rate-limits "
+            "the proxy's address instead of the client's" % (host, ", ".join(sorted(proxies))),
+            "set mastodon_trusted_proxy_ip to the proxies' addresses (it replaces the default private ranges)")

@@ -1,0 +1,76 @@
+# Copyright (c) fediscale.mastodon contributors
+# GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
+"""Sizing of pgbouncer and nginx from the connections they carry."""
+
+from __future__ import annotations
+
+from typing import Any, Dict, Optional
+
+from ansible_collections.fediscale.mastodon.plugins.module_utils.schema import AUTO
+
+PGBOUNCER_DEFAULT_POOL_SIZE = 20
+PGBOUNCER_DEFAULT_MAX_CLIENT_CONN = 100
+# Room for clients beyond today's plan (a deploy that briefly runs old and new
+# processes side by side), and for sockets beyond clients and servers: listen
+# sockets, the log, the admin console.
+CLIENT_GROWTH_PERCENT = 20
+FD_MARGIN = 64
+
+
+def pgbouncer_fd_need(max_client_conn: int, pool_size: int, reserve_pool_size: int, databases: int,
+                      users: int) -> int:
+    """pgbouncer's own worst case: max_client_conn + (pool + reserve) x databases x users."""
+    return max_client_conn + (pool_size + reserve_pool_size) * databases * users
+
+
+def pgbouncer_sizing(local_clients: int, server_share: Optional[int] = None, processes: int = 1,
+                     databases: int = 1, users: int = 1, reserve_pool_size: int = 0,
+                     default_pool_size: Any = AUTO, max_client_conn: Any = AUTO,
+                     limit_nofile: Any = AUTO) -> Dict[str, int]:
+    """Settings of each pgbouncer process on a host.
+
+    ``local_clients``: connections the host's Mastodon processes open into
+    pgbouncer (their pools, added up). ``server_share``: server connections
+    this host may open to one database server, all processes together; None
+    means no limit beyond pgbouncer's default.
+
+    ``default_pool_size`` (auto): pgbouncer's default 20, lowered to the
+    host's share per process and user, never above the clients a process
+    serves, at least 1. ``max_client_conn`` (auto): every local client
+    reaches any one process (SO_REUSEPORT does not balance evenly) plus
+    CLIENT_GROWTH_PERCENT, at least pgbouncer's default 100.
+    ``limit_nofile`` (auto): the file-descriptor need plus FD_MARGIN.
+    """
+    if default_pool_size == AUTO:
+        pool = PGBOUNCER_DEFAULT_POOL_SIZE
+        if server_share is not None:
+            pool = min(pool, server_share // (processes * users) - reserve_pool_size)
+        pool = min(pool, -(-local_clients // processes))
+        default_pool_size = max(pool, 1)
+    if max_client_conn == AUTO:
+        max_client_conn = max(PGBOUNCER_DEFAULT_MAX_CLIENT_CONN,
+                              local_clients + -(-local_clients * CLIENT_GROWTH_PERCENT // 100))
+    fd_need = pgbouncer_fd_need(max_client_conn, default_pool_size, reserve_pool_size, databases, users)
+    if limit_nofile == AUTO:
+        limit_nofile = fd_need + FD_MARGIN
+    return {
+        "default_pool_size": default_pool_size,
+        "reserve_pool_size": reserve_pool_size,
+        "max_client_conn": max_client_conn,
+        "fd_need": fd_need,
+        "limit_nofile": limit_nofile,
+        "server_connections": processes * users * databases * (default_pool_size + reserve_pool_size),
+    }
+
+
+def nginx_sizing(worker_connections: int, worker_rlimit_nofile: Any = AUTO, limit_nofile: Any = AUTO) -> Dict[str, int]:
+    """A proxied request holds two connections: worker_rlimit_nofile >= 2 x worker_connections."""
+    if worker_rlimit_nofile == AUTO:
+        worker_rlimit_nofile = 2 * worker_connections
+    if limit_nofile == AUTO:
+        limit_nofile = worker_rlimit_nofile
+    return {
+        "worker_connections": worker_connections,
+        "worker_rlimit_nofile": worker_rlimit_nofile,
+        "limit_nofile": limit_nofile,
+    }
