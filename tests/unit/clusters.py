@@ -1,0 +1,32 @@
+"""Cluster descriptions for tests: a valid one, changed a little per test."""
+
+import copy
+
+QUEUES = ["default", "push", "ingress", "mailers", "pull", "scheduler"]
+
+BASE = {
+    "mastodon": {"version": "4.5", "direct_connections": {"migrations": 1, "tootctl": 1}},
+    "hosts": {
+        "db1": {"postgresql": {"max_connections": 200, "ram": "16GB"}},
+        "redis1": {"redis": {"instances": [
+            {"name": "persistent", "purpose": "persistent", "port": 6379},
+            {"name": "cache", "purpose": "cache", "port": 6380, "maxmemory": "1GB"},
+        ]}},
+        "web1": {"web": {"concurrency": 2, "max_threads": 5}, "streaming": {"ports": [4000]},
+                 "pgbouncer": {"enabled": False}},
+        "worker1": {"sidekiq": {"queues": [{"queue": queue, "concurrency": 5} for queue in QUEUES]},
+                    "pgbouncer": {"enabled": False}},
+    },
+}
+
+
+def cluster(**changes):
+    """A copy of BASE; keys like "hosts.web1.web.concurrency" set nested values."""
+    description = copy.deepcopy(BASE)
+    for path, value in changes.items():
+        node = description
+        keys = path.split("__")
+        for key in keys[:-1]:
+            node = node.setdefault(key, {})
+        node[keys[-1]] = value
+    return description

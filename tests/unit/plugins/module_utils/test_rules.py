@@ -1,0 +1,522 @@
+"""One class per rule in plugins/module_utils/rules.py: a plan that breaks it, and one that keeps it."""
+
+import pytest
+
+from ansible_collections.fediscale.mastodon.plugins.module_utils import plan, rules
+
+from ...clusters import QUEUES, cluster
+
+
+def found(description, rule_id):
+    return [item for item in plan.connection_budget(description)["findings"] if item["rule"] == rule_id]
+
+
+def test_every_rule_has_a_test_class():
+    names = {name for name in globals() if name.startswith("Test")}
+    expected = {"Test" + "".join(part.capitalize() for part in rule_id.replace("-", " ").split())
+                for rule_id in rules.RULES}
+    assert expected - names == set()
+
+
+def test_the_base_cluster_has_no_findings():
+    assert plan.connection_budget(cluster())["findings"] == []
+
+
+def sidekiq(*entries):
+    """Every queue at concurrency 5, with some entries replaced."""
+    queues = {queue: {"queue": queue, "concurrency": 5} for queue in QUEUES}
+    for entry in entries:
+        queues[entry.get("queue", entry.get("name"))] = entry
+    return [entry for entry in queues.values() if "name" not in entry] + [
+        dict(entry, queue=None) for entry in entries if "name" in entry]
+
+
+class TestConnectionsOverUsableCapacity:
+    def test_over_usable_is_an_error_with_numbers(self):
+        # 52 in the base plan; 150 more sidekiq connections make 202 > 197.
+        [item] = found(cluster(hosts__worker2={"sidekiq": {"queues": [
+            {"queue": "pull", "instances": 6, "concurrency": 25}]}, "pgbouncer": {"enabled": False}}),
+            "connections-over-usable-capacity")
+        assert item["severity"] == "error"
+        assert item["host"] == "db1"
+        assert item["numbers"] == {"total": 202, "usable": 197, "max_connections": 200}
+        assert "202 connections" in item["message"] and "197 are usable" in item["message"]
+        assert "remove 5 connections" in item["hint"]
+
+    def test_reserved_connections_count(self):
+        description = cluster(hosts__db1={"postgresql": {"max_connections": 60, "ram": "16GB",
+                                                         "superuser_reserved_connections": 5,
+                                                         "reserved_connections": 4}})
+        [item] = found(description, "connections-over-usable-capacity")
+        assert item["numbers"]["usable"] == 51 and item["numbers"]["total"] == 52
+
+    def test_pgbouncer_pools_count_instead_of_clients(self):
+        description = cluster(hosts__worker1__pgbouncer={"default_pool_size": 150},
+                              hosts__db1={"postgresql": {"max_connections": 170, "ram": "16GB"}})
+        [item] = found(description, "connections-over-usable-capacity")
+        # 150 server connections from worker1's pgbouncer (not its 30 clients) + web1's 20 + 2 direct.
+        assert item["numbers"] == {"total": 172, "usable": 167, "max_connections": 170}
+        assert "pgbouncer 150" in item["message"]
+
+    def test_at_usable_is_no_error(self):
+        description = cluster(hosts__db1={"postgresql": {"max_connections": 55, "ram": "16GB"}})
+        assert found(description, "connections-over-usable-capacity") == []
+
+    def test_replica_gets_its_own_sum(self):
+        description = cluster(hosts__db2={"postgresql": {"role": "replica", "max_connections": 40, "ram": "16GB"}})
+        [item] = found(description, "connections-over-usable-capacity")
+        # web 10 + sidekiq 30 on the replica; streaming never uses it.
+        assert item["service"] == "postgresql replica" and item["numbers"]["total"] == 40
+
+
+class TestConnectionsOverWarningLine:
+    def test_between_line_and_usable_is_a_warning(self):
+        [item] = found(cluster(hosts__db1={"postgresql": {"max_connections": 57, "ram": "16GB"}}),
+                       "connections-over-warning-line")
+        assert item["severity"] == "warning"
+        assert item["numbers"] == {"total": 52, "warning_line": 51, "max_connections": 57}
+
+    def test_at_the_line_is_fine(self):
+        # 90 % of 58 is 52.2: 52 connections stay below.
+        assert found(cluster(hosts__db1={"postgresql": {"max_connections": 58, "ram": "16GB"}}),
+                     "connections-over-warning-line") == []
+
+
+class TestMaxConnectionsOver512:
+    def test_warns_above_512(self):
+        [item] = found(cluster(hosts__db1={"postgresql": {"max_connections": 513, "ram": "64GB"}}),
+                       "max-connections-over-512")
+        assert item["severity"] == "warning" and item["numbers"] == {"max_connections": 513}
+
+    def test_512_is_fine(self):
+        assert found(cluster(hosts__db1={"postgresql": {"max_connections": 512, "ram": "64GB"}}),
+                     "max-connections-over-512") == []
+
+
+class TestMaxConnectionsOver1000:
+    def test_error_above_1000(self):
+        [item] = found(cluster(hosts__db1={"postgresql": {"max_connections": 1001, "ram": "64GB"}}),
+                       "max-connections-over-1000")
+        assert item["severity"] == "error"
+        assert "postgresql_acknowledge_max_connections_over_1000" in item["hint"]
+
+    def test_acknowledged_is_a_warning(self):
+        [item] = found(cluster(hosts__db1={"postgresql": {"max_connections": 1001, "ram": "64GB",
+                                                          "acknowledge_max_connections_over_1000": True}}),
+                       "max-connections-over-1000")
+        assert item["severity"] == "warning"
+
+    def test_1000_is_no_error(self):
+        assert found(cluster(hosts__db1={"postgresql": {"max_connections": 1000, "ram": "64GB"}}),
+                     "max-connections-over-1000") == []
+
+
+class TestWorkMemOverTwiceRam:
+    def test_error_names_the_limit(self):
+        # 200 x 200MB = 40000MB > 2 x 16GB = 32768MB.
+        [item] = found(cluster(hosts__db1={"postgresql": {"max_connections": 200, "ram": "16GB",
+                                                          "work_mem": "200MB"}}), "work-mem-over-twice-ram")
+        assert item["severity"] == "error" and item["host"] == "db1"
+        assert item["numbers"]["work_mem_limit_kb"] == 2 * 16 * 1024 * 1024 // 200
+        assert "167772kB or less" in item["hint"]
+
+    def test_exactly_twice_is_fine(self):
+        assert found(cluster(hosts__db1={"postgresql": {"max_connections": 200, "ram": "16GB",
+                                                        "work_mem": "167772kB"}}), "work-mem-over-twice-ram") == []
+
+    def test_default_work_mem_never_breaks_it(self):
+        assert found(cluster(hosts__db1={"postgresql": {"max_connections": 1000, "ram": "1GB",
+                                                        "acknowledge_max_connections_over_1000": True}}),
+                     "work-mem-over-twice-ram") == []
+
+
+class TestPgbouncerClientsOverMaxClientConn:
+    def test_error_names_host_and_numbers(self):
+        [item] = found(cluster(hosts__worker1__pgbouncer={"max_client_conn": 20}),
+                       "pgbouncer-clients-over-max-client-conn")
+        assert (item["host"], item["service"]) == ("worker1", "pgbouncer")
+        assert item["numbers"] == {"clients": 30, "max_client_conn": 20}
+
+    def test_auto_always_fits(self):
+        assert found(cluster(hosts__worker1__pgbouncer={}), "pgbouncer-clients-over-max-client-conn") == []
+
+
+class TestPgbouncerFdNeedOverLimitNofile:
+    def test_error(self):
+        [item] = found(cluster(hosts__worker1__pgbouncer={"limit_nofile": 100}),
+                       "pgbouncer-fd-need-over-limit-nofile")
+        # max_client_conn 100 (auto) + pool 20 (auto, capped at the 30 clients? no: at 20) x 1 x 1.
+        assert item["numbers"] == {"fd_need": 120, "limit_nofile": 100}
+        assert "120 or more" in item["hint"]
+
+    def test_auto_fits(self):
+        assert found(cluster(hosts__worker1__pgbouncer={}), "pgbouncer-fd-need-over-limit-nofile") == []
+
+
+class TestLimitNofileOverHardLimit:
+    def test_pgbouncer_limit_beyond_the_host(self):
+        [item] = found(cluster(hosts__worker1__pgbouncer={"max_client_conn": 30000},
+                               hosts__worker1__mastodon={"nofile_hard_limit": 20000}),
+                       "limit-nofile-over-hard-limit")
+        assert (item["host"], item["service"]) == ("worker1", "pgbouncer")
+        assert item["numbers"] == {"limit_nofile": 30000 + 20 + 64, "nofile_hard_limit": 20000}
+
+    def test_nginx_limit_beyond_the_host(self):
+        [item] = found(cluster(hosts__lb1={"nginx": {"worker_connections": 16384},
+                                           "mastodon": {"nofile_hard_limit": 20000}},
+                               mastodon__trusted_proxy_ip="10.0.0.1"), "limit-nofile-over-hard-limit")
+        assert (item["host"], item["service"]) == ("lb1", "nginx")
+        assert item["numbers"]["limit_nofile"] == 32768
+
+    def test_within_the_limit(self):
+        assert found(cluster(hosts__worker1__pgbouncer={}, hosts__worker1__mastodon={"nofile_hard_limit": 20000}),
+                     "limit-nofile-over-hard-limit") == []
+
+
+class TestPgbouncerProcessesNeedPeers:
+    def test_error_names_the_version(self):
+        [item] = found(cluster(hosts__worker1__pgbouncer={"processes": 2}), "pgbouncer-processes-need-peers")
+        assert "pgbouncer 1.18" in item["message"] and item["host"] == "worker1"
+
+    def test_fine_from_1_19(self):
+        assert found(cluster(hosts__worker1__pgbouncer={"processes": 2, "version": "1.19"}),
+                     "pgbouncer-processes-need-peers") == []
+
+
+class TestPreparedStatementsWithTransactionPooling:
+    def test_error_when_the_admin_turns_them_on(self):
+        [item] = found(cluster(hosts__worker1__pgbouncer={},
+                               hosts__worker1__mastodon={"environment": {"PREPARED_STATEMENTS": "true"}}),
+                       "prepared-statements-with-transaction-pooling")
+        assert item["host"] == "worker1" and "PREPARED_STATEMENTS=true" in item["message"]
+
+    def test_replica_twin_is_checked(self):
+        [item] = found(cluster(hosts__worker1__pgbouncer={},
+                               hosts__worker1__mastodon={"environment": {"REPLICA_PREPARED_STATEMENTS": "yes"}},
+                               hosts__db2={"postgresql": {"role": "replica", "ram": "16GB"}}),
+                       "prepared-statements-with-transaction-pooling")
+        assert "REPLICA_PREPARED_STATEMENTS" in item["message"]
+
+    def test_the_collection_sets_them_off(self):
+        description = cluster(hosts__worker1__pgbouncer={},
+                              hosts__db2={"postgresql": {"role": "replica", "ram": "16GB"}})
+        assert found(description, "prepared-statements-with-transaction-pooling") == []
+        env = plan.connection_budget(description)["environment"]["worker1"]["units"]
+        assert env["PREPARED_STATEMENTS"] == "false" and env["REPLICA_PREPARED_STATEMENTS"] == "false"
+
+    def test_session_pooling_keeps_them(self):
+        assert found(cluster(hosts__worker1__pgbouncer={"pool_mode": "session"},
+                             hosts__worker1__mastodon={"environment": {"PREPARED_STATEMENTS": "true"}}),
+                     "prepared-statements-with-transaction-pooling") == []
+
+
+class TestMigrationsThroughPgbouncer:
+    def test_error(self):
+        [item] = found(cluster(hosts__worker1__pgbouncer={}, mastodon__migrations_via="pgbouncer"),
+                       "migrations-through-pgbouncer")
+        assert "advisory" in item["message"] and "mastodon_migrations_via: direct" in item["hint"]
+
+    def test_direct_migrations_bypass_pgbouncer(self):
+        report = plan.connection_budget(cluster(hosts__worker1__pgbouncer={}))
+        assert found(cluster(hosts__worker1__pgbouncer={}), "migrations-through-pgbouncer") == []
+        assert report["environment"]["worker1"]["migrations"]["DB_PORT"] == "5432"
+        assert report["environment"]["worker1"]["units"]["DB_PORT"] == "6432"
+
+
+class TestSidekiqDbPoolBelowConcurrency:
+    def test_error_names_host_and_unit(self):
+        [item] = found(cluster(hosts__worker1__sidekiq={"queues": sidekiq(
+            {"queue": "pull", "concurrency": 10, "db_pool": 5})}), "sidekiq-db-pool-below-concurrency")
+        assert (item["host"], item["service"]) == ("worker1", "mastodon-sidekiq-pull@.service")
+        assert item["numbers"] == {"pool": 5, "concurrency": 10}
+
+    def test_leaked_db_pool_counts(self):
+        findings = found(cluster(hosts__worker1__mastodon={"env_production": {"DB_POOL": "3"}}),
+                         "sidekiq-db-pool-below-concurrency")
+        assert len(findings) == len(QUEUES)
+        assert all("DB_POOL 3 (DB_POOL from .env.production)" in item["message"] for item in findings)
+
+    def test_equal_is_fine(self):
+        assert found(cluster(hosts__worker1__sidekiq={"queues": sidekiq(
+            {"queue": "pull", "concurrency": 10, "db_pool": 10})}), "sidekiq-db-pool-below-concurrency") == []
+
+
+class TestSidekiqDbPoolAboveConcurrency:
+    def test_warning(self):
+        [item] = found(cluster(hosts__worker1__sidekiq={"queues": sidekiq(
+            {"queue": "push", "concurrency": 10, "db_pool": 25})}), "sidekiq-db-pool-above-concurrency")
+        assert item["severity"] == "warning" and "15 connections per process" in item["message"]
+
+    def test_pool_follows_concurrency_by_default(self):
+        assert found(cluster(hosts__worker1__sidekiq={"queues": sidekiq(
+            {"queue": "push", "concurrency": 10})}), "sidekiq-db-pool-above-concurrency") == []
+
+
+class TestSidekiqConcurrencyOver25:
+    def test_warning_suggests_instances(self):
+        [item] = found(cluster(hosts__worker1__sidekiq={"queues": sidekiq(
+            {"queue": "default", "concurrency": 50, "instances": 1})}), "sidekiq-concurrency-over-25")
+        assert item["severity"] == "warning" and "2 instances at 25" in item["hint"]
+
+    def test_25_is_fine(self):
+        assert found(cluster(hosts__worker1__sidekiq={"queues": sidekiq(
+            {"queue": "default", "concurrency": 25})}), "sidekiq-concurrency-over-25") == []
+
+
+class TestSidekiqUnitWithSeveralQueues:
+    def test_error(self):
+        [item] = found(cluster(hosts__worker2={"sidekiq": {"queues": [{"queues": ["default", "push"]}]}}),
+                       "sidekiq-unit-with-several-queues")
+        assert item["host"] == "worker2" and "default, push" in item["message"]
+
+    def test_one_queue_is_fine(self):
+        assert found(cluster(hosts__worker2={"sidekiq": {"queues": [{"queues": ["default"]}]}}),
+                     "sidekiq-unit-with-several-queues") == []
+
+
+class TestSidekiqUnknownQueue:
+    def test_error_lists_known_queues(self):
+        [item] = found(cluster(hosts__worker2={"sidekiq": {"queues": [{"queue": "defualt"}]}}),
+                       "sidekiq-unknown-queue")
+        assert "'defualt'" in item["message"] and "default" in item["hint"]
+
+    def test_fasp_is_unknown_before_4_4(self):
+        description = cluster(mastodon__version="4.3", hosts__worker2={"sidekiq": {"queues": [{"queue": "fasp"}]}})
+        assert len(found(description, "sidekiq-unknown-queue")) == 1
+        assert found(cluster(hosts__worker2={"sidekiq": {"queues": [{"queue": "fasp"}]}}),
+                     "sidekiq-unknown-queue") == []
+
+
+class TestSidekiqQueueWithoutWorker:
+    def test_error_names_the_queue(self):
+        queues = [entry for entry in sidekiq() if entry["queue"] != "mailers"]
+        [item] = found(cluster(hosts__worker1__sidekiq={"queues": queues}), "sidekiq-queue-without-worker")
+        assert item["service"] == "sidekiq mailers" and "queue: mailers" in item["hint"]
+
+    def test_zero_instances_do_not_serve(self):
+        [item] = found(cluster(hosts__worker1__sidekiq={"queues": sidekiq({"queue": "push", "instances": 0})}),
+                       "sidekiq-queue-without-worker")
+        assert item["service"] == "sidekiq push"
+
+    def test_fasp_needed_only_with_the_feature(self):
+        assert found(cluster(), "sidekiq-queue-without-worker") == []
+        [item] = found(cluster(mastodon__experimental_features=["fasp"]), "sidekiq-queue-without-worker")
+        assert item["service"] == "sidekiq fasp"
+
+
+class TestSidekiqSchedulerCount:
+    def test_two_schedulers(self):
+        [item] = found(cluster(hosts__worker2={"sidekiq": {"queues": [{"queue": "scheduler"}]}}),
+                       "sidekiq-scheduler-count")
+        assert item["numbers"] == {"processes": 2}
+        assert "worker1" in item["message"] and "worker2" in item["message"]
+
+    def test_two_instances_of_one_unit(self):
+        [item] = found(cluster(hosts__worker1__sidekiq={"queues": sidekiq({"queue": "scheduler", "instances": 2})}),
+                       "sidekiq-scheduler-count")
+        assert item["host"] == "worker1" and "x2" in item["message"]
+
+    def test_none(self):
+        queues = [entry for entry in sidekiq() if entry["queue"] != "scheduler"]
+        [item] = found(cluster(hosts__worker1__sidekiq={"queues": queues}), "sidekiq-scheduler-count")
+        assert item["numbers"] == {"processes": 0} and "never run" in item["message"]
+
+
+class TestStreamingClusterNumIgnored:
+    def test_error_on_4_2_and_later(self):
+        [item] = found(cluster(hosts__web1__mastodon={"env_production": {"STREAMING_CLUSTER_NUM": "4"}}),
+                       "streaming-cluster-num-ignored")
+        assert item["host"] == "web1" and ".env.production" in item["message"]
+
+    def test_still_read_by_4_1(self):
+        assert found(cluster(mastodon__version="4.1",
+                             hosts__web1__mastodon={"env_production": {"STREAMING_CLUSTER_NUM": "4"}}),
+                     "streaming-cluster-num-ignored") == []
+
+
+class TestRedisNamespaceAbortsBoot:
+    def test_error_on_4_4(self):
+        [item] = found(cluster(hosts__web1__mastodon={"environment": {"REDIS_NAMESPACE": "m"}}),
+                       "redis-namespace-aborts-boot")
+        assert "mastodon_environment" in item["message"]
+
+    def test_allowed_on_4_3(self):
+        assert found(cluster(mastodon__version="4.3", hosts__web1__mastodon={"environment": {"REDIS_NAMESPACE": "m"}}),
+                     "redis-namespace-aborts-boot") == []
+
+
+class TestSizingVariableInEnvProduction:
+    def test_db_pool_names_the_processes_it_reaches(self):
+        [item] = found(cluster(hosts__web1__mastodon={"env_production": {"DB_POOL": "25"}}),
+                       "sizing-variable-in-env-production")
+        assert "mastodon-web.service" in item["message"] and "mastodon-streaming@4000.service" in item["message"]
+
+    def test_the_leak_is_counted(self):
+        report = plan.connection_budget(cluster(hosts__web1__mastodon={"env_production": {"DB_POOL": "25"}}))
+        streaming = [row for row in report["processes"] if row["service"] == "streaming"][0]
+        assert (streaming["pool"], streaming["pool_source"]) == (25, "DB_POOL from .env.production")
+
+    def test_max_threads_is_ignored_by_puma(self):
+        description = cluster(hosts__web1={"web": {}, "pgbouncer": {"enabled": False},
+                                           "mastodon": {"env_production": {"MAX_THREADS": "10"}}})
+        [item] = found(description, "sizing-variable-in-env-production")
+        assert "28440" in item["message"]
+        web = plan.connection_budget(description)["processes"][0]
+        assert (web["threads"], web["pool"]) == (5, 10)
+
+    def test_no_warning_when_every_unit_sets_it(self):
+        assert found(cluster(hosts__web1={"web": {"db_pool": 5}, "pgbouncer": {"enabled": False},
+                                          "mastodon": {"env_production": {"DB_POOL": "25"}}}),
+                     "sizing-variable-in-env-production") == []
+
+
+REDIS_ONE = [{"name": "all", "purpose": "persistent", "port": 6379}]
+
+
+class TestRedisDatasetWithoutInstance:
+    def test_no_cache_instance(self):
+        [item] = found(cluster(hosts__redis1={"redis": {"instances": REDIS_ONE}}), "redis-dataset-without-instance")
+        assert item["service"] == "redis cache"
+
+    def test_external_settings_need_no_instance(self):
+        assert found(cluster(hosts__redis1={"redis": {"instances": []}}, mastodon__redis_settings={
+            "REDIS_URL": "redis://r1:6379", "CACHE_REDIS_URL": "redis://r2:6379"}),
+            "redis-dataset-without-instance") == []
+
+
+class TestRedisCacheSharesInstance:
+    def test_same_endpoint(self):
+        [item] = found(cluster(mastodon__redis_settings={"REDIS_URL": "redis://redis1:6379/0",
+                                                         "SIDEKIQ_REDIS_URL": "redis://redis1:6381/0",
+                                                         "CACHE_REDIS_URL": "redis://redis1:6379/1"}),
+                       "redis-cache-shares-instance")
+        assert "redis1:6379" in item["message"] and "base data (REDIS_URL)" in item["message"]
+
+    def test_cache_falls_back_to_base(self):
+        # No CACHE_REDIS_URL: the cache lands on the base instance.
+        findings = found(cluster(mastodon__redis_settings={"REDIS_URL": "redis://redis1:6379"}),
+                         "redis-cache-shares-instance")
+        assert len(findings) == 2  # base and sidekiq
+
+    def test_split(self):
+        assert found(cluster(), "redis-cache-shares-instance") == []
+
+
+class TestRedisPersistentWithoutAof:
+    def test_error(self):
+        [item] = found(cluster(hosts__redis1={"redis": {"instances": [
+            {"name": "persistent", "purpose": "persistent", "appendonly": False},
+            {"name": "cache", "purpose": "cache", "port": 6380, "maxmemory": "1GB"}]}}), "redis-persistent-without-aof")
+        assert (item["host"], item["service"]) == ("redis1", "redis persistent")
+
+    def test_judged_by_what_it_serves(self):
+        # Mastodon's base data pointed at the cache instance: that instance needs AOF.
+        findings = found(cluster(mastodon__redis_settings={"REDIS_URL": "redis://redis1:6380",
+                                                           "CACHE_REDIS_URL": "redis://redis1:6379"}),
+                         "redis-persistent-without-aof")
+        assert [item["service"] for item in findings] == ["redis cache"]
+
+
+class TestRedisPersistentEvictingPolicy:
+    def test_error(self):
+        [item] = found(cluster(hosts__redis1={"redis": {"instances": [
+            {"name": "persistent", "purpose": "persistent", "maxmemory_policy": "allkeys-lru"},
+            {"name": "cache", "purpose": "cache", "port": 6380, "maxmemory": "1GB"}]}}),
+            "redis-persistent-evicting-policy")
+        assert "allkeys-lru" in item["message"]
+
+    def test_noeviction_is_fine(self):
+        assert found(cluster(), "redis-persistent-evicting-policy") == []
+
+
+class TestRedisCacheWithoutMaxmemory:
+    def test_warning(self):
+        [item] = found(cluster(hosts__redis1={"redis": {"instances": [
+            {"name": "persistent", "purpose": "persistent"},
+            {"name": "cache", "purpose": "cache", "port": 6380}]}}), "redis-cache-without-maxmemory")
+        assert item["severity"] == "warning"
+
+    def test_with_maxmemory(self):
+        assert found(cluster(), "redis-cache-without-maxmemory") == []
+
+
+class TestRedisCachePersistenceOn:
+    def test_warning_for_aof(self):
+        [item] = found(cluster(hosts__redis1={"redis": {"instances": [
+            {"name": "persistent", "purpose": "persistent"},
+            {"name": "cache", "purpose": "cache", "port": 6380, "maxmemory": "1GB", "appendonly": True}]}}),
+            "redis-cache-persistence-on")
+        assert "appendonly yes" in item["message"]
+
+    def test_warning_for_snapshots(self):
+        [item] = found(cluster(hosts__redis1={"redis": {"instances": [
+            {"name": "persistent", "purpose": "persistent"},
+            {"name": "cache", "purpose": "cache", "port": 6380, "maxmemory": "1GB", "save": ["3600 1"]}]}}),
+            "redis-cache-persistence-on")
+        assert "3600 1" in item["message"]
+
+    def test_default_cache_writes_nothing(self):
+        assert found(cluster(), "redis-cache-persistence-on") == []
+
+
+class TestRedisSettingIgnored:
+    def test_cache_port_alone(self):
+        [item] = found(cluster(mastodon__redis_settings={"REDIS_URL": "redis://redis1:6379",
+                                                         "CACHE_REDIS_PORT": "6380"}), "redis-setting-ignored")
+        assert item["severity"] == "error" and "CACHE_REDIS_PORT" in item["message"]
+
+    def test_cache_host_and_port(self):
+        assert found(cluster(mastodon__redis_settings={"REDIS_URL": "redis://redis1:6379",
+                                                       "CACHE_REDIS_HOST": "redis1", "CACHE_REDIS_PORT": "6380"}),
+                     "redis-setting-ignored") == []
+
+
+PROXY = {"hosts__lb1": {"nginx": {}}, "mastodon__trusted_proxy_ip": "10.0.0.5"}
+
+
+class TestNginxRlimitBelowTwiceWorkerConnections:
+    def test_error(self):
+        [item] = found(cluster(hosts__lb1={"nginx": {"worker_connections": 4096, "worker_rlimit_nofile": 5000}},
+                               mastodon__trusted_proxy_ip="10.0.0.5"), "nginx-rlimit-below-twice-worker-connections")
+        assert item["numbers"] == {"worker_rlimit_nofile": 5000, "worker_connections": 4096}
+        assert "8192 or more" in item["hint"]
+
+    def test_auto(self):
+        assert found(cluster(**PROXY), "nginx-rlimit-below-twice-worker-connections") == []
+
+
+class TestNginxLimitNofileBelowRlimit:
+    def test_error(self):
+        [item] = found(cluster(hosts__lb1={"nginx": {"worker_connections": 4096, "limit_nofile": 4096}},
+                               mastodon__trusted_proxy_ip="10.0.0.5"), "nginx-limit-nofile-below-rlimit")
+        assert item["numbers"] == {"limit_nofile": 4096, "worker_rlimit_nofile": 8192}
+
+    def test_auto(self):
+        assert found(cluster(**PROXY), "nginx-limit-nofile-below-rlimit") == []
+
+
+class TestNginxProxyTimeoutBelowRequestTimeout:
+    def test_error(self):
+        [item] = found(cluster(hosts__lb1={"nginx": {"proxy_read_timeout": 60}}, mastodon__trusted_proxy_ip="x"),
+                       "nginx-proxy-timeout-below-request-timeout")
+        assert item["numbers"] == {"proxy_read_timeout": 60, "request_timeout": 120}
+
+    def test_equal_is_fine(self):
+        assert found(cluster(**PROXY), "nginx-proxy-timeout-below-request-timeout") == []
+
+
+class TestTrustedProxyIpMissing:
+    def test_error_for_puma_on_another_host(self):
+        [item] = found(cluster(hosts__lb1={"nginx": {}}), "trusted-proxy-ip-missing")
+        assert item["host"] == "web1" and "lb1" in item["message"]
+
+    def test_set_in_the_inventory(self):
+        assert found(cluster(**PROXY), "trusted-proxy-ip-missing") == []
+
+    def test_nginx_on_the_same_host(self):
+        assert found(cluster(hosts__web1__nginx={}), "trusted-proxy-ip-missing") == []
+
+
+@pytest.mark.parametrize("rule_id", sorted(rules.RULES))
+def test_rule_ids_are_stable_slugs(rule_id):
+    assert rule_id == rule_id.lower() and " " not in rule_id
