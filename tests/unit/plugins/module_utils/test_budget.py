@@ -1,0 +1,236 @@
+"""The connection arithmetic: worked examples and properties that hold for any plan."""
+
+import copy
+
+from hypothesis import given, settings, strategies as st
+
+from ansible_collections.fediscale.mastodon.plugins.module_utils import budget, plan
+
+from ...clusters import QUEUES, cluster
+
+NORA = {
+    "mastodon": {"version": "4.5", "direct_connections": {}},
+    "hosts": {
+        "db1": {"postgresql": {"max_connections": 200, "ram": "16GB"}, "redis": {"instances": [
+            {"name": "persistent", "purpose": "persistent"},
+            {"name": "cache", "purpose": "cache", "port": 6380, "maxmemory": "1GB"}]}},
+        "app1": {"web": {"concurrency": 3, "max_threads": 10},
+                 "streaming": {"ports": [4000, 4001, 4002], "db_pool": 15}, "pgbouncer": {"enabled": False}},
+        "worker1": {"pgbouncer": {"enabled": False}, "sidekiq": {"queues": [
+            {"queue": queue, "concurrency": threads, "db_pool": threads}
+            for queue, threads in [("default", 25), ("push", 25), ("pull", 25), ("ingress", 25),
+                                   ("mailers", 5), ("scheduler", 5)]]}},
+    },
+}
+
+
+def test_nora_tindall_185_of_200_with_15_loose():
+    report = plan.connection_budget(NORA)
+    primary = report["servers"]["primary"]
+    assert (primary["total"], primary["max_connections"], primary["loose"]) == (185, 200, 15)
+    by_service = {}
+    for row in report["processes"]:
+        by_service[row["service"]] = by_service.get(row["service"], 0) + row["connections"]
+    assert by_service == {"web": 30, "streaming": 45, "sidekiq": 110}
+    assert report["errors"] == 0
+    assert [item["rule"] for item in report["findings"]] == ["connections-over-warning-line"]
+
+
+def test_defaults_follow_mastodon():
+    description = cluster(hosts__web1={"web": {}, "streaming": {}, "pgbouncer": {"enabled": False}},
+                          hosts__worker1__sidekiq={"queues": [{"queue": queue} for queue in QUEUES]})
+    rows = {row["service"]: row for row in plan.connection_budget(description)["processes"]}
+    assert (rows["web"]["processes"], rows["web"]["threads"], rows["web"]["pool"]) == (2, 5, 5)
+    assert (rows["streaming"]["pool"], rows["streaming"]["pool_source"]) == (10, "streaming default")
+    assert (rows["sidekiq"]["threads"], rows["sidekiq"]["pool"]) == (5, 5)
+
+
+def test_sidekiq_pool_before_4_3_falls_back_to_max_threads():
+    description = cluster(mastodon__version="4.2",
+                          hosts__worker1__mastodon={"env_production": {"MAX_THREADS": "7"}},
+                          hosts__worker1__sidekiq={"queues": [{"queue": queue, "concurrency": 10}
+                                                              for queue in QUEUES]})
+    row = [row for row in plan.connection_budget(description)["processes"] if row["service"] == "sidekiq"][0]
+    assert (row["pool"], row["pool_source"]) == (7, "MAX_THREADS from .env.production")
+
+
+def test_replica_counts_rails_processes_only():
+    description = cluster(hosts__db2={"postgresql": {"role": "replica", "ram": "16GB"}})
+    report = plan.connection_budget(description)
+    assert report["servers"]["primary"]["total"] == 52
+    assert report["servers"]["replica"]["total"] == 40  # web 10 + sidekiq 30, no streaming, no direct
+
+
+def test_pgbouncer_host_counts_its_pools_not_its_clients():
+    report = plan.connection_budget(cluster(hosts__worker1__pgbouncer={"default_pool_size": 8,
+                                                                       "reserve_pool_size": 2, "processes": 1}))
+    bouncer = report["pgbouncer"]["worker1"]
+    assert (bouncer["clients"], bouncer["primary_connections"]) == (30, 10)
+    # web1's web and streaming 20 direct, worker1's pool 8 + reserve 2, 2 direct connections.
+    assert report["servers"]["primary"]["total"] == 20 + 10 + 2
+
+
+def test_max_db_connections_caps_each_process():
+    report = plan.connection_budget(cluster(hosts__worker1__pgbouncer={"default_pool_size": 20,
+                                                                       "max_db_connections": 6,
+                                                                       "processes": 2, "version": "1.21"}))
+    assert report["pgbouncer"]["worker1"]["primary_connections"] == 12
+
+
+def test_auto_pools_share_what_is_left_below_the_line():
+    # Line 45 of 50 - direct 2 - web1's 20 direct = 23 left for worker1 (30 clients): pool 20 fits.
+    report = plan.connection_budget(cluster(hosts__db1={"postgresql": {"max_connections": 50, "ram": "16GB"}},
+                                            hosts__worker1__pgbouncer={}))
+    assert report["pgbouncer"]["worker1"]["default_pool_size"] == 20
+    # Line 36 of 40: 14 left.
+    report = plan.connection_budget(cluster(hosts__db1={"postgresql": {"max_connections": 40, "ram": "16GB"}},
+                                            hosts__worker1__pgbouncer={}))
+    assert report["pgbouncer"]["worker1"]["default_pool_size"] == 14
+    assert report["servers"]["primary"]["total"] == 36
+
+
+def test_auto_pools_split_by_clients():
+    report = plan.connection_budget(cluster(hosts__db1={"postgresql": {"max_connections": 40, "ram": "16GB"}},
+                                            hosts__web1__pgbouncer={}, hosts__worker1__pgbouncer={}))
+    # 36 - 2 direct = 34, split 20:30 -> 13 and 20.
+    assert report["pgbouncer"]["web1"]["default_pool_size"] == 13
+    assert report["pgbouncer"]["worker1"]["default_pool_size"] == 20
+    assert report["servers"]["primary"]["total"] <= 36
+
+
+def test_headroom_statement():
+    report = plan.connection_budget(cluster())
+    # Line 180 - 52 = 128 connections; sidekiq runs at concurrency 5.
+    assert report["servers"]["primary"]["headroom"] == {"connections": 128, "concurrency": 5,
+                                                        "sidekiq_processes": 25}
+    assert report["headroom"].startswith("25 more sidekiq processes at concurrency 5 fit below the 90 % line")
+
+
+def test_environment_points_units_at_pgbouncer_and_migrations_at_the_primary():
+    report = plan.connection_budget(cluster(hosts__db1={"postgresql": {"ram": "16GB"},
+                                                        "mastodon": {"address": "10.0.0.10"}},
+                                            hosts__worker1__pgbouncer={}))
+    env = report["environment"]["worker1"]
+    assert env["units"]["DB_HOST"] == "127.0.0.1" and env["units"]["DB_PORT"] == "6432"
+    assert env["migrations"]["DB_HOST"] == "10.0.0.10" and env["migrations"]["DB_PORT"] == "5432"
+    assert env["units"]["CACHE_REDIS_URL"] == "redis://redis1:6380"
+    assert report["environment"]["web1"]["units"]["DB_HOST"] == "10.0.0.10"
+
+
+def test_sidekiq_units_per_host():
+    units = plan.sidekiq_units(plan.connection_budget(cluster(hosts__worker1__sidekiq={"queues": [
+        {"queue": queue, "concurrency": 10, "instances": 3 if queue == "pull" else 1} for queue in QUEUES]})))
+    pull = [unit for unit in units["worker1"] if unit["queue"] == "pull"][0]
+    assert pull["template"] == "mastodon-sidekiq-pull@.service"
+    assert pull["instances"] == ["mastodon-sidekiq-pull@1.service", "mastodon-sidekiq-pull@2.service",
+                                 "mastodon-sidekiq-pull@3.service"]
+    assert pull["environment"] == {"DB_POOL": "10", "CONCURRENCY": "10"}
+
+
+def test_rendered_table_and_markdown_carry_the_numbers():
+    report = plan.connection_budget(NORA)
+    table = plan.render_table(report)
+    assert "185 of 200 max_connections, 15 loose" in table
+    assert "WARNING connections-over-warning-line" in table
+    markdown = plan.render_markdown(report)
+    assert "| primary | db1 | 185 | 200 | 197 | 180 | 15 | 92.5 % |" in markdown
+
+
+# --- properties ---
+
+queue_entry = st.fixed_dictionaries({
+    "queue": st.sampled_from(QUEUES),
+    "instances": st.integers(0, 6),
+    "concurrency": st.integers(1, 30),
+}, optional={"db_pool": st.integers(1, 30)})
+
+host_entry = st.fixed_dictionaries({
+    "web": st.one_of(st.none(), st.fixed_dictionaries({"concurrency": st.integers(1, 8),
+                                                       "max_threads": st.integers(1, 10)})),
+    "streaming": st.one_of(st.none(), st.fixed_dictionaries({
+        "ports": st.lists(st.integers(4000, 4010), min_size=1, max_size=4, unique=True),
+        "db_pool": st.integers(1, 20)})),
+    "sidekiq": st.one_of(st.none(), st.fixed_dictionaries({"queues": st.lists(queue_entry, max_size=5)})),
+    # Plans whose server side is fixed: no pgbouncer, or a pgbouncer with a given pool.
+    "pgbouncer": st.one_of(st.just({"enabled": False}), st.fixed_dictionaries({
+        "default_pool_size": st.integers(1, 30), "reserve_pool_size": st.integers(0, 3)})),
+})
+
+
+def random_cluster(hosts, direct, max_connections):
+    description = cluster(hosts__db1={"postgresql": {"max_connections": max_connections, "ram": "64GB",
+                                                     "acknowledge_max_connections_over_1000": True}},
+                          mastodon__direct_connections=direct)
+    del description["hosts"]["web1"], description["hosts"]["worker1"]
+    for index, host in enumerate(hosts):
+        description["hosts"]["app%d" % index] = {key: value for key, value in host.items() if value is not None}
+    return description
+
+
+clusters = st.builds(random_cluster, st.lists(host_entry, min_size=1, max_size=5),
+                     st.dictionaries(st.sampled_from(["migrations", "tootctl", "pghero"]), st.integers(0, 5)),
+                     st.integers(20, 2000))
+
+
+@settings(max_examples=150, deadline=None)
+@given(clusters)
+def test_total_is_the_sum_of_its_parts(description):
+    report = budget.compute(description)
+    primary = report["servers"]["primary"]
+    expected = sum(report["direct_connections"].values())
+    for host, clients in report["clients"].items():
+        if host in report["pgbouncer"]:
+            expected += report["pgbouncer"][host]["primary_connections"]
+        else:
+            expected += clients["primary"]
+    assert primary["total"] == expected
+    direct_rows = sum(row["connections"] for row in report["processes"] if row["via"] == "direct")
+    pooled = sum(bouncer["primary_connections"] for bouncer in report["pgbouncer"].values())
+    assert primary["total"] == direct_rows + pooled + sum(report["direct_connections"].values())
+    assert primary["loose"] == primary["max_connections"] - primary["total"]
+
+
+@settings(max_examples=150, deadline=None)
+@given(clusters, st.integers(0, 4), st.integers(1, 30))
+def test_adding_a_process_never_lowers_the_total(description, host_index, concurrency):
+    before = budget.compute(description)["servers"]["primary"]["total"]
+    grown = copy.deepcopy(description)
+    hosts = sorted(name for name in grown["hosts"] if name.startswith("app"))
+    host = grown["hosts"][hosts[host_index % len(hosts)]]
+    host.setdefault("sidekiq", {"queues": []})["queues"].append({"queue": "pull", "concurrency": concurrency})
+    assert budget.compute(grown)["servers"]["primary"]["total"] >= before
+
+
+@settings(max_examples=150, deadline=None)
+@given(clusters, st.integers(1, 30))
+def test_headroom_is_exact(description, concurrency):
+    report = budget.compute(description)
+    primary = report["servers"]["primary"]
+    if primary["headroom"]["connections"] < 0:
+        return
+    headroom_concurrency = primary["headroom"]["concurrency"]
+    fits = primary["headroom"]["sidekiq_processes"]
+
+    def with_extra(processes):
+        grown = copy.deepcopy(description)
+        grown["hosts"]["extra"] = {"pgbouncer": {"enabled": False}, "sidekiq": {"queues": [
+            {"queue": "pull", "instances": processes, "concurrency": headroom_concurrency}]}}
+        return budget.compute(grown)["servers"]["primary"]
+
+    assert with_extra(fits)["total"] <= primary["warning_line"]
+    assert with_extra(fits + 1)["total"] > primary["warning_line"]
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.lists(st.integers(1, 400), min_size=1, max_size=6), st.integers(30, 1000))
+def test_auto_pools_stay_below_the_line_when_they_can(client_counts, max_connections):
+    description = cluster(hosts__db1={"postgresql": {"max_connections": max_connections, "ram": "64GB",
+                                                     "acknowledge_max_connections_over_1000": True}},
+                          mastodon__direct_connections={})
+    del description["hosts"]["web1"]
+    for index, clients in enumerate(client_counts):
+        description["hosts"]["app%d" % index] = {"streaming": {"ports": [4000], "db_pool": clients}}
+    report = budget.compute(description)
+    primary = report["servers"]["primary"]
+    if len(report["pgbouncer"]) + 30 <= primary["warning_line"]:  # room for at least one connection each
+        assert primary["total"] <= primary["warning_line"]
