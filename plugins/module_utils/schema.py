@@ -9,6 +9,7 @@ section prefix plus a key of that section (``web_concurrency`` is the key
 
 from __future__ import annotations
 
+import copy
 import difflib
 import re
 from typing import Any, Callable, Dict, List, Mapping, Optional
@@ -208,7 +209,7 @@ def parse_section(value: Any, fields: Dict[str, Field], where: str) -> Dict[str,
         elif field.required:
             raise PlanInputError("%s.%s" % (where, key), "is required but missing", field.doc)
         else:
-            result[key] = field.default
+            result[key] = copy.deepcopy(field.default)
     return result
 
 
@@ -218,7 +219,7 @@ MASTODON_QUEUE_NAMES = ("default", "push", "ingress", "mailers", "pull", "schedu
 
 CLUSTER = {
     "version": Field(version, "4.5", "Mastodon version"),
-    "experimental_features": Field(string_list, (), "EXPERIMENTAL_FEATURES, e.g. [fasp]"),
+    "experimental_features": Field(string_list, [], "EXPERIMENTAL_FEATURES, e.g. [fasp]"),
     "request_timeout": Field(integer(1), 120, "seconds Mastodon works on a request"),
     "trusted_proxy_ip": Field(optional(parse_str), None, "TRUSTED_PROXY_IP"),
     "migrations_via": Field(choice("direct", "pgbouncer"), "direct", "how rails db:migrate reaches PostgreSQL"),

@@ -1,0 +1,82 @@
+# fediscale.mastodon: one entry point for tests, lint and the local cluster.
+#   make test                     lint, sanity, unit and plan tests, every Molecule scenario
+#   make unit                     the fast loop: model, filters, plan playbook
+#   make molecule SCENARIO=smoke  one Molecule scenario (default: all)
+#   make demo                     the local container cluster with site.yml on it
+#   make bench                    the plan benchmark
+#   make clean                    remove containers, images and the engine the rig started
+SHELL := /bin/bash
+.SHELLFLAGS := -eu -o pipefail -c
+.DEFAULT_GOAL := help
+
+ROOT := $(CURDIR)
+VENV := $(ROOT)/.venv
+BIN := $(VENV)/bin
+RIG := $(ROOT)/tools/rig
+COLLECTIONS := $(ROOT)/.rig
+TIMINGS := $(ROOT)/.rig/timings
+SCENARIO ?=
+SCENARIOS := $(sort $(notdir $(patsubst %/molecule.yml,%,$(wildcard molecule/*/molecule.yml))))
+export ANSIBLE_COLLECTIONS_PATH := $(COLLECTIONS)
+export PATH := $(BIN):$(PATH)
+
+# Run a stage and record how long it took.
+timed = start=$$(date +%s); $(2); echo "$(1) $$(( $$(date +%s) - start ))s" >> $(TIMINGS)
+
+.PHONY: help test unit lint sanity molecule demo bench clean venv collection image
+
+help:
+	@sed -n '2,8p' Makefile
+
+venv:
+	@$(RIG) venv
+
+collection:
+	@$(RIG) collection
+
+image: venv
+	@$(RIG) image
+
+test: venv collection
+	@mkdir -p $(dir $(TIMINGS)); : > $(TIMINGS)
+	@$(call timed,lint,$(MAKE) --no-print-directory lint)
+	@$(call timed,sanity,$(MAKE) --no-print-directory sanity)
+	@$(call timed,unit,$(MAKE) --no-print-directory unit)
+	@$(call timed,molecule,$(MAKE) --no-print-directory molecule)
+	@echo "== stage timings =="; cat $(TIMINGS)
+
+unit: venv collection
+	$(BIN)/python -m pytest -q tests/unit tests/plan
+
+lint: venv collection
+	$(BIN)/ansible-lint --offline
+	@# Every filter documents itself for ansible-doc.
+	@for filter in $$(sed -n 's/^ *"\([a-z_]*\)": [a-z_]*,$$/\1/p' plugins/filter/budget.py); do \
+	  $(BIN)/ansible-doc -t filter fediscale.mastodon.$$filter > /dev/null || exit 1; done
+
+# ansible-test works on a git checkout at ansible_collections/NAMESPACE/NAME.
+sanity: venv
+	@$(RIG) sanity-pip
+	@rm -rf $(ROOT)/.rig/sanity && mkdir -p $(ROOT)/.rig/sanity/ansible_collections/fediscale
+	@git ls-files -z --cached --others --exclude-standard | tar --null --ignore-failed-read -T - -cf - | \
+	  tar -C $(ROOT)/.rig/sanity/ansible_collections/fediscale -xf - --one-top-level=mastodon
+	@cd $(ROOT)/.rig/sanity/ansible_collections/fediscale/mastodon && git init -q && git add -A && \
+	  $(BIN)/ansible-test sanity --python 3.11 --requirements-mode skip --color no 2>&1 | tail -40
+
+molecule: image collection
+	@cd $(ROOT) && export FEDISCALE_RIG_IMAGE=$$($(RIG) image-name) && \
+	  for scenario in $(or $(SCENARIO),$(SCENARIOS)); do \
+	    echo "== molecule test -s $$scenario"; \
+	    $(BIN)/molecule test -s $$scenario || exit 1; \
+	  done
+
+demo: image collection
+	@echo "The local cluster arrives with the site playbook (issue: site.yml on a multi-host container cluster)."
+	@echo "Until then, the plan of the example inventory:"
+	$(BIN)/ansible-playbook fediscale.mastodon.plan -i inventories/example
+
+bench: venv collection
+	$(BIN)/python benchmarks/plan_speed.py
+
+clean:
+	@$(RIG) clean

@@ -1,0 +1,90 @@
+"""playbooks/plan.yml run as users run it: ansible-playbook fediscale.mastodon.plan -i INVENTORY."""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from ..conftest import COLLECTIONS_ROOT, ROOT
+
+PLAYBOOK = str(Path(sys.executable).with_name("ansible-playbook"))
+
+
+def run_plan(inventory, tmp_path):
+    env = dict(os.environ, ANSIBLE_COLLECTIONS_PATH=str(COLLECTIONS_ROOT), ANSIBLE_NOCOLOR="1",
+               ANSIBLE_FORCE_COLOR="0", ANSIBLE_HOST_KEY_CHECKING="False")
+    result = subprocess.run(
+        [PLAYBOOK, "fediscale.mastodon.plan", "-i", str(inventory),
+         "-e", "mastodon_plan_report_dir=%s" % (tmp_path / "report")],
+        env=env, cwd=str(tmp_path), capture_output=True, text=True, timeout=300, check=False)
+    return result
+
+
+def copy_inventory(name, tmp_path):
+    target = tmp_path / "inventory"
+    shutil.copytree(ROOT / "inventories" / name, target)
+    return target
+
+
+def edit_yaml(path, change):
+    data = yaml.safe_load(path.read_text())
+    change(data)
+    path.write_text(yaml.safe_dump(data))
+
+
+def test_nora_prints_185_of_200_with_15_loose(tmp_path):
+    result = run_plan(ROOT / "inventories" / "nora", tmp_path)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "185 of 200 max_connections, 15 loose" in result.stdout
+    report = json.loads((tmp_path / "report" / "budget.json").read_text())
+    assert (report["servers"]["primary"]["total"], report["servers"]["primary"]["loose"]) == (185, 15)
+    assert "| primary | db1 | 185 | 200 |" in (tmp_path / "report" / "budget.md").read_text()
+
+
+@pytest.mark.parametrize("name", ["example", "hachyderm"])
+def test_shipped_inventories_plan_clean(name, tmp_path):
+    result = run_plan(ROOT / "inventories" / name, tmp_path)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "0 errors, 0 warnings" in result.stdout
+
+
+def test_second_scheduler_fails_naming_hosts_and_units(tmp_path):
+    inventory = copy_inventory("example", tmp_path)
+    edit_yaml(inventory / "host_vars" / "sidekiq2.yml",
+              lambda data: data["sidekiq_queues"].append({"queue": "scheduler", "concurrency": 5}))
+    result = run_plan(inventory, tmp_path)
+    assert result.returncode != 0
+    assert "sidekiq-scheduler-count" in result.stdout
+    assert "sidekiq1 mastodon-sidekiq-scheduler@.service x1" in result.stdout
+    assert "sidekiq2 mastodon-sidekiq-scheduler@.service x1" in result.stdout
+
+
+def test_db_pool_below_concurrency_fails_naming_host_and_unit(tmp_path):
+    inventory = copy_inventory("example", tmp_path)
+    edit_yaml(inventory / "host_vars" / "sidekiq2.yml",
+              lambda data: data["sidekiq_queues"][0].update(db_pool=4))
+    result = run_plan(inventory, tmp_path)
+    assert result.returncode != 0
+    assert "ERROR sidekiq-db-pool-below-concurrency [sidekiq2 mastodon-sidekiq-pull@.service]" in result.stdout
+
+
+def test_typo_fails_with_the_variable_and_host(tmp_path):
+    inventory = copy_inventory("example", tmp_path)
+    (inventory / "host_vars" / "web1.yml").write_text("web_concurency: 8\n")
+    result = run_plan(inventory, tmp_path)
+    assert result.returncode != 0
+    assert "host web1, variable web_concurency: unknown variable (did you mean web_concurrency?)" in result.stdout
+    assert "Traceback" not in result.stdout + result.stderr
+
+
+def test_host_in_no_group_fails(tmp_path):
+    inventory = copy_inventory("example", tmp_path)
+    edit_yaml(inventory / "hosts.yml", lambda data: data["all"].setdefault("hosts", {}).update(stray=None))
+    result = run_plan(inventory, tmp_path)
+    assert result.returncode != 0
+    assert "host stray: is in none of the groups" in result.stdout
