@@ -61,7 +61,7 @@ sanity: venv
 	@git ls-files -z --cached --others --exclude-standard | tar --null --ignore-failed-read -T - -cf - | \
 	  tar -C $(ROOT)/.rig/sanity/ansible_collections/fediscale -xf - --one-top-level=mastodon
 	@cd $(ROOT)/.rig/sanity/ansible_collections/fediscale/mastodon && git init -q && git add -A && \
-	  $(BIN)/ansible-test sanity --python 3.11 --requirements-mode skip --color no 2>&1 | tail -40
+	  $(BIN)/ansible-test sanity --python 3.11 --color no
 
 molecule: image collection
 	@cd $(ROOT) && export FEDISCALE_RIG_IMAGE=$$($(RIG) image-name) && \

@@ -287,7 +287,9 @@ def resolve_redis_settings(settings: Dict[str, str], instances: List[Dict[str, A
 
 def _endpoint_from_url(url: str) -> tuple:
     rest = url.split("://", 1)[-1].split("/", 1)[0].rsplit("@", 1)[-1]
-    host, _, port = rest.rpartition(":") if ":" in rest else (rest, "", "6379")
+    host, colon, port = rest.rpartition(":")
+    if not colon:
+        return (rest, 6379)
     return (host, int(port) if port.isdigit() else 6379)
 
 

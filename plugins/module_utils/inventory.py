@@ -16,11 +16,11 @@ from ansible_collections.fediscale.mastodon.plugins.module_utils.schema import (
     APP_SECTIONS, CLUSTER, GROUPS, HOST_SECTIONS, PlanInputError,
 )
 
-PREFIXES = tuple(sorted({prefix for _, _, prefix in HOST_SECTIONS.values()}))
+PREFIXES = tuple(sorted({section.prefix for section in HOST_SECTIONS.values()}))
 CLUSTER_VARIABLES = {"mastodon_" + key: key for key in CLUSTER}
 KNOWN_VARIABLES = sorted(
     list(CLUSTER_VARIABLES)
-    + [prefix + key for fields, _, prefix in HOST_SECTIONS.values() for key in fields]
+    + [section.prefix + key for section in HOST_SECTIONS.values() for key in section.fields]
 )
 
 
@@ -60,8 +60,8 @@ def description_from_inventory(hostvars: Mapping[str, Mapping[str, Any]],
         names = [name for name in variables if isinstance(name, str) and name.startswith(PREFIXES)]
         _check_typos(host, names)
         wanted_sections = {"mastodon"}
-        for section, (_, group, _) in HOST_SECTIONS.items():
-            if group in members[host]:
+        for section, spec in HOST_SECTIONS.items():
+            if spec.group in members[host]:
                 wanted_sections.add(section)
         if wanted_sections & set(APP_SECTIONS):
             wanted_sections.add("pgbouncer")
@@ -80,8 +80,8 @@ def description_from_inventory(hostvars: Mapping[str, Mapping[str, Any]],
                 cluster_source[key] = host
                 continue
             for section in wanted_sections:
-                fields, _, prefix = HOST_SECTIONS[section]
-                if name.startswith(prefix) and name[len(prefix):] in fields:
+                prefix = HOST_SECTIONS[section].prefix
+                if name.startswith(prefix) and name[len(prefix):] in HOST_SECTIONS[section].fields:
                     sections[section][name[len(prefix):]] = variables[name]
         hosts[host] = sections
     return {"mastodon": cluster, "hosts": hosts}

@@ -24,15 +24,17 @@ SIDEKIQ_DEFAULT_CONCURRENCY = 5
 SIZING_VARIABLES = ("DB_POOL", "MAX_THREADS", "WEB_CONCURRENCY", "SIDEKIQ_CONCURRENCY")
 
 
-def sidekiq_queues(version: str, experimental_features: List[str]) -> Tuple[List[str], List[str]]:
-    """(queues Mastodon knows, queues it actually uses) for a version and its feature flags."""
+def known_queues(version: str) -> List[str]:
+    """The queues config/sidekiq.yml of a version lists."""
     known = ["default", "push", "ingress", "mailers", "pull", "scheduler"]
-    used = list(known)
     if version_tuple(version) >= (4, 4):
         known.append("fasp")
-        if "fasp" in experimental_features:
-            used.append("fasp")
-    return known, used
+    return known
+
+
+def used_queues(version: str, experimental_features: List[str]) -> List[str]:
+    """The queues that get jobs: fasp only when EXPERIMENTAL_FEATURES has it."""
+    return [queue for queue in known_queues(version) if queue != "fasp" or "fasp" in experimental_features]
 
 
 def _from_env(name: str, unit: Mapping[str, str], env_production: Mapping[str, str],

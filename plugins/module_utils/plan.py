@@ -71,9 +71,10 @@ def _bar(server: Dict[str, Any]) -> str:
 def _server_lines(server: Dict[str, Any]) -> List[str]:
     return [
         "PostgreSQL %s on %s: %d of %d max_connections, %d loose; usable %d (%d superuser_reserved, %d reserved),"
-        " 90 %% line %d" % (server["role"], server["host"], server["total"], server["max_connections"],
-                             server["loose"], server["usable"], server["superuser_reserved_connections"],
-                             server["reserved_connections"], server["warning_line"]),
+        " 90 %% line %d" % (
+            server["role"], server["host"], server["total"], server["max_connections"], server["loose"],
+            server["usable"], server["superuser_reserved_connections"], server["reserved_connections"],
+            server["warning_line"]),
         "%s %.1f %%   (# used, . free below usable, | 90 %% line, x reserved)" % (
             _bar(server), server["utilisation_percent"]),
     ]
@@ -85,8 +86,8 @@ def _rows(report: Dict[str, Any]) -> List[List[str]]:
         rows.append([row["host"], row["service"], row["unit"], str(row["processes"]), str(row["pool"]),
                      str(row["connections"]), row["via"]])
     for host, bouncer in sorted(report["pgbouncer"].items()):
-        rows.append([host, "pgbouncer", "%d clients / max_client_conn %d" % (bouncer["clients"],
-                                                                            bouncer["max_client_conn"]),
+        clients = "%d clients / max_client_conn %d" % (bouncer["clients"], bouncer["max_client_conn"])
+        rows.append([host, "pgbouncer", clients,
                      str(bouncer["processes"]), str(bouncer["default_pool_size"] + bouncer["reserve_pool_size"]),
                      str(bouncer["primary_connections"]), "to primary"])
     for name, count in sorted(report["direct_connections"].items()):

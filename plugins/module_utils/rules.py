@@ -177,8 +177,8 @@ def pgbouncer_processes_need_peers(report: Report) -> Iterator[Finding]:
             yield finding(
                 "pgbouncer-processes-need-peers", ERROR, host, "pgbouncer",
                 "%d pgbouncer processes share a port with so_reuseport, but pgbouncer %s has no [peers] section "
-                "(1.19+): a query cancellation can reach the wrong process" % (bouncer["processes"],
-                                                                              bouncer["version"]),
+                "(1.19+): a query cancellation can reach the wrong process"
+                % (bouncer["processes"], bouncer["version"]),
                 "set pgbouncer_processes: 1, or install pgbouncer 1.19 or newer and set pgbouncer_version",
                 processes=bouncer["processes"], version=bouncer["version"])
 
@@ -268,7 +268,7 @@ def sidekiq_unit_with_several_queues(report: Report) -> Iterator[Finding]:
 
 @rule("sidekiq-unknown-queue")
 def sidekiq_unknown_queue(report: Report) -> Iterator[Finding]:
-    known, _ = mastodon.sidekiq_queues(report["mastodon"]["version"], report["mastodon"]["experimental_features"])
+    known = mastodon.known_queues(report["mastodon"]["version"])
     for row in _sidekiq(report):
         for queue in row["queues"]:
             if queue not in known:
@@ -280,7 +280,7 @@ def sidekiq_unknown_queue(report: Report) -> Iterator[Finding]:
 
 @rule("sidekiq-queue-without-worker")
 def sidekiq_queue_without_worker(report: Report) -> Iterator[Finding]:
-    _, used = mastodon.sidekiq_queues(report["mastodon"]["version"], report["mastodon"]["experimental_features"])
+    used = mastodon.used_queues(report["mastodon"]["version"], report["mastodon"]["experimental_features"])
     served = {queue for row in _sidekiq(report) if row["processes"] for queue in row["queues"]}
     for queue in used:
         if queue not in served:
@@ -336,8 +336,8 @@ def redis_namespace_aborts_boot(report: Report) -> Iterator[Finding]:
     for host, place in _env_settings(report, "REDIS_NAMESPACE"):
         yield finding(
             "redis-namespace-aborts-boot", ERROR, host, "mastodon",
-            "REDIS_NAMESPACE is set in %s: Mastodon %s refuses to boot with it" % (place,
-                                                                               report["mastodon"]["version"]),
+            "REDIS_NAMESPACE is set in %s: Mastodon %s refuses to boot with it"
+            % (place, report["mastodon"]["version"]),
             "migrate the namespaced keys (tootctl redis migrate) and remove REDIS_NAMESPACE; use one Redis "
             "instance per dataset instead")
 

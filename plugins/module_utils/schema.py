@@ -12,7 +12,7 @@ from __future__ import annotations
 import copy
 import difflib
 import re
-from typing import Any, Callable, Dict, List, Mapping, Optional
+from typing import Any, Callable, Dict, List, Mapping, NamedTuple, Optional
 
 MISSING = object()
 AUTO = "auto"
@@ -215,8 +215,6 @@ def parse_section(value: Any, fields: Dict[str, Field], where: str) -> Dict[str,
 
 # --- the sections ---
 
-MASTODON_QUEUE_NAMES = ("default", "push", "ingress", "mailers", "pull", "scheduler", "fasp")
-
 CLUSTER = {
     "version": Field(version, "4.5", "Mastodon version"),
     "experimental_features": Field(string_list, [], "EXPERIMENTAL_FEATURES, e.g. [fasp]"),
@@ -309,19 +307,24 @@ NGINX = {
     "proxy_read_timeout": Field(integer(1), 120, "seconds"),
 }
 
-# section name -> (fields, inventory group that brings it, inventory variable prefix)
+class Section(NamedTuple):
+    fields: Dict[str, Field]
+    group: Optional[str]  # the inventory group that brings the section; None: every host, or app hosts
+    prefix: str  # of its inventory variables
+
+
 HOST_SECTIONS = {
-    "mastodon": (HOST, None, "mastodon_"),
-    "postgresql": (POSTGRESQL, "db", "postgresql_"),
-    "redis": (REDIS, "redis", "redis_"),
-    "web": (WEB, "web", "web_"),
-    "streaming": (STREAMING, "streaming", "streaming_"),
-    "sidekiq": (SIDEKIQ, "sidekiq", "sidekiq_"),
-    "pgbouncer": (PGBOUNCER, None, "pgbouncer_"),
-    "nginx": (NGINX, "proxy", "nginx_"),
+    "mastodon": Section(HOST, None, "mastodon_"),
+    "postgresql": Section(POSTGRESQL, "db", "postgresql_"),
+    "redis": Section(REDIS, "redis", "redis_"),
+    "web": Section(WEB, "web", "web_"),
+    "streaming": Section(STREAMING, "streaming", "streaming_"),
+    "sidekiq": Section(SIDEKIQ, "sidekiq", "sidekiq_"),
+    "pgbouncer": Section(PGBOUNCER, None, "pgbouncer_"),
+    "nginx": Section(NGINX, "proxy", "nginx_"),
 }
 APP_SECTIONS = ("web", "streaming", "sidekiq")
-GROUPS = tuple(group for _, group, _ in HOST_SECTIONS.values() if group)
+GROUPS = tuple(section.group for section in HOST_SECTIONS.values() if section.group)
 
 
 def parse_description(description: Any) -> Dict[str, Any]:
@@ -346,9 +349,9 @@ def parse_description(description: Any) -> Dict[str, Any]:
                 raise PlanInputError("%s.%s" % (where, section), "unknown section", suggest(str(section),
                                                                                             list(HOST_SECTIONS)))
         parsed = {"mastodon": parse_section(sections.get("mastodon"), HOST, where + ".mastodon")}
-        for section, (fields, _, _) in HOST_SECTIONS.items():
+        for section, spec in HOST_SECTIONS.items():
             if section != "mastodon" and section in sections:
-                parsed[section] = parse_section(sections[section], fields, "%s.%s" % (where, section))
+                parsed[section] = parse_section(sections[section], spec.fields, "%s.%s" % (where, section))
         if any(section in parsed for section in APP_SECTIONS) and "pgbouncer" not in parsed:
             parsed["pgbouncer"] = parse_section({}, PGBOUNCER, where + ".pgbouncer")
         result["hosts"][str(name)] = parsed
