@@ -307,6 +307,7 @@ NGINX = {
     "proxy_read_timeout": Field(integer(1), 120, "seconds"),
 }
 
+
 class Section(NamedTuple):
     fields: Dict[str, Field]
     group: Optional[str]  # the inventory group that brings the section; None: every host, or app hosts
