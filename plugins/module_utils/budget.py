@@ -121,7 +121,8 @@ def _allocate_pgbouncers(hosts: Dict[str, Any], clients: Dict[str, Dict[str, int
 
     An auto pool's share of a server is what is left below the 90 % line (or
     the usable capacity, when lower) after direct connections, hosts without
-    pgbouncer and pgbouncers with a fixed pool, split by client count.
+    pgbouncer and pgbouncers with a fixed pool: one connection per process
+    and user each, the rest split by client count.
     """
     bouncers = {host: sections["pgbouncer"] for host, sections in hosts.items()
                 if sections.get("pgbouncer") and sections["pgbouncer"]["enabled"] and clients[host]["primary"]}
@@ -140,12 +141,15 @@ def _allocate_pgbouncers(hosts: Dict[str, Any], clients: Dict[str, Dict[str, int
                     fixed += _server_connections(section, section["default_pool_size"])
             else:
                 fixed += clients[host][role]
-        remaining = max(target - fixed, 0)
+        weights = {host: weight for host, weight in weights.items() if weight}
+        # Every pool gets its one connection per process and user first; the
+        # rest is split by client count. Floors never push the sum over.
+        floors = {host: bouncers[host]["processes"] * bouncers[host]["users"]
+                  * (1 + bouncers[host]["reserve_pool_size"]) for host in weights}
+        spread = max(target - fixed - sum(floors.values()), 0)
         total_weight = sum(weights.values())
         for host, weight in weights.items():
-            if weight == 0:
-                continue
-            share = remaining * weight // total_weight
+            share = floors[host] + spread * weight // total_weight
             shares[host] = share if shares[host] is None else min(shares[host], share)
     result = {}
     for host, section in bouncers.items():

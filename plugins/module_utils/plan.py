@@ -80,16 +80,35 @@ def _server_lines(server: Dict[str, Any]) -> List[str]:
     ]
 
 
+def _hosts_label(hosts: List[str]) -> str:
+    if len(hosts) <= 3:
+        return ", ".join(hosts)
+    return "%d hosts: %s .. %s" % (len(hosts), hosts[0], hosts[-1])
+
+
 def _rows(report: Dict[str, Any]) -> List[List[str]]:
-    rows = [["host", "service", "unit", "procs", "pool", "conns", "via"]]
+    """Table rows; hosts whose rows are identical share one row, so a 1000-host plan stays readable.
+
+    procs and conns are the sums over the hosts of a row; pool is per process.
+    """
+    groups: Dict[tuple, Dict[str, Any]] = {}
+
+    def add(host: str, key: tuple, processes: int, connections: int) -> None:
+        group = groups.setdefault(key, {"hosts": [], "processes": 0, "connections": 0})
+        group["hosts"].append(host)
+        group["processes"] += processes
+        group["connections"] += connections
+
     for row in report["processes"]:
-        rows.append([row["host"], row["service"], row["unit"], str(row["processes"]), str(row["pool"]),
-                     str(row["connections"]), row["via"]])
+        add(row["host"], (row["service"], row["unit"], row["pool"], row["via"]), row["processes"], row["connections"])
     for host, bouncer in sorted(report["pgbouncer"].items()):
         clients = "%d clients / max_client_conn %d" % (bouncer["clients"], bouncer["max_client_conn"])
-        rows.append([host, "pgbouncer", clients,
-                     str(bouncer["processes"]), str(bouncer["default_pool_size"] + bouncer["reserve_pool_size"]),
-                     str(bouncer["primary_connections"]), "to primary"])
+        add(host, ("pgbouncer", clients, bouncer["default_pool_size"] + bouncer["reserve_pool_size"], "to primary"),
+            bouncer["processes"], bouncer["primary_connections"])
+    rows = [["host", "service", "unit", "procs", "pool", "conns", "via"]]
+    for (service, unit, pool, via), group in groups.items():
+        rows.append([_hosts_label(group["hosts"]), service, unit, str(group["processes"]), str(pool),
+                     str(group["connections"]), via])
     for name, count in sorted(report["direct_connections"].items()):
         rows.append(["-", "direct", name, "", "", str(count), "direct"])
     return rows

@@ -344,8 +344,11 @@ def redis_namespace_aborts_boot(report: Report) -> Iterator[Finding]:
 
 @rule("sizing-variable-in-env-production")
 def sizing_variable_in_env_production(report: Report) -> Iterator[Finding]:
+    rows_by_host: Dict[str, List[Dict[str, Any]]] = {}
+    for row in report["processes"]:
+        rows_by_host.setdefault(row["host"], []).append(row)
     for host, env in sorted(report["env_production"].items()):
-        rows = [row for row in report["processes"] if row["host"] == host]
+        rows = rows_by_host.get(host, [])
         for name in mastodon.SIZING_VARIABLES:
             if name not in env:
                 continue

@@ -12,7 +12,8 @@ from __future__ import annotations
 import copy
 import difflib
 import re
-from typing import Any, Callable, Dict, List, Mapping, NamedTuple, Optional
+from collections.abc import Mapping
+from typing import Any, Callable, Dict, List, NamedTuple, Optional
 
 MISSING = object()
 AUTO = "auto"
@@ -209,7 +210,8 @@ def parse_section(value: Any, fields: Dict[str, Field], where: str) -> Dict[str,
         elif field.required:
             raise PlanInputError("%s.%s" % (where, key), "is required but missing", field.doc)
         else:
-            result[key] = copy.deepcopy(field.default)
+            default = field.default
+            result[key] = copy.deepcopy(default) if isinstance(default, (dict, list)) else default
     return result
 
 

@@ -1,0 +1,73 @@
+# Copyright (c) fediscale.mastodon contributors
+# GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
+"""Controller-side plan: the model's budget, shown, written and checked in one task."""
+
+from __future__ import annotations
+
+import json
+import os
+
+from ansible.errors import AnsibleActionFail
+from ansible.module_utils.common.text.converters import to_native
+from ansible.plugins.action import ActionBase
+
+from ansible_collections.fediscale.mastodon.plugins.filter.budget import _plain, _select
+from ansible_collections.fediscale.mastodon.plugins.module_utils import inventory, plan
+from ansible_collections.fediscale.mastodon.plugins.module_utils.schema import PlanInputError
+
+
+class ActionModule(ActionBase):
+    TRANSFERS_FILES = False
+    _requires_connection = False
+    _VALID_ARGS = frozenset(("cluster", "query", "report_dir", "fail_on_error", "return_report"))
+
+    def run(self, tmp=None, task_vars=None):
+        result = super().run(tmp, task_vars)
+        args = self.validate_argument_spec(argument_spec=dict(
+            cluster=dict(type="dict"),
+            query=dict(type="str"),
+            report_dir=dict(type="path"),
+            fail_on_error=dict(type="bool", default=True),
+            return_report=dict(type="bool", default=False),
+        ))[1]
+        try:
+            if args["cluster"] is None:
+                description = _plain(inventory.description_from_inventory(task_vars["hostvars"],
+                                                                          _plain(task_vars["groups"])))
+            else:
+                description = _select(_plain(args["cluster"]), args["query"])
+            report = plan.connection_budget(description)
+        except PlanInputError as error:
+            raise AnsibleActionFail("the plan's input is wrong: %s" % to_native(error))
+
+        files = []
+        if args["report_dir"]:
+            os.makedirs(args["report_dir"], exist_ok=True)
+            for name, text in (("budget.json", json.dumps(report, indent=2, sort_keys=True) + "\n"),
+                               ("budget.md", plan.render_markdown(report))):
+                path = os.path.join(args["report_dir"], name)
+                with open(path, "w", encoding="utf-8") as stream:
+                    stream.write(text)
+                files.append(path)
+
+        result.update(
+            changed=False,
+            msg=plan.render_table(report).splitlines(),
+            summary={
+                "servers": {role: {key: server[key] for key in ("host", "total", "max_connections", "usable",
+                                                                  "warning_line", "loose", "utilisation_percent")}
+                            for role, server in report["servers"].items()},
+                "errors": report["errors"],
+                "warnings": report["warnings"],
+                "headroom": report["headroom"],
+            },
+            files=files,
+            # Show the table like debug does, without -v.
+            _ansible_verbose_always=True,
+        )
+        if args["return_report"]:
+            result["report"] = report
+        if report["errors"] and args["fail_on_error"]:
+            result["failed"] = True
+            result["msg"].append("The plan has %d error finding(s); nothing was deployed." % report["errors"])
+        return result

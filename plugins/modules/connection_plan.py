@@ -1,0 +1,90 @@
+# Copyright (c) fediscale.mastodon contributors
+# GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
+# This module runs on the controller only: the action plugin of the same name does the work.
+
+DOCUMENTATION = r"""
+module: connection_plan
+short_description: Compute, show and check the Mastodon connection budget on the controller
+version_added: 0.1.0
+description:
+  - Builds the cluster description from the inventory (or takes O(cluster)), computes the connection budget with
+    every rule, prints it as a table, writes it as JSON and Markdown to O(report_dir), and fails on any error
+    finding. It contacts no host.
+  - This is the single task of P(fediscale.mastodon.plan#playbook); one task keeps a 1000-host plan fast.
+options:
+  cluster:
+    description:
+      - A cluster description (see P(fediscale.mastodon.connection_budget#filter)). Default, the inventory's groups
+        and host variables, as P(fediscale.mastodon.cluster_from_inventory#filter) reads them.
+    type: dict
+  query:
+    description: A JMESPath expression selecting the cluster description inside O(cluster).
+    type: str
+  report_dir:
+    description: Directory for C(budget.json) and C(budget.md) on the controller. Empty writes nothing.
+    type: path
+  fail_on_error:
+    description: Fail the task when the plan has an error finding.
+    type: bool
+    default: true
+  return_report:
+    description:
+      - Return the whole report (every process group, host and finding) in RV(report), not only the summary.
+      - Off by default so that the output stays the table.
+    type: bool
+    default: false
+attributes:
+  check_mode:
+    support: full
+    details: The reports are written in check mode too; they describe the plan, not a host.
+  diff_mode:
+    support: none
+  platform:
+    platforms: all
+notes:
+  - Runs on the controller whatever the play's hosts are; run it once, from a play on C(localhost).
+author:
+  - fediscale.mastodon contributors
+"""
+
+EXAMPLES = r"""
+- name: Plan the cluster of this inventory, stop on errors
+  fediscale.mastodon.connection_plan:
+    report_dir: "{{ playbook_dir }}/plan"
+
+- name: Plan a cluster described in my own variables
+  fediscale.mastodon.connection_plan:
+    cluster: "{{ my_site }}"
+    query: mastodon.cluster
+    fail_on_error: false
+  register: budget
+"""
+
+RETURN = r"""
+summary:
+  description: Per database server its totals, and the counts of findings.
+  returned: always
+  type: dict
+  sample:
+    servers:
+      primary: {host: db1, total: 185, max_connections: 200, usable: 197, warning_line: 180, loose: 15}
+    errors: 0
+    warnings: 1
+    headroom: the primary is 5 connections over the 90 % line (180 of 200)
+msg:
+  description: The budget as a table, a line per item, with the findings and their fixes.
+  returned: always
+  type: list
+  elements: str
+report:
+  description:
+    - The whole report of P(fediscale.mastodon.connection_budget#filter); its C(findings) list every finding
+      with C(rule), C(severity), C(host), C(service), C(message), C(hint) and C(numbers).
+  returned: when O(return_report=true)
+  type: dict
+files:
+  description: The files written.
+  returned: always
+  type: list
+  elements: path
+"""
