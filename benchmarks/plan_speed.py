@@ -3,10 +3,11 @@
 
 For each size, generates an inventory (one database host, one Redis host, the
 rest app hosts with web, streaming, sidekiq and pgbouncer), then runs, in
-alternation, ``plan.yml`` and two empty playbooks over the same inventory: one
-on localhost like the plan (Ansible loading the inventory, nothing else) and
-one on all hosts. Reports medians and the ratios plan / empty, measured side
-by side in one run.
+alternation, ``plan.yml``, two empty playbooks over the same inventory (one
+on localhost like the plan: Ansible loading the inventory, nothing else; one
+on all hosts) and a one-task playbook that reads one variable of every host
+(the floor of anything that reads the inventory's variables). Reports medians
+and the ratios, measured side by side in one run.
 
     .venv/bin/python benchmarks/plan_speed.py [--runs 5] [--sizes 10,100,1000]
 """
@@ -75,27 +76,32 @@ def main() -> None:
         (workdir / "empty_localhost.yml").write_text(
             "- name: Empty\n  hosts: localhost\n  gather_facts: false\n  tasks: []\n")
         (workdir / "empty_all.yml").write_text("- name: Empty\n  hosts: all\n  gather_facts: false\n  tasks: []\n")
+        # The floor of any plan that reads the inventory: Ansible computing every host's variables.
+        (workdir / "read_hostvars.yml").write_text(
+            "- name: Read every host's variables\n  hosts: localhost\n  gather_facts: false\n  tasks:\n"
+            "    - name: Count\n      ansible.builtin.debug:\n"
+            "        msg: \"{{ groups.all | map('extract', hostvars, 'mastodon_version') | list | length }}\"\n")
         for size in [int(size) for size in args.sizes.split(",")]:
             inventory = workdir / ("inventory%d" % size)
             write_inventory(inventory, size)
-            times = {"plan": [], "empty_localhost": [], "empty_all": []}
+            times = {"plan": [], "empty_localhost": [], "empty_all": [], "read_hostvars": []}
             for _ in range(args.runs):  # alternate, so drift on a noisy machine hits all alike
                 times["plan"].append(run("fediscale.mastodon.plan", inventory, workdir))
                 times["empty_localhost"].append(run(str(workdir / "empty_localhost.yml"), inventory, workdir))
                 times["empty_all"].append(run(str(workdir / "empty_all.yml"), inventory, workdir))
+                times["read_hostvars"].append(run(str(workdir / "read_hostvars.yml"), inventory, workdir))
             medians = {name: statistics.median(values) for name, values in times.items()}
             rows.append((size, medians))
-            print("%5d hosts: plan %.2fs, empty on localhost %.2fs, empty on all %.2fs, plan/empty(localhost) %.2f, "
-                  "plan/empty(all) %.2f" % (size, medians["plan"], medians["empty_localhost"], medians["empty_all"],
-                                            medians["plan"] / medians["empty_localhost"],
-                                            medians["plan"] / medians["empty_all"]), flush=True)
+            print("%5d hosts: %s" % (size, ", ".join("%s %.2fs" % item for item in medians.items())), flush=True)
     print()
-    print("| hosts | plan.yml | empty, localhost | empty, all hosts | plan / empty (localhost) | plan / empty (all) |")
-    print("| ---: | ---: | ---: | ---: | ---: | ---: |")
+    print("| hosts | plan.yml | empty, localhost | empty, all hosts | read every host's vars "
+          "| plan / empty (localhost) | plan / empty (all) | plan / read vars |")
+    print("| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
     for size, medians in rows:
-        print("| %d | %.2f s | %.2f s | %.2f s | %.2f | %.2f |" % (
-            size, medians["plan"], medians["empty_localhost"], medians["empty_all"],
-            medians["plan"] / medians["empty_localhost"], medians["plan"] / medians["empty_all"]))
+        print("| %d | %.2f s | %.2f s | %.2f s | %.2f s | %.2f | %.2f | %.2f |" % (
+            size, medians["plan"], medians["empty_localhost"], medians["empty_all"], medians["read_hostvars"],
+            medians["plan"] / medians["empty_localhost"], medians["plan"] / medians["empty_all"],
+            medians["plan"] / medians["read_hostvars"]))
 
 
 if __name__ == "__main__":
