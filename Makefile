@@ -70,10 +70,11 @@ molecule: image collection
 	    $(BIN)/molecule test -s $$scenario || exit 1; \
 	  done
 
+# The local container cluster, left running: molecule/cluster (make clean removes it).
 demo: image collection
-	@echo "The local cluster arrives with the site playbook (issue: site.yml on a multi-host container cluster)."
-	@echo "Until then, the plan of the example inventory:"
-	$(BIN)/ansible-playbook fediscale.mastodon.plan -i inventories/example
+	@cd $(ROOT) && export FEDISCALE_RIG_IMAGE=$$($(RIG) image-name) && \
+	  $(BIN)/molecule converge -s cluster && \
+	  echo "The cluster is up: molecule login -s cluster --host demo-web1; make clean removes it."
 
 bench: venv collection
 	$(BIN)/python benchmarks/plan_speed.py
