@@ -1,4 +1,3 @@
-#!/usr/bin/env python3
 """How much the plan costs over Ansible's own start-up, at 10, 100 and 1000 hosts.
 
 For each size, generates an inventory (one database host, one Redis host, the
@@ -85,7 +84,7 @@ def main() -> None:
             inventory = workdir / ("inventory%d" % size)
             write_inventory(inventory, size)
             times = {"plan": [], "empty_localhost": [], "empty_all": [], "read_hostvars": []}
-            for _ in range(args.runs):  # alternate, so drift on a noisy machine hits all alike
+            for _run in range(args.runs):  # alternate, so drift on a noisy machine hits all alike
                 times["plan"].append(run("fediscale.mastodon.plan", inventory, workdir))
                 times["empty_localhost"].append(run(str(workdir / "empty_localhost.yml"), inventory, workdir))
                 times["empty_all"].append(run(str(workdir / "empty_all.yml"), inventory, workdir))

@@ -50,12 +50,12 @@ class ActionModule(ActionBase):
                     stream.write(text)
                 files.append(path)
 
+        server_keys = ("host", "total", "max_connections", "usable", "warning_line", "loose", "utilisation_percent")
         result.update(
             changed=False,
             msg=plan.render_table(report).splitlines(),
             summary={
-                "servers": {role: {key: server[key] for key in ("host", "total", "max_connections", "usable",
-                                                                  "warning_line", "loose", "utilisation_percent")}
+                "servers": {role: {key: server[key] for key in server_keys}
                             for role, server in report["servers"].items()},
                 "errors": report["errors"],
                 "warnings": report["warnings"],

@@ -10,7 +10,7 @@ description:
   - Builds the cluster description from the inventory (or takes O(cluster)), computes the connection budget with
     every rule, prints it as a table, writes it as JSON and Markdown to O(report_dir), and fails on any error
     finding. It contacts no host.
-  - This is the single task of P(fediscale.mastodon.plan#playbook); one task keeps a 1000-host plan fast.
+  - This is the single task of the C(fediscale.mastodon.plan) playbook; one task keeps a 1000-host plan fast.
 options:
   cluster:
     description:
@@ -35,16 +35,20 @@ options:
     default: false
 attributes:
   check_mode:
+    description: Can run in check_mode and return changed status prediction without modifying target.
     support: full
     details: The reports are written in check mode too; they describe the plan, not a host.
   diff_mode:
+    description: Will return details on what has changed (or possibly needs changing in check_mode), when in diff mode.
     support: none
   platform:
+    description: Target OS/families that can be operated against.
+    support: full
     platforms: all
 notes:
   - Runs on the controller whatever the play's hosts are; run it once, from a play on C(localhost).
 author:
-  - fediscale.mastodon contributors
+  - fediscale.mastodon contributors (@fediscale)
 """
 
 EXAMPLES = r"""
