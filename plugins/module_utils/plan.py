@@ -58,7 +58,7 @@ def _bar(server: Dict[str, Any]) -> str:
     cells = []
     for index in range(BAR_WIDTH):
         if index < used:
-            cells.append("#")
+            cells.append("#" if index < line else "!")
         elif index == line:
             cells.append("|")
         elif index < usable:
@@ -75,7 +75,7 @@ def _server_lines(server: Dict[str, Any]) -> List[str]:
             server["role"], server["host"], server["total"], server["max_connections"], server["loose"],
             server["usable"], server["superuser_reserved_connections"], server["reserved_connections"],
             server["warning_line"]),
-        "%s %.1f %%   (# used, . free below usable, | 90 %% line, x reserved)" % (
+        "%s %.1f %%   (# used, ! used above the 90 %% line, | the line, . free, x reserved)" % (
             _bar(server), server["utilisation_percent"]),
     ]
 

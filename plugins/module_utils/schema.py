@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import copy
 import difflib
+import ipaddress
 import re
 from collections.abc import Mapping
 from typing import Any, Callable, Dict, List, NamedTuple, Optional
@@ -172,6 +173,18 @@ def count_mapping(value: Any, where: str) -> Dict[str, int]:
     return {str(name): parse_int(item, "%s.%s" % (where, name)) for name, item in value.items()}
 
 
+def address_list(value: Any, where: str) -> str:
+    """TRUSTED_PROXY_IP: addresses or networks, separated by commas or spaces (Mastodon parses each with IPAddr)."""
+    text = parse_str(value, where)
+    for item in re.split(r"[\s,]+", text.strip()):
+        try:
+            ipaddress.ip_network(item, strict=False)
+        except ValueError:
+            raise PlanInputError(where, "%r is not an IP address or network" % item,
+                                 "Mastodon refuses to boot with it; give addresses such as 10.0.0.5 or 10.0.0.0/24")
+    return text
+
+
 def port(value: Any, where: str) -> int:
     return parse_int(value, where, 1, 65535)
 
@@ -221,7 +234,7 @@ CLUSTER = {
     "version": Field(version, "4.5", "Mastodon version"),
     "experimental_features": Field(string_list, [], "EXPERIMENTAL_FEATURES, e.g. [fasp]"),
     "request_timeout": Field(integer(1), 120, "seconds Mastodon works on a request"),
-    "trusted_proxy_ip": Field(optional(parse_str), None, "TRUSTED_PROXY_IP"),
+    "trusted_proxy_ip": Field(optional(address_list), None, "TRUSTED_PROXY_IP: the proxies' addresses"),
     "migrations_via": Field(choice("direct", "pgbouncer"), "direct", "how rails db:migrate reaches PostgreSQL"),
     "direct_connections": Field(count_mapping, {"migrations": 1, "tootctl": 1},
                                 "connections that bypass pgbouncer"),

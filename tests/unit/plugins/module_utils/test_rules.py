@@ -497,7 +497,7 @@ class TestNginxLimitNofileBelowRlimit:
 
 class TestNginxProxyTimeoutBelowRequestTimeout:
     def test_error(self):
-        [item] = found(cluster(hosts__lb1={"nginx": {"proxy_read_timeout": 60}}, mastodon__trusted_proxy_ip="x"),
+        [item] = found(cluster(hosts__lb1={"nginx": {"proxy_read_timeout": 60}}, mastodon__trusted_proxy_ip="10.0.0.5"),
                        "nginx-proxy-timeout-below-request-timeout")
         assert item["numbers"] == {"proxy_read_timeout": 60, "request_timeout": 120}
 

@@ -92,3 +92,10 @@ def test_sizes(text, kb):
 @pytest.mark.parametrize("kb, text", [(4096, "4MB"), (20164, "20164kB"), (4194304, "4GB"), (1048576 * 1024, "1TB")])
 def test_size_format(kb, text):
     assert format_size_kb(kb) == text
+
+
+def test_trusted_proxy_ip_must_be_addresses():
+    message = error_of(cluster(mastodon__trusted_proxy_ip="10.0.0.5, proxy1"))
+    assert message.startswith("mastodon.trusted_proxy_ip: 'proxy1' is not an IP address or network")
+    report = plan.connection_budget(cluster(mastodon__trusted_proxy_ip="10.0.0.5, 192.168.0.0/24"))
+    assert report["environment"]["web1"]["units"]["TRUSTED_PROXY_IP"] == "10.0.0.5, 192.168.0.0/24"
