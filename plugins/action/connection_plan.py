@@ -30,14 +30,17 @@ class ActionModule(ActionBase):
             fail_on_error=dict(type="bool", default=True),
             return_report=dict(type="bool", default=False),
         ))[1]
+        from_inventory = args["cluster"] is None
         try:
-            if args["cluster"] is None:
+            if from_inventory:
                 description = _plain(inventory.description_from_inventory(task_vars["hostvars"],
                                                                           _plain(task_vars["groups"])))
             else:
                 description = _select(_plain(args["cluster"]), args["query"])
             report = plan.connection_budget(description)
         except PlanInputError as error:
+            if from_inventory:
+                error = inventory.inventory_wording(error)
             raise AnsibleActionFail("the plan's input is wrong: %s" % to_native(error))
 
         files = []

@@ -10,6 +10,7 @@ variables with the section prefix (``web_concurrency`` -> ``concurrency``).
 from __future__ import annotations
 
 import difflib
+import re
 from typing import Any, Dict, Iterable, List, Mapping
 
 from ansible_collections.fediscale.mastodon.plugins.module_utils.schema import (
@@ -85,3 +86,20 @@ def description_from_inventory(hostvars: Mapping[str, Mapping[str, Any]],
                     sections[section][name[len(prefix):]] = variables[name]
         hosts[host] = sections
     return {"mastodon": cluster, "hosts": hosts}
+
+
+def inventory_wording(error: PlanInputError) -> PlanInputError:
+    """The same error, naming the inventory variable rather than the description path.
+
+    ``hosts.web1.web.concurrency`` becomes ``host web1, variable web_concurrency``;
+    ``mastodon.direct_connections`` becomes ``variable mastodon_direct_connections``.
+    """
+    match = re.match(r"hosts\.([^.]+)\.([a-z]+)\.([a-z_]+)(.*)$", error.where)
+    if match and match.group(2) in HOST_SECTIONS:
+        host, section, key, rest = match.groups()
+        where = "host %s, variable %s%s%s" % (host, HOST_SECTIONS[section].prefix, key, rest)
+        return PlanInputError(where, error.problem, error.hint)
+    match = re.match(r"mastodon\.([a-z_]+)(.*)$", error.where)
+    if match:
+        return PlanInputError("variable mastodon_%s%s" % match.groups(), error.problem, error.hint)
+    return error

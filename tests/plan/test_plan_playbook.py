@@ -88,3 +88,11 @@ def test_host_in_no_group_fails(tmp_path):
     result = run_plan(inventory, tmp_path)
     assert result.returncode != 0
     assert "host stray: is in none of the groups" in result.stdout
+
+
+def test_negative_number_names_host_and_variable(tmp_path):
+    inventory = copy_inventory("example", tmp_path)
+    (inventory / "host_vars" / "web1.yml").write_text("web_concurrency: -2\n")
+    result = run_plan(inventory, tmp_path)
+    assert result.returncode != 0
+    assert "host web1, variable web_concurrency: must be at least 1, got -2" in result.stdout

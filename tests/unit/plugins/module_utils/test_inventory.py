@@ -2,7 +2,9 @@
 
 import pytest
 
-from ansible_collections.fediscale.mastodon.plugins.module_utils.inventory import description_from_inventory
+from ansible_collections.fediscale.mastodon.plugins.module_utils.inventory import (
+    description_from_inventory, inventory_wording,
+)
 from ansible_collections.fediscale.mastodon.plugins.module_utils.schema import PlanInputError
 
 GROUPS = {"all": ["db1", "app1"], "ungrouped": [], "db": ["db1"], "web": ["app1"], "sidekiq": ["app1"]}
@@ -46,3 +48,14 @@ def test_cluster_variable_must_agree():
 def test_empty_inventory():
     with pytest.raises(PlanInputError, match="has no host in any of the groups"):
         description_from_inventory({}, {"all": [], "ungrouped": []})
+
+
+@pytest.mark.parametrize("where, wording", [
+    ("hosts.web1.web.concurrency", "host web1, variable web_concurrency"),
+    ("hosts.worker1.sidekiq.queues[0].concurrency", "host worker1, variable sidekiq_queues[0].concurrency"),
+    ("mastodon.direct_connections.migrations", "variable mastodon_direct_connections.migrations"),
+    ("host web1, web: DB_POOL in the unit", "host web1, web: DB_POOL in the unit"),
+])
+def test_errors_name_inventory_variables(where, wording):
+    error = inventory_wording(PlanInputError(where, "must be at least 1, got -3", "a hint"))
+    assert str(error) == "%s: must be at least 1, got -3 (a hint)" % wording
