@@ -11,7 +11,7 @@ from ansible.errors import AnsibleActionFail
 from ansible.module_utils.common.text.converters import to_native
 from ansible.plugins.action import ActionBase
 
-from ansible_collections.fediscale.mastodon.plugins.filter.budget import _plain, _select
+from ansible_collections.fediscale.mastodon.plugins.filter.budget import _plain, _select, role_variables
 from ansible_collections.fediscale.mastodon.plugins.module_utils import inventory, plan
 from ansible_collections.fediscale.mastodon.plugins.module_utils.schema import PlanInputError
 
@@ -33,8 +33,8 @@ class ActionModule(ActionBase):
         from_inventory = args["cluster"] is None
         try:
             if from_inventory:
-                description = _plain(inventory.description_from_inventory(task_vars["hostvars"],
-                                                                          _plain(task_vars["groups"])))
+                description = _plain(inventory.description_from_inventory(
+                    task_vars["hostvars"], _plain(task_vars["groups"]), role_variables()))
             else:
                 description = _select(_plain(args["cluster"]), args["query"])
             report = plan.connection_budget(description)

@@ -4,14 +4,18 @@
 
 from __future__ import annotations
 
+import glob
+import os
 from functools import wraps
+
+import yaml
 
 from ansible.errors import AnsibleFilterError
 from ansible.module_utils.common.text.converters import to_native
 
-from ansible_collections.fediscale.mastodon.plugins.module_utils import inventory, pgtune, plan, sizing
+from ansible_collections.fediscale.mastodon.plugins.module_utils import budget, inventory, pgtune, plan, sizing
 from ansible_collections.fediscale.mastodon.plugins.module_utils.schema import (
-    AUTO, POSTGRESQL, PlanInputError, parse_int, parse_size_kb,
+    AUTO, POSTGRESQL, REDIS, PlanInputError, parse_int, parse_size_kb,
 )
 
 try:
@@ -19,6 +23,18 @@ try:
     HAS_JMESPATH = True
 except ImportError:
     HAS_JMESPATH = False
+
+
+def role_variables():
+    """Option names of the collection's roles, from their meta/argument_specs.yml."""
+    names = set()
+    roles = os.path.join(os.path.dirname(__file__), "..", "..", "roles")
+    for path in glob.glob(os.path.join(roles, "*", "meta", "argument_specs.yml")):
+        with open(path, encoding="utf-8") as stream:
+            specs = yaml.safe_load(stream) or {}
+        for entry in (specs.get("argument_specs") or {}).values():
+            names.update((entry.get("options") or {}).keys())
+    return names
 
 
 def _plain(data):
@@ -70,7 +86,7 @@ def connection_budget(description, query=None):
 
 @_model_errors
 def cluster_from_inventory(hostvars, groups):
-    return _plain(inventory.description_from_inventory(hostvars, _plain(groups)))
+    return _plain(inventory.description_from_inventory(hostvars, _plain(groups), role_variables()))
 
 
 @_model_errors
@@ -119,6 +135,12 @@ def postgresql_tuning(ram, cpus=None, connections=None, disk_type="ssd", databas
         parse_int(version, "version", 10))
 
 
+@_model_errors
+def redis_instance_settings(instances):
+    items = REDIS["instances"].parse(_plain(instances), "redis_instances")
+    return budget.redis_instance_settings(items, "redis_instances")
+
+
 class FilterModule:
     def filters(self):
         return {
@@ -130,4 +152,5 @@ class FilterModule:
             "sidekiq_units": sidekiq_units,
             "pgbouncer_sizing": pgbouncer_sizing,
             "postgresql_tuning": postgresql_tuning,
+            "redis_instance_settings": redis_instance_settings,
         }

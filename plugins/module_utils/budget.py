@@ -231,12 +231,32 @@ REDIS_PURPOSE_DEFAULTS = {
 REDIS_CONFIGURATIONS = {"REDIS": "base", "SIDEKIQ_REDIS": "sidekiq", "CACHE_REDIS": "cache"}
 
 
+def redis_instance_settings(items: List[Dict[str, Any]], where: str) -> List[Dict[str, Any]]:
+    """A host's Redis instances (parsed ``redis_instances``) with every setting its purpose implies.
+
+    The redis role writes exactly these; the rules judge exactly these.
+    """
+    instances = []
+    for index, item in enumerate(items):
+        for key in ("name", "port"):
+            clash = [other for other in instances if other[key] == item[key]]
+            if clash:
+                raise PlanInputError("%s[%d].%s" % (where, index, key),
+                                     "%r is already used by instance %s" % (item[key], clash[0]["name"]),
+                                     "each instance needs its own name and port")
+        instance = dict(item)
+        for key, value in REDIS_PURPOSE_DEFAULTS[item["purpose"]].items():
+            if instance.get(key) is None:
+                instance[key] = value
+        instances.append(instance)
+    return instances
+
+
 def _redis(hosts: Dict[str, Dict[str, Any]], cluster: Dict[str, Any]) -> Dict[str, Any]:
     instances = []
-    for host, sections in hosts.items():
-        for item in (sections.get("redis") or {}).get("instances", []):
-            instance = dict(REDIS_PURPOSE_DEFAULTS[item["purpose"]])
-            instance.update({key: value for key, value in item.items() if value is not None})
+    for host, sections in sorted(hosts.items()):
+        items = (sections.get("redis") or {}).get("instances", [])
+        for instance in redis_instance_settings(items, "hosts.%s.redis.instances" % host):
             instance.update(host=host, address=_address(host, sections))
             instances.append(instance)
     by_purpose: Dict[str, Dict[str, Any]] = {}

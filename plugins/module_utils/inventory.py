@@ -25,22 +25,24 @@ KNOWN_VARIABLES = sorted(
 )
 
 
-def _check_typos(host: str, variables: Iterable[str]) -> None:
-    """A prefixed variable the plan does not know but nearly does is a typo.
+def _check_typos(host: str, variables: Iterable[str], role_variables: Iterable[str] = ()) -> None:
+    """A prefixed variable nobody knows but that nearly matches one the plan reads is a typo.
 
-    Variables that match nothing closely may belong to a role's own settings
-    (passwords, paths) and are left alone.
+    ``role_variables`` are the collection's role options (their argument
+    specs), which the plan does not read; variables that match nothing
+    closely may belong to other roles and are left alone.
     """
+    known = set(KNOWN_VARIABLES) | set(role_variables)
     for name in variables:
-        if name.startswith(PREFIXES) and name not in KNOWN_VARIABLES:
+        if name.startswith(PREFIXES) and name not in known:
             close = difflib.get_close_matches(name, KNOWN_VARIABLES, n=1, cutoff=0.85)
             if close:
                 raise PlanInputError("host %s, variable %s" % (host, name), "unknown variable",
                                      "did you mean %s?" % close[0])
 
 
-def description_from_inventory(hostvars: Mapping[str, Mapping[str, Any]],
-                               groups: Mapping[str, List[str]]) -> Dict[str, Any]:
+def description_from_inventory(hostvars: Mapping[str, Mapping[str, Any]], groups: Mapping[str, List[str]],
+                               role_variables: Iterable[str] = ()) -> Dict[str, Any]:
     """The cluster description of every host in the collection's groups."""
     members: Dict[str, List[str]] = {}
     for group in GROUPS:
@@ -59,7 +61,7 @@ def description_from_inventory(hostvars: Mapping[str, Mapping[str, Any]],
     for host in sorted(members):
         variables = hostvars[host]
         names = [name for name in variables if isinstance(name, str) and name.startswith(PREFIXES)]
-        _check_typos(host, names)
+        _check_typos(host, names, role_variables)
         wanted_sections = {"mastodon"}
         for section, spec in HOST_SECTIONS.items():
             if spec.group in members[host]:

@@ -59,3 +59,11 @@ def test_empty_inventory():
 def test_errors_name_inventory_variables(where, wording):
     error = inventory_wording(PlanInputError(where, "must be at least 1, got -3", "a hint"))
     assert str(error) == "%s: must be at least 1, got -3 (a hint)" % wording
+
+
+def test_role_options_are_not_typos():
+    # redis_instance (no s) is a typo of the plan's redis_instances unless a role declares it.
+    hostvars = {"db1": {}, "app1": {"redis_instance": []}}
+    with pytest.raises(PlanInputError, match="did you mean redis_instances"):
+        description_from_inventory(hostvars, GROUPS)
+    description_from_inventory(hostvars, GROUPS, role_variables=["redis_instance"])

@@ -1,0 +1,137 @@
+"""Live Redis state: policies, persistence, a kill -9, eviction and OOM, and the sandbox."""
+
+import re
+import time
+
+import pytest
+
+testinfra_hosts = ["ansible://redis"]
+
+PASSWORD = "molecule-test-only"
+PORTS = {"persistent": 6379, "cache": 6380, "sidekiq": 6381}
+
+
+def cli(host, instance, command, stdin=None):
+    base = "redis-cli -p %d -a %s --no-auth-warning" % (PORTS[instance], PASSWORD)
+    if stdin is not None:
+        return host.run("%s | %s" % (stdin, base))
+    return host.run("%s %s" % (base, command))
+
+
+def config(host, instance, name):
+    lines = cli(host, instance, "CONFIG GET %s" % name).stdout.splitlines()
+    return lines[1] if len(lines) > 1 else ""
+
+
+@pytest.mark.parametrize("instance", sorted(PORTS))
+def test_instance_runs_as_its_own_unit(host, instance):
+    service = host.service("redis-server@%s.service" % instance)
+    assert service.is_running and service.is_enabled
+    assert cli(host, instance, "PING").stdout.strip() == "PONG"
+
+
+def test_default_instance_is_off(host):
+    service = host.service("redis-server.service")
+    assert not service.is_running and not service.is_enabled
+
+
+@pytest.mark.parametrize("instance, setting, value", [
+    ("cache", "maxmemory-policy", "allkeys-lru"),
+    ("cache", "maxmemory", str(8 * 1024 * 1024)),
+    ("cache", "save", ""),
+    ("cache", "appendonly", "no"),
+    ("persistent", "maxmemory-policy", "noeviction"),
+    ("persistent", "appendonly", "yes"),
+    ("persistent", "appendfsync", "everysec"),
+    ("persistent", "save", ""),
+    ("sidekiq", "maxmemory-policy", "noeviction"),
+    ("sidekiq", "appendonly", "yes"),
+    ("sidekiq", "protected-mode", "yes"),
+    ("cache", "bind", "127.0.0.1 -::1"),
+])
+def test_live_settings(host, instance, setting, value):
+    assert config(host, instance, setting) == value
+
+
+def test_each_instance_has_its_own_files(host):
+    dirs = {config(host, instance, "dir") for instance in PORTS}
+    assert dirs == {"/var/lib/redis/%s" % instance for instance in PORTS}
+
+
+def test_wrong_password_is_refused(host):
+    result = host.run("redis-cli -p 6379 -a wrong --no-auth-warning PING")
+    assert "WRONGPASS" in result.stdout + result.stderr
+
+
+def test_configuration_holding_the_password_is_not_world_readable(host):
+    for instance in PORTS:
+        conf = host.file("/etc/redis/redis-%s.conf" % instance)
+        assert (conf.user, conf.group, conf.mode) == ("root", "redis", 0o640)
+
+
+def wait_for_pong(host, instance, seconds=20):
+    deadline = time.time() + seconds
+    while time.time() < deadline:
+        if cli(host, instance, "PING").stdout.strip() == "PONG":
+            return
+        time.sleep(0.5)
+    raise AssertionError("redis %s did not come back" % instance)
+
+
+def test_persistent_keys_survive_kill_9(host):
+    writes = "python3 -c \"print('\\n'.join('SET job:%d payload' % i for i in range(1000)))\""
+    assert cli(host, "persistent", None, stdin=writes).rc == 0
+    time.sleep(2)  # appendfsync everysec: at most a second of writes is at risk
+    pid_before = host.run("systemctl show -p MainPID --value redis-server@persistent").stdout.strip()
+    assert host.run("systemctl kill -s KILL redis-server@persistent").rc == 0
+    time.sleep(1)
+    wait_for_pong(host, "persistent")
+    assert host.run("systemctl show -p MainPID --value redis-server@persistent").stdout.strip() != pid_before
+    assert int(cli(host, "persistent", "EVAL \"return #redis.call('KEYS', 'job:*')\" 0").stdout.strip()) == 1000
+
+
+def test_cache_evicts_past_maxmemory(host):
+    writes = "python3 -c \"print('\\n'.join('SET cache:%d %s' % (i, 'x' * 5000) for i in range(4000)))\""
+    result = cli(host, "cache", None, stdin=writes)
+    assert "OOM" not in result.stdout
+    stats = cli(host, "cache", "INFO stats").stdout
+    assert int(re.search(r"evicted_keys:(\d+)", stats).group(1)) > 0
+    assert int(cli(host, "cache", "DBSIZE").stdout.strip()) < 4000
+
+
+def test_persistent_refuses_writes_instead_of_evicting(host):
+    writes = "python3 -c \"print('\\n'.join('SET fill:%d %s' % (i, 'x' * 5000) for i in range(6000)))\""
+    result = cli(host, "persistent", None, stdin=writes)
+    assert "OOM command not allowed" in result.stdout
+    stats = cli(host, "persistent", "INFO stats").stdout
+    assert int(re.search(r"evicted_keys:(\d+)", stats).group(1)) == 0
+    cli(host, "persistent", "EVAL \"for _, k in ipairs(redis.call('KEYS', 'fill:*')) do "
+                            "redis.call('DEL', k) end\" 0")
+
+
+def test_flushing_the_cache_leaves_persistent_data(host):
+    assert cli(host, "cache", "FLUSHALL").stdout.strip() == "OK"
+    assert int(cli(host, "persistent", "EVAL \"return #redis.call('KEYS', 'job:*')\" 0").stdout.strip()) == 1000
+
+
+def test_only_private_users_is_relaxed_in_the_container(host):
+    show = host.run("systemctl show -p PrivateUsers -p ProtectSystem -p PrivateMounts -p UMask "
+                    "-p NoNewPrivileges redis-server@cache").stdout
+    assert "PrivateUsers=no" in show
+    assert "ProtectSystem=strict" in show and "PrivateMounts=yes" in show
+    assert "UMask=0077" in show and "NoNewPrivileges=yes" in show
+
+
+def exposure(host, path):
+    out = host.run("systemd-analyze security --offline=true --no-pager %s" % path).stdout
+    return float(re.search(r"Overall exposure level for \S+: ([0-9.]+)", out).group(1))
+
+
+def test_production_unit_scores_better_than_debians(host):
+    # The production form: Debian's template with the hardening drop-in, without the container one.
+    # The copies get other names: offline scoring still applies the drop-ins of the unit's own name.
+    host.run("cat /lib/systemd/system/redis-server@.service "
+             "/etc/systemd/system/redis-server@.service.d/hardening.conf > /tmp/score-ours@x.service")
+    host.run("cp /lib/systemd/system/redis-server@.service /tmp/score-debian@x.service")
+    ours, debian = exposure(host, "/tmp/score-ours@x.service"), exposure(host, "/tmp/score-debian@x.service")
+    assert ours < debian <= 1.2
