@@ -30,6 +30,13 @@ def test_instance_runs_as_its_own_unit(host, instance):
     assert cli(host, instance, "PING").stdout.strip() == "PONG"
 
 
+def test_retired_instance_is_stopped_and_its_data_kept(host):
+    service = host.service("redis-server@retired.service")
+    assert not service.is_running and not service.is_enabled
+    assert not host.file("/etc/redis/redis-retired.conf").exists
+    assert host.file("/var/lib/redis/retired").is_directory
+
+
 def test_default_instance_is_off(host):
     service = host.service("redis-server.service")
     assert not service.is_running and not service.is_enabled
