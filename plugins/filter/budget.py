@@ -113,7 +113,7 @@ def sidekiq_units(data, query=None):
 
 @_model_errors
 def pgbouncer_sizing(local_clients, server_share=None, processes=1, databases=1, users=1, reserve_pool_size=0,
-                     default_pool_size=AUTO, max_client_conn=AUTO, limit_nofile=AUTO):
+                     default_pool_size=AUTO, max_client_conn=AUTO, limit_nofile=AUTO, max_db_connections=0):
     return sizing.pgbouncer_sizing(
         parse_int(local_clients, "local_clients"),
         None if server_share is None else parse_int(server_share, "server_share"),
@@ -121,7 +121,8 @@ def pgbouncer_sizing(local_clients, server_share=None, processes=1, databases=1,
         parse_int(reserve_pool_size, "reserve_pool_size"),
         default_pool_size if default_pool_size == AUTO else parse_int(default_pool_size, "default_pool_size", 1),
         max_client_conn if max_client_conn == AUTO else parse_int(max_client_conn, "max_client_conn", 1),
-        limit_nofile if limit_nofile == AUTO else parse_int(limit_nofile, "limit_nofile", 1))
+        limit_nofile if limit_nofile == AUTO else parse_int(limit_nofile, "limit_nofile", 1),
+        parse_int(max_db_connections, "max_db_connections"))
 
 
 @_model_errors

@@ -21,7 +21,9 @@ from ansible_collections.fediscale.mastodon.plugins.module_utils import pgtune
 from ansible_collections.fediscale.mastodon.plugins.module_utils.schema import (
     AUTO, PlanInputError, format_size_kb, parse_description,
 )
-from ansible_collections.fediscale.mastodon.plugins.module_utils.sizing import nginx_sizing, pgbouncer_sizing
+from ansible_collections.fediscale.mastodon.plugins.module_utils.sizing import (
+    nginx_sizing, pgbouncer_server_connections, pgbouncer_sizing,
+)
 
 PGBOUNCER_PORT = 6432
 POSTGRESQL_PORT = 5432
@@ -155,26 +157,23 @@ def _allocate_pgbouncers(hosts: Dict[str, Any], clients: Dict[str, Dict[str, int
     for host, section in bouncers.items():
         sized = pgbouncer_sizing(clients[host]["primary"], shares[host], section["processes"], databases,
                                  section["users"], section["reserve_pool_size"], section["default_pool_size"],
-                                 section["max_client_conn"], section["limit_nofile"])
+                                 section["max_client_conn"], section["limit_nofile"], section["max_db_connections"])
         pool = sized["default_pool_size"]
         result[host] = dict(
             section, host=host, databases=databases, clients=clients[host]["primary"],
             replica_clients=clients[host]["replica"], default_pool_size=pool,
             max_client_conn=sized["max_client_conn"], limit_nofile=sized["limit_nofile"],
             fd_need=sized["fd_need"], pool_size_auto=section["default_pool_size"] == AUTO,
-            primary_connections=_server_connections(section, pool),
-            replica_connections=_server_connections(section, pool) if databases == 2 else 0,
+            primary_connections=sized["server_connections"],
+            replica_connections=sized["server_connections"] if databases == 2 else 0,
             nofile_hard_limit=hosts[host]["mastodon"]["nofile_hard_limit"],
         )
     return result
 
 
 def _server_connections(section: Dict[str, Any], pool: int) -> int:
-    """Server connections of one host's pgbouncer processes to one database."""
-    per_process = section["users"] * (pool + section["reserve_pool_size"])
-    if section["max_db_connections"]:
-        per_process = min(per_process, section["max_db_connections"])
-    return section["processes"] * per_process
+    return pgbouncer_server_connections(section["processes"], section["users"], pool, section["reserve_pool_size"],
+                                        section["max_db_connections"])
 
 
 def _server_report(role: str, server: Dict[str, Any], sources: List[Dict[str, Any]],

@@ -23,10 +23,23 @@ def pgbouncer_fd_need(max_client_conn: int, pool_size: int, reserve_pool_size: i
     return max_client_conn + (pool_size + reserve_pool_size) * databases * users
 
 
+def pgbouncer_server_connections(processes: int, users: int, pool_size: int, reserve_pool_size: int,
+                                 max_db_connections: int = 0) -> int:
+    """Server connections of one host's pgbouncer processes to one database.
+
+    Each process opens up to (pool + reserve) per user, or max_db_connections
+    per database when that is lower (0: no cap).
+    """
+    per_process = users * (pool_size + reserve_pool_size)
+    if max_db_connections:
+        per_process = min(per_process, max_db_connections)
+    return processes * per_process
+
+
 def pgbouncer_sizing(local_clients: int, server_share: Optional[int] = None, processes: int = 1,
                      databases: int = 1, users: int = 1, reserve_pool_size: int = 0,
                      default_pool_size: Any = AUTO, max_client_conn: Any = AUTO,
-                     limit_nofile: Any = AUTO) -> Dict[str, int]:
+                     limit_nofile: Any = AUTO, max_db_connections: int = 0) -> Dict[str, int]:
     """Settings of each pgbouncer process on a host.
 
     ``local_clients``: connections the host's Mastodon processes open into
@@ -40,6 +53,7 @@ def pgbouncer_sizing(local_clients: int, server_share: Optional[int] = None, pro
     reaches any one process (SO_REUSEPORT does not balance evenly) plus
     CLIENT_GROWTH_PERCENT, at least pgbouncer's default 100.
     ``limit_nofile`` (auto): the file-descriptor need plus FD_MARGIN.
+    ``server_connections``: to each database server.
     """
     if default_pool_size == AUTO:
         pool = PGBOUNCER_DEFAULT_POOL_SIZE
@@ -59,7 +73,8 @@ def pgbouncer_sizing(local_clients: int, server_share: Optional[int] = None, pro
         "max_client_conn": max_client_conn,
         "fd_need": fd_need,
         "limit_nofile": limit_nofile,
-        "server_connections": processes * users * databases * (default_pool_size + reserve_pool_size),
+        "server_connections": pgbouncer_server_connections(processes, users, default_pool_size, reserve_pool_size,
+                                                           max_db_connections),
     }
 
 

@@ -56,6 +56,9 @@ def test_pgbouncer_sizing():
     assert sized["default_pool_size"] == 12
     assert sized["max_client_conn"] == 180
     assert sized["fd_need"] == 192 and sized["limit_nofile"] == 256
+    assert sized["server_connections"] == 24
+    assert FILTERS["pgbouncer_sizing"](150, server_share=24, processes=2, max_db_connections=5)[
+        "server_connections"] == 10
 
 
 def test_pgbouncer_sizing_bad_input():
