@@ -48,6 +48,8 @@ def test_default_instance_is_off(host):
     ("cache", "save", ""),
     ("cache", "appendonly", "no"),
     ("persistent", "maxmemory-policy", "noeviction"),
+    # 32MB before the converge: a changed configuration restarts the running instance.
+    ("persistent", "maxmemory", str(16 * 1024 * 1024)),
     ("persistent", "appendonly", "yes"),
     ("persistent", "appendfsync", "everysec"),
     ("persistent", "save", ""),
