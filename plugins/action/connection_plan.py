@@ -11,9 +11,9 @@ from ansible.errors import AnsibleActionFail
 from ansible.module_utils.common.text.converters import to_native
 from ansible.plugins.action import ActionBase
 
-from ansible_collections.fediscale.mastodon.plugins.filter.budget import _plain, _select, role_variables
 from ansible_collections.fediscale.mastodon.plugins.module_utils import inventory, plan
 from ansible_collections.fediscale.mastodon.plugins.module_utils.schema import PlanInputError
+from ansible_collections.fediscale.mastodon.plugins.plugin_utils.inputs import plain, role_variables, select
 
 
 class ActionModule(ActionBase):
@@ -33,10 +33,10 @@ class ActionModule(ActionBase):
         from_inventory = args["cluster"] is None
         try:
             if from_inventory:
-                description = _plain(inventory.description_from_inventory(
-                    task_vars["hostvars"], _plain(task_vars["groups"]), role_variables()))
+                description = plain(inventory.description_from_inventory(
+                    task_vars["hostvars"], plain(task_vars["groups"]), role_variables()))
             else:
-                description = _select(_plain(args["cluster"]), args["query"])
+                description = select(plain(args["cluster"]), args["query"])
             report = plan.connection_budget(description)
         except PlanInputError as error:
             if from_inventory:

@@ -4,11 +4,7 @@
 
 from __future__ import annotations
 
-import glob
-import os
 from functools import wraps
-
-import yaml
 
 from ansible.errors import AnsibleFilterError
 from ansible.module_utils.common.text.converters import to_native
@@ -17,49 +13,7 @@ from ansible_collections.fediscale.mastodon.plugins.module_utils import budget, 
 from ansible_collections.fediscale.mastodon.plugins.module_utils.schema import (
     AUTO, POSTGRESQL, REDIS, PlanInputError, parse_int, parse_size_kb,
 )
-
-try:
-    import jmespath
-    HAS_JMESPATH = True
-except ImportError:
-    HAS_JMESPATH = False
-
-
-def role_variables():
-    """Option names of the collection's roles, from their meta/argument_specs.yml."""
-    names = set()
-    roles = os.path.join(os.path.dirname(__file__), "..", "..", "roles")
-    for path in glob.glob(os.path.join(roles, "*", "meta", "argument_specs.yml")):
-        with open(path, encoding="utf-8") as stream:
-            specs = yaml.safe_load(stream) or {}
-        for entry in (specs.get("argument_specs") or {}).values():
-            names.update((entry.get("options") or {}).keys())
-    return names
-
-
-def _plain(data):
-    """Ansible's lazy and tagged containers as plain dicts and lists, for the model."""
-    if isinstance(data, dict) or hasattr(data, "keys"):
-        return {key: _plain(data[key]) for key in data.keys()}
-    if isinstance(data, (list, tuple)):
-        return [_plain(item) for item in data]
-    if isinstance(data, str):
-        return str(data)
-    return data
-
-
-def _select(data, query):
-    if query is None:
-        return data
-    if not HAS_JMESPATH:
-        raise AnsibleFilterError("the query option needs the jmespath Python library on the controller")
-    try:
-        selected = jmespath.search(query, data)
-    except jmespath.exceptions.JMESPathError as error:
-        raise AnsibleFilterError("query %r is not valid JMESPath: %s" % (query, to_native(error)))
-    if selected is None:
-        raise AnsibleFilterError("query %r selects nothing from the input" % query)
-    return selected
+from ansible_collections.fediscale.mastodon.plugins.plugin_utils.inputs import plain, role_variables, select
 
 
 def _model_errors(function):
@@ -73,7 +27,7 @@ def _model_errors(function):
 
 
 def _report(data, query=None):
-    data = _select(_plain(data), query)
+    data = select(plain(data), query)
     if isinstance(data, dict) and "findings" in data and "servers" in data:
         return data
     return plan.connection_budget(data)
@@ -81,12 +35,12 @@ def _report(data, query=None):
 
 @_model_errors
 def connection_budget(description, query=None):
-    return plan.connection_budget(_select(_plain(description), query))
+    return plan.connection_budget(select(plain(description), query))
 
 
 @_model_errors
 def cluster_from_inventory(hostvars, groups):
-    return _plain(inventory.description_from_inventory(hostvars, _plain(groups), role_variables()))
+    return plain(inventory.description_from_inventory(hostvars, plain(groups), role_variables()))
 
 
 @_model_errors
@@ -138,7 +92,7 @@ def postgresql_tuning(ram, cpus=None, connections=None, disk_type="ssd", databas
 
 @_model_errors
 def redis_instance_settings(instances):
-    items = REDIS["instances"].parse(_plain(instances), "redis_instances")
+    items = REDIS["instances"].parse(plain(instances), "redis_instances")
     return budget.redis_instance_settings(items, "redis_instances")
 
 

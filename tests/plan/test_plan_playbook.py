@@ -53,46 +53,44 @@ def test_shipped_inventories_plan_clean(name, tmp_path):
     assert "0 errors, 0 warnings" in result.stdout
 
 
-def test_second_scheduler_fails_naming_hosts_and_units(tmp_path):
+def failing_plan(tmp_path, change):
+    """Plan a copy of the example inventory after ``change(inventory_dir)``; it must fail. Returns stdout."""
     inventory = copy_inventory("example", tmp_path)
-    edit_yaml(inventory / "host_vars" / "sidekiq2.yml",
-              lambda data: data["sidekiq_queues"].append({"queue": "scheduler", "concurrency": 5}))
+    change(inventory)
     result = run_plan(inventory, tmp_path)
-    assert result.returncode != 0
-    assert "sidekiq-scheduler-count" in result.stdout
-    assert "sidekiq1 mastodon-sidekiq-scheduler@.service x1" in result.stdout
-    assert "sidekiq2 mastodon-sidekiq-scheduler@.service x1" in result.stdout
+    assert result.returncode != 0, result.stdout
+    assert "Traceback" not in result.stdout + result.stderr
+    return result.stdout
+
+
+def test_second_scheduler_fails_naming_hosts_and_units(tmp_path):
+    stdout = failing_plan(tmp_path, lambda inventory: edit_yaml(
+        inventory / "host_vars" / "sidekiq2.yml",
+        lambda data: data["sidekiq_queues"].append({"queue": "scheduler", "concurrency": 5})))
+    assert "sidekiq-scheduler-count" in stdout
+    assert "sidekiq1 mastodon-sidekiq-scheduler@.service x1" in stdout
+    assert "sidekiq2 mastodon-sidekiq-scheduler@.service x1" in stdout
 
 
 def test_db_pool_below_concurrency_fails_naming_host_and_unit(tmp_path):
-    inventory = copy_inventory("example", tmp_path)
-    edit_yaml(inventory / "host_vars" / "sidekiq2.yml",
-              lambda data: data["sidekiq_queues"][0].update(db_pool=4))
-    result = run_plan(inventory, tmp_path)
-    assert result.returncode != 0
-    assert "ERROR sidekiq-db-pool-below-concurrency [sidekiq2 mastodon-sidekiq-pull@.service]" in result.stdout
+    stdout = failing_plan(tmp_path, lambda inventory: edit_yaml(
+        inventory / "host_vars" / "sidekiq2.yml", lambda data: data["sidekiq_queues"][0].update(db_pool=4)))
+    assert "ERROR sidekiq-db-pool-below-concurrency [sidekiq2 mastodon-sidekiq-pull@.service]" in stdout
 
 
 def test_typo_fails_with_the_variable_and_host(tmp_path):
-    inventory = copy_inventory("example", tmp_path)
-    (inventory / "host_vars" / "web1.yml").write_text("web_concurency: 8\n")
-    result = run_plan(inventory, tmp_path)
-    assert result.returncode != 0
-    assert "host web1, variable web_concurency: unknown variable (did you mean web_concurrency?)" in result.stdout
-    assert "Traceback" not in result.stdout + result.stderr
+    stdout = failing_plan(tmp_path, lambda inventory: (inventory / "host_vars" / "web1.yml").write_text(
+        "web_concurency: 8\n"))
+    assert "host web1, variable web_concurency: unknown variable (did you mean web_concurrency?)" in stdout
 
 
 def test_host_in_no_group_fails(tmp_path):
-    inventory = copy_inventory("example", tmp_path)
-    edit_yaml(inventory / "hosts.yml", lambda data: data["all"].setdefault("hosts", {}).update(stray=None))
-    result = run_plan(inventory, tmp_path)
-    assert result.returncode != 0
-    assert "host stray: is in none of the groups" in result.stdout
+    stdout = failing_plan(tmp_path, lambda inventory: edit_yaml(
+        inventory / "hosts.yml", lambda data: data["all"].setdefault("hosts", {}).update(stray=None)))
+    assert "host stray: is in none of the groups" in stdout
 
 
 def test_negative_number_names_host_and_variable(tmp_path):
-    inventory = copy_inventory("example", tmp_path)
-    (inventory / "host_vars" / "web1.yml").write_text("web_concurrency: -2\n")
-    result = run_plan(inventory, tmp_path)
-    assert result.returncode != 0
-    assert "host web1, variable web_concurrency: must be at least 1, got -2" in result.stdout
+    stdout = failing_plan(tmp_path, lambda inventory: (inventory / "host_vars" / "web1.yml").write_text(
+        "web_concurrency: -2\n"))
+    assert "host web1, variable web_concurrency: must be at least 1, got -2" in stdout

@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from ansible_collections.fediscale.mastodon.plugins.filter.budget import role_variables
+from ansible_collections.fediscale.mastodon.plugins.plugin_utils.inputs import role_variables
 
 ROLES = sorted(path for path in (Path(__file__).resolve().parents[2] / "roles").iterdir() if path.is_dir())
 
