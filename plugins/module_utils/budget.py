@@ -13,6 +13,7 @@ report as plain data (JSON-ready); ``rules.check`` adds the findings.
 
 from __future__ import annotations
 
+import ipaddress
 from collections import Counter
 from typing import Any, Dict, List, Optional
 
@@ -316,29 +317,75 @@ def _endpoint_from_url(url: str) -> tuple:
     return (host, int(port) if port.isdigit() else 6379)
 
 
-def _environment(host: str, sections: Dict[str, Any], servers: Dict[str, Any], bouncer: Optional[Dict[str, Any]],
-                 redis_settings: Dict[str, str], trusted_proxy_ip: Optional[str]) -> Dict[str, Dict[str, str]]:
+def replica_alias(db_name: str) -> str:
+    """The name a local pgbouncer gives the replica's database (its primary twin keeps DB_NAME)."""
+    return db_name + "_replica"
+
+
+def _pgbouncer_databases(cluster: Dict[str, Any], servers: Dict[str, Any]) -> List[Dict[str, Any]]:
+    """The [databases] entries of every pgbouncer: the primary under DB_NAME, the replica under its alias."""
+    entries = [{"alias": cluster["db_name"], "role": "primary", "host": servers["primary"]["address"],
+                "port": POSTGRESQL_PORT, "dbname": cluster["db_name"]}]
+    if "replica" in servers:
+        entries.append({"alias": replica_alias(cluster["db_name"]), "role": "replica",
+                        "host": servers["replica"]["address"], "port": POSTGRESQL_PORT, "dbname": cluster["db_name"]})
+    return entries
+
+
+def _postgresql_hosts(cluster: Dict[str, Any], servers: Dict[str, Any], hosts: Dict[str, Dict[str, Any]],
+                      app_hosts: List[str]) -> Dict[str, Dict[str, Any]]:
+    """What the postgresql role writes on each database host: settings and who may connect."""
+    result = {}
+    for role, server in servers.items():
+        settings = dict(pgtune.formatted(server["tuning"]),
+                        superuser_reserved_connections=server["superuser_reserved_connections"])
+        if server["version"] >= 16:
+            settings["reserved_connections"] = server["reserved_connections"]
+        result[server["host"]] = {
+            "role": role, "version": server["version"], "address": server["address"], "port": POSTGRESQL_PORT,
+            "database": cluster["db_name"], "user": cluster["db_user"], "settings": settings,
+            # pgbouncer and the direct connections (migrations, tootctl) come from the app hosts.
+            "clients": sorted({hba_address(_address(host, hosts[host])) for host in app_hosts}),
+        }
+    return result
+
+
+def hba_address(address: str) -> str:
+    """A pg_hba.conf ADDRESS field: an IP as a single-host CIDR, a name as it is."""
+    try:
+        ip = ipaddress.ip_address(address)
+    except ValueError:
+        return address
+    return "%s/%d" % (ip, ip.max_prefixlen)
+
+
+def _environment(host: str, sections: Dict[str, Any], cluster: Dict[str, Any], servers: Dict[str, Any],
+                 bouncer: Optional[Dict[str, Any]], redis_settings: Dict[str, str]) -> Dict[str, Dict[str, str]]:
     """Mastodon's database and Redis settings for a host's units, and the direct ones for migrations."""
     primary = servers["primary"]
     direct = {"DB_HOST": primary["address"], "DB_PORT": str(POSTGRESQL_PORT)}
-    env = dict(direct)
+    env = dict(direct, DB_NAME=cluster["db_name"], DB_USER=cluster["db_user"])
     if bouncer is not None:
         env.update(DB_HOST="127.0.0.1", DB_PORT=str(PGBOUNCER_PORT))
         if bouncer["pool_mode"] != "session":
             env["PREPARED_STATEMENTS"] = "false"
     if "replica" in servers:
         if bouncer is not None:
-            env.update(REPLICA_DB_HOST="127.0.0.1", REPLICA_DB_PORT=str(PGBOUNCER_PORT))
+            env.update(REPLICA_DB_HOST="127.0.0.1", REPLICA_DB_PORT=str(PGBOUNCER_PORT),
+                       REPLICA_DB_NAME=replica_alias(cluster["db_name"]))
             if bouncer["pool_mode"] != "session":
                 env["REPLICA_PREPARED_STATEMENTS"] = "false"
         else:
             env.update(REPLICA_DB_HOST=servers["replica"]["address"], REPLICA_DB_PORT=str(POSTGRESQL_PORT))
     env.update(redis_settings)
-    if trusted_proxy_ip:
-        env["TRUSTED_PROXY_IP"] = trusted_proxy_ip
+    if cluster["trusted_proxy_ip"]:
+        env["TRUSTED_PROXY_IP"] = cluster["trusted_proxy_ip"]
     # The admin's own unit-wide variables win: the rules check what they set.
     env.update(sections["mastodon"]["environment"])
-    return {"units": env, "migrations": dict(env, **direct)}
+    migrations = dict(env, **direct)
+    for name in ("REPLICA_DB_HOST", "REPLICA_DB_PORT", "REPLICA_DB_NAME"):
+        migrations.pop(name, None)
+    return {"units": env, "migrations": migrations}
 
 
 def compute(description: Any) -> Dict[str, Any]:
@@ -395,6 +442,10 @@ def compute(description: Any) -> Dict[str, Any]:
                                nofile_hard_limit=sections["mastodon"]["nofile_hard_limit"])
 
     app_hosts = [host for host in sorted(hosts) if any(s in hosts[host] for s in ("web", "streaming", "sidekiq"))]
+    pgbouncer_databases = _pgbouncer_databases(cluster, servers)
+    for host, bouncer in bouncers.items():
+        bouncer.update(listen_addr="127.0.0.1", listen_port=PGBOUNCER_PORT, database_entries=pgbouncer_databases,
+                       user=cluster["db_user"])
     return {
         "mastodon": cluster,
         "servers": server_reports,
@@ -404,8 +455,9 @@ def compute(description: Any) -> Dict[str, Any]:
         "direct_connections": direct,
         "redis": redis,
         "nginx": nginx,
-        "environment": {host: _environment(host, hosts[host], servers, bouncers.get(host), redis["settings"],
-                                           cluster["trusted_proxy_ip"]) for host in app_hosts},
+        "postgresql": _postgresql_hosts(cluster, servers, hosts, app_hosts),
+        "environment": {host: _environment(host, hosts[host], cluster, servers, bouncers.get(host), redis["settings"])
+                        for host in app_hosts},
         "hosts": {host: sorted(section for section in hosts[host] if section != "mastodon") for host in sorted(hosts)},
         "env_production": {host: hosts[host]["mastodon"]["env_production"] for host in sorted(hosts)},
     }

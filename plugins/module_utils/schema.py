@@ -236,6 +236,8 @@ CLUSTER = {
     "request_timeout": Field(integer(1), 120, "seconds Mastodon works on a request"),
     "trusted_proxy_ip": Field(optional(address_list), None, "TRUSTED_PROXY_IP: the proxies' addresses"),
     "migrations_via": Field(choice("direct", "pgbouncer"), "direct", "how rails db:migrate reaches PostgreSQL"),
+    "db_name": Field(parse_str, "mastodon_production", "DB_NAME: Mastodon's database"),
+    "db_user": Field(parse_str, "mastodon", "DB_USER: the role Mastodon connects as"),
     "direct_connections": Field(count_mapping, {"migrations": 1, "tootctl": 1},
                                 "connections that bypass pgbouncer"),
     "redis_settings": Field(optional(env_mapping), None, "Mastodon's REDIS_* settings, when not derived"),

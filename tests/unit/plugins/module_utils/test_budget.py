@@ -117,6 +117,32 @@ def test_environment_points_units_at_pgbouncer_and_migrations_at_the_primary():
     assert report["environment"]["web1"]["units"]["DB_HOST"] == "10.0.0.10"
 
 
+def test_replica_gets_its_own_pgbouncer_database_and_migrations_skip_it():
+    report = plan.connection_budget(cluster(hosts__db2={"postgresql": {"role": "replica", "ram": "16GB"},
+                                                        "mastodon": {"address": "10.0.0.11"}},
+                                            hosts__worker1__pgbouncer={}, mastodon__db_name="social"))
+    entries = report["pgbouncer"]["worker1"]["database_entries"]
+    assert [(entry["alias"], entry["host"], entry["dbname"]) for entry in entries] == [
+        ("social", "db1", "social"), ("social_replica", "10.0.0.11", "social")]
+    units, migrations = (report["environment"]["worker1"][key] for key in ("units", "migrations"))
+    assert (units["REPLICA_DB_HOST"], units["REPLICA_DB_PORT"], units["REPLICA_DB_NAME"]) == (
+        "127.0.0.1", "6432", "social_replica")
+    assert "REPLICA_DB_HOST" not in migrations and migrations["DB_NAME"] == "social"
+
+
+def test_postgresql_hosts_get_their_settings_and_the_app_hosts_as_clients():
+    report = plan.connection_budget(cluster(hosts__web1__mastodon={"address": "10.0.0.21"},
+                                            hosts__db1__postgresql={"max_connections": 150, "ram": "16GB",
+                                                                    "superuser_reserved_connections": 5}))
+    server = report["postgresql"]["db1"]
+    assert server["role"] == "primary" and server["clients"] == ["10.0.0.21/32", "worker1"]
+    assert (server["database"], server["user"]) == ("mastodon_production", "mastodon")
+    settings = server["settings"]
+    assert (settings["max_connections"], settings["superuser_reserved_connections"]) == (150, 5)
+    assert settings["work_mem"] == report["servers"]["primary"]["work_mem"]
+    assert "reserved_connections" not in settings  # PostgreSQL 16+ only
+
+
 def test_sidekiq_units_per_host():
     units = plan.sidekiq_units(plan.connection_budget(cluster(hosts__worker1__sidekiq={"queues": [
         {"queue": queue, "concurrency": 10, "instances": 3 if queue == "pull" else 1} for queue in QUEUES]})))

@@ -1,0 +1,198 @@
+"""Live PostgreSQL and pgbouncer state against the plan's report (budget.json of this converge)."""
+
+import json
+import os
+import re
+
+import pytest
+
+PASSWORD = "molecule-test-only"
+STATS_PASSWORD = "molecule-stats-only"
+REPORT = json.load(open(os.path.join(os.environ["MOLECULE_EPHEMERAL_DIRECTORY"], "plan", "budget.json")))
+SERVER = REPORT["postgresql"]["database-db"]
+BOUNCER = REPORT["pgbouncer"]["database-app"]
+UNITS_KB = {"kB": 1, "8kB": 8, "MB": 1024, "GB": 1024 * 1024}
+
+
+def kb(text):
+    number, unit = re.fullmatch(r"(\d+)(kB|MB|GB)", text).groups()
+    return int(number) * UNITS_KB[unit]
+
+
+def psql(host, sql, user="postgres"):
+    return host.run("runuser -u %s -- psql -XAtq -c %s" % (user, json.dumps(sql)))
+
+
+@pytest.fixture(scope="module")
+def db(host_getter):
+    return host_getter("database-db")
+
+
+@pytest.fixture(scope="module")
+def app(host_getter):
+    return host_getter("database-app")
+
+
+@pytest.fixture(scope="module")
+def outsider(host_getter):
+    return host_getter("database-outsider")
+
+
+@pytest.fixture(scope="module")
+def host_getter():
+    import testinfra
+
+    inventory = os.environ["MOLECULE_INVENTORY_FILE"]
+    return lambda name: testinfra.get_host("ansible://%s?ansible_inventory=%s" % (name, inventory))
+
+
+def live_setting(db, name):
+    """A setting in kB (memory) or as PostgreSQL shows it."""
+    setting, unit = psql(db, "SELECT setting || '|' || coalesce(unit, '') FROM pg_settings WHERE name = '%s'"
+                         % name).stdout.strip().split("|")
+    return int(setting) * UNITS_KB[unit] if unit in UNITS_KB else setting
+
+
+@pytest.mark.parametrize("name", sorted(SERVER["settings"]))
+def test_live_setting_is_the_plans(db, name):
+    planned = SERVER["settings"][name]
+    live = live_setting(db, name)
+    if isinstance(planned, str) and re.fullmatch(r"\d+(kB|MB|GB)", planned):
+        assert live == kb(planned)
+    else:
+        assert str(live) == str(planned)
+
+
+def test_nothing_waits_for_a_restart(db):
+    assert psql(db, "SELECT count(*) FROM pg_settings WHERE pending_restart").stdout.strip() == "0"
+
+
+def test_synchronous_commit_stays_on_unless_opted_in(db):
+    assert psql(db, "SHOW synchronous_commit").stdout.strip() == "on"
+
+
+def test_mastodon_role_and_database(db):
+    owner = psql(db, "SELECT pg_get_userbyid(datdba) FROM pg_database WHERE datname = 'mastodon_production'")
+    assert owner.stdout.strip() == "mastodon"
+    secret = psql(db, "SELECT rolpassword FROM pg_authid WHERE rolname = 'mastodon'").stdout.strip()
+    assert secret.startswith("SCRAM-SHA-256$4096:")
+
+
+def connect(host, address, port, user, password, dbname="mastodon_production", sql="SELECT 1"):
+    return host.run("PGPASSWORD=%s psql -XAtq 'host=%s port=%d user=%s dbname=%s connect_timeout=5' -c %s"
+                    % (password, address, port, user, dbname, json.dumps(sql)))
+
+
+def test_app_host_connects_directly_with_scram_for_migrations(app):
+    result = connect(app, SERVER["address"], 5432, "mastodon", PASSWORD,
+                     sql="SELECT auth_method FROM pg_stat_activity JOIN pg_stat_ssl USING (pid) LIMIT 0")
+    assert result.rc == 0, result.stderr
+    hba = connect(app, SERVER["address"], 5432, "mastodon", PASSWORD, sql="SELECT current_user")
+    assert hba.stdout.strip() == "mastodon"
+
+
+def test_app_host_cannot_log_in_as_another_role(app):
+    result = connect(app, SERVER["address"], 5432, "postgres", PASSWORD)
+    assert result.rc != 0 and "no pg_hba.conf entry" in result.stderr
+
+
+def test_host_outside_the_plan_is_refused(outsider):
+    result = connect(outsider, SERVER["address"], 5432, "mastodon", PASSWORD)
+    assert result.rc != 0
+    assert 'no pg_hba.conf entry for host "172.30.42.203"' in result.stderr
+
+
+def test_hba_rules_are_scram_only(db):
+    methods = psql(db, "SELECT DISTINCT type || ' ' || auth_method FROM pg_hba_file_rules").stdout.split("\n")
+    assert sorted(methods) == ["host scram-sha-256", "local peer"]
+
+
+# --- pgbouncer ---
+
+def test_client_connects_through_pgbouncer_with_mastodons_password(app):
+    result = connect(app, "127.0.0.1", 6432, "mastodon", PASSWORD, sql="SELECT current_user")
+    assert result.rc == 0 and result.stdout.strip() == "mastodon", result.stderr
+
+
+def test_wrong_password_is_refused_by_pgbouncer(app):
+    result = connect(app, "127.0.0.1", 6432, "mastodon", "not-the-password")
+    assert result.rc != 0 and "password authentication failed" in result.stderr
+
+
+def test_pgbouncer_listens_on_loopback_only(app):
+    sockets = app.run("ss -Hltn 'sport = :6432'").stdout
+    assert "127.0.0.1:6432" in sockets and "0.0.0.0" not in sockets and "*:6432" not in sockets
+
+
+ADMIN_QUERY = """
+import json, sys, psycopg
+conn = psycopg.connect("host=127.0.0.1 port=6432 dbname=pgbouncer user=pgbouncer_stats password=%s",
+                       autocommit=True, cursor_factory=psycopg.ClientCursor)
+out = {}
+for command in ("SHOW POOLS", "SHOW CONFIG", "SHOW DATABASES"):
+    cur = conn.execute(command)
+    names = [column.name for column in cur.description]
+    out[command] = [dict(zip(names, row)) for row in cur.fetchall()]
+print(json.dumps(out, default=str))
+""" % STATS_PASSWORD
+
+
+@pytest.fixture(scope="module")
+def console(app):
+    result = app.run("python3 -c %s" % json.dumps(ADMIN_QUERY))
+    assert result.rc == 0, result.stderr
+    return json.loads(result.stdout)
+
+
+def test_show_config_is_the_plans(console):
+    config = {row["key"]: row["value"] for row in console["SHOW CONFIG"]}
+    for key in ("pool_mode", "default_pool_size", "reserve_pool_size", "max_client_conn", "max_db_connections"):
+        assert config[key] == str(BOUNCER[key]), key
+    assert config["auth_type"] == "scram-sha-256"
+
+
+def test_show_pools_has_the_mastodon_pool_in_transaction_mode(console):
+    pools = {(row["database"], row["user"]): row for row in console["SHOW POOLS"]}
+    assert pools[("mastodon_production", "mastodon")]["pool_mode"] == "transaction"
+
+
+def test_show_databases_points_at_the_primary(console):
+    databases = {row["name"]: row for row in console["SHOW DATABASES"]}
+    entry = databases["mastodon_production"]
+    assert (entry["host"], int(entry["port"]), int(entry["pool_size"])) == (
+        SERVER["address"], 5432, BOUNCER["default_pool_size"])
+
+
+def test_auth_file_holds_secrets_not_passwords(app):
+    userlist = app.file("/etc/pgbouncer/userlist.txt")
+    assert (userlist.user, userlist.group, userlist.mode) == ("root", "postgres", 0o640)
+    content = app.run("cat /etc/pgbouncer/userlist.txt").stdout
+    assert PASSWORD not in content and STATS_PASSWORD not in content
+    assert content.count('"SCRAM-SHA-256$4096:') == 2
+
+
+def test_start_up_log_shows_the_plans_file_descriptor_limit(app):
+    log = app.run("journalctl -u pgbouncer.service -o cat --no-pager").stdout
+    limits = re.findall(r"kernel file descriptor limit: (\d+) \(hard: (\d+)\); max_client_conn: (\d+)", log)
+    assert limits, log[-2000:]
+    assert limits[-1] == (str(BOUNCER["limit_nofile"]), str(BOUNCER["limit_nofile"]), str(BOUNCER["max_client_conn"]))
+
+
+def test_pgbouncer_is_enabled_and_restarts_with_systemd(app):
+    service = app.service("pgbouncer.service")
+    assert service.is_running and service.is_enabled
+
+
+def exposure(host, path):
+    out = host.run("systemd-analyze security --offline=true --no-pager %s" % path).stdout
+    return float(re.search(r"Overall exposure level for \S+: ([0-9.]+)", out).group(1))
+
+
+def test_production_unit_scores_below_2(app):
+    # Debian's unit with the hardening and limits drop-ins, without the container one, under another name:
+    # offline scoring still applies the drop-ins of the unit's own name.
+    app.run("cat /lib/systemd/system/pgbouncer.service /etc/systemd/system/pgbouncer.service.d/hardening.conf "
+            "/etc/systemd/system/pgbouncer.service.d/limits.conf > /tmp/score-ours.service")
+    app.run("cp /lib/systemd/system/pgbouncer.service /tmp/score-debian.service")
+    ours, debian = exposure(app, "/tmp/score-ours.service"), exposure(app, "/tmp/score-debian.service")
+    assert ours < 2.0 < debian

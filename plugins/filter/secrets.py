@@ -1,0 +1,20 @@
+# Copyright (c) fediscale.mastodon contributors
+# GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
+"""Filters for credentials the roles write (pgbouncer's auth_file)."""
+
+from __future__ import annotations
+
+from ansible.errors import AnsibleFilterError
+
+from ansible_collections.fediscale.mastodon.plugins.module_utils import scram
+
+
+def scram_secret(password, existing=None):
+    if not isinstance(password, str) or not password:
+        raise AnsibleFilterError("scram_secret: the password must be a non-empty string")
+    return scram.kept_or_new_secret(password, existing if isinstance(existing, str) else None)
+
+
+class FilterModule:
+    def filters(self):
+        return {"scram_secret": scram_secret}
