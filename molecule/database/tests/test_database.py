@@ -1,5 +1,6 @@
 """Live PostgreSQL and pgbouncer state against the plan's report (budget.json of this converge)."""
 
+import base64
 import json
 import os
 import re
@@ -23,27 +24,27 @@ def psql(host, sql, user="postgres"):
     return host.run("runuser -u %s -- psql -XAtq -c %s" % (user, json.dumps(sql)))
 
 
-@pytest.fixture(scope="module")
-def db(host_getter):
-    return host_getter("database-db")
+# Each test runs once; it picks the hosts it needs from the same inventory.
+testinfra_hosts = ["ansible://database-db"]
+
+
+def other(host, name):
+    return host.get_host("ansible://%s" % name, ansible_inventory=host.backend.ansible_inventory)
 
 
 @pytest.fixture(scope="module")
-def app(host_getter):
-    return host_getter("database-app")
+def db(host):
+    return host
 
 
 @pytest.fixture(scope="module")
-def outsider(host_getter):
-    return host_getter("database-outsider")
+def app(host):
+    return other(host, "database-app")
 
 
 @pytest.fixture(scope="module")
-def host_getter():
-    import testinfra
-
-    inventory = os.environ["MOLECULE_INVENTORY_FILE"]
-    return lambda name: testinfra.get_host("ansible://%s?ansible_inventory=%s" % (name, inventory))
+def outsider(host):
+    return other(host, "database-outsider")
 
 
 def live_setting(db, name):
@@ -84,11 +85,8 @@ def connect(host, address, port, user, password, dbname="mastodon_production", s
 
 
 def test_app_host_connects_directly_with_scram_for_migrations(app):
-    result = connect(app, SERVER["address"], 5432, "mastodon", PASSWORD,
-                     sql="SELECT auth_method FROM pg_stat_activity JOIN pg_stat_ssl USING (pid) LIMIT 0")
-    assert result.rc == 0, result.stderr
-    hba = connect(app, SERVER["address"], 5432, "mastodon", PASSWORD, sql="SELECT current_user")
-    assert hba.stdout.strip() == "mastodon"
+    result = connect(app, SERVER["address"], 5432, "mastodon", PASSWORD, sql="SELECT current_user")
+    assert result.rc == 0 and result.stdout.strip() == "mastodon", result.stderr
 
 
 def test_app_host_cannot_log_in_as_another_role(app):
@@ -103,7 +101,7 @@ def test_host_outside_the_plan_is_refused(outsider):
 
 
 def test_hba_rules_are_scram_only(db):
-    methods = psql(db, "SELECT DISTINCT type || ' ' || auth_method FROM pg_hba_file_rules").stdout.split("\n")
+    methods = psql(db, "SELECT DISTINCT type || ' ' || auth_method FROM pg_hba_file_rules").stdout.splitlines()
     assert sorted(methods) == ["host scram-sha-256", "local peer"]
 
 
@@ -116,12 +114,12 @@ def test_client_connects_through_pgbouncer_with_mastodons_password(app):
 
 def test_wrong_password_is_refused_by_pgbouncer(app):
     result = connect(app, "127.0.0.1", 6432, "mastodon", "not-the-password")
-    assert result.rc != 0 and "password authentication failed" in result.stderr
+    assert result.rc != 0 and "SASL authentication failed" in result.stderr
 
 
 def test_pgbouncer_listens_on_loopback_only(app):
-    sockets = app.run("ss -Hltn 'sport = :6432'").stdout
-    assert "127.0.0.1:6432" in sockets and "0.0.0.0" not in sockets and "*:6432" not in sockets
+    local_addresses = [line.split()[3] for line in app.run("ss -Hltn 'sport = :6432'").stdout.splitlines()]
+    assert local_addresses == ["127.0.0.1:6432"]
 
 
 ADMIN_QUERY = """
@@ -139,7 +137,8 @@ print(json.dumps(out, default=str))
 
 @pytest.fixture(scope="module")
 def console(app):
-    result = app.run("python3 -c %s" % json.dumps(ADMIN_QUERY))
+    script = base64.b64encode(ADMIN_QUERY.encode()).decode()
+    result = app.run("echo %s | base64 -d | python3 -" % script)
     assert result.rc == 0, result.stderr
     return json.loads(result.stdout)
 
