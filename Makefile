@@ -50,9 +50,11 @@ unit: venv collection
 
 lint: venv collection
 	$(BIN)/ansible-lint --offline
-	@# Every filter documents itself for ansible-doc.
-	@for filter in $$(sed -n 's/^ *"\([a-z_]*\)": [a-z_]*,$$/\1/p' plugins/filter/budget.py); do \
+	@# Every filter and role documents itself for ansible-doc.
+	@for filter in $$(sed -n 's/^ *"\([a-z_]*\)": [a-z_]*,*}*$$/\1/p' plugins/filter/*.py); do \
 	  $(BIN)/ansible-doc -t filter fediscale.mastodon.$$filter > /dev/null || exit 1; done
+	@for role in $$(ls roles); do \
+	  $(BIN)/ansible-doc -t role fediscale.mastodon.$$role > /dev/null || exit 1; done
 
 # ansible-test works on a git checkout at ansible_collections/NAMESPACE/NAME.
 sanity: venv

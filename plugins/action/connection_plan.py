@@ -65,12 +65,14 @@ class ActionModule(ActionBase):
                 "headroom": report["headroom"],
             },
             files=files,
-            # Show the table like debug does, without -v.
-            _ansible_verbose_always=True,
         )
-        if args["return_report"]:
-            result["report"] = report
         if report["errors"] and args["fail_on_error"]:
             result["failed"] = True
             result["msg"].append("The plan has %d error finding(s); nothing was deployed." % report["errors"])
+        elif args["return_report"]:
+            # The caller shows what it needs; the whole report would flood the output.
+            result["report"] = report
+            return result
+        # Show the table like debug does, without -v.
+        result["_ansible_verbose_always"] = True
         return result

@@ -17,4 +17,6 @@ def scram_secret(password, existing=None):
 
 class FilterModule:
     def filters(self):
-        return {"scram_secret": scram_secret}
+        return {
+            "scram_secret": scram_secret,
+        }

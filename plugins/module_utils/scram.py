@@ -36,9 +36,8 @@ def keys(password: str, salt: bytes, iterations: int) -> tuple:
 def secret(password: str, salt: Optional[bytes] = None, iterations: int = ITERATIONS) -> str:
     """A SCRAM-SHA-256 secret of ``password``; a random salt unless one is given."""
     salt = os.urandom(SALT_BYTES) if salt is None else salt
-    stored_key, server_key = keys(password, salt, iterations)
-    return "SCRAM-SHA-256$%d:%s$%s:%s" % (iterations, *(base64.b64encode(part).decode("ascii")
-                                                         for part in (salt, stored_key, server_key)))
+    encoded = [base64.b64encode(part).decode("ascii") for part in (salt, *keys(password, salt, iterations))]
+    return "SCRAM-SHA-256$%d:%s$%s:%s" % (iterations, encoded[0], encoded[1], encoded[2])
 
 
 def verifies(existing: Optional[str], password: str) -> bool:

@@ -30,7 +30,8 @@ options:
   return_report:
     description:
       - Return the whole report (every process group, host and finding) in RV(report), not only the summary.
-      - Off by default so that the output stays the table.
+      - Off by default so that the output stays the table. With it on, the task does not print the table
+        (the caller shows RV(msg) as it likes), and a failing plan returns no report.
     type: bool
     default: false
 attributes:
@@ -84,7 +85,7 @@ report:
   description:
     - The whole report of P(fediscale.mastodon.connection_budget#filter); its C(findings) list every finding
       with C(rule), C(severity), C(host), C(service), C(message), C(hint) and C(numbers).
-  returned: when O(return_report=true)
+  returned: when O(return_report=true) and the plan has no error finding (or O(fail_on_error=false))
   type: dict
 files:
   description: The files written.

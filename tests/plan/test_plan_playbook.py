@@ -94,3 +94,22 @@ def test_negative_number_names_host_and_variable(tmp_path):
     stdout = failing_plan(tmp_path, lambda inventory: (inventory / "host_vars" / "web1.yml").write_text(
         "web_concurrency: -2\n"))
     assert "host web1, variable web_concurrency: must be at least 1, got -2" in stdout
+
+
+def test_site_stops_at_the_plan_before_contacting_any_host(tmp_path):
+    """An over-committed primary: site.yml fails in its first play, and no host is ever contacted."""
+    inventory = copy_inventory("example", tmp_path)
+    # Addresses from TEST-NET-1 (RFC 5737): contacting any of them would show up as UNREACHABLE.
+    # Four pgbouncers with fixed pools of 49 and 6 direct connections: 202 for 197 usable.
+    edit_yaml(inventory / "group_vars" / "all.yml",
+              lambda data: data.update(ansible_connection="ssh", ansible_ssh_common_args="-o ConnectTimeout=2",
+                                       pgbouncer_default_pool_size=49))
+    env = dict(os.environ, ANSIBLE_COLLECTIONS_PATH=str(COLLECTIONS_ROOT), ANSIBLE_NOCOLOR="1",
+               ANSIBLE_HOST_KEY_CHECKING="False")
+    result = subprocess.run([PLAYBOOK, "fediscale.mastodon.site", "-i", str(inventory)], env=env,
+                            cwd=str(tmp_path), capture_output=True, text=True, timeout=300, check=False)
+    output = result.stdout + result.stderr
+    assert result.returncode != 0
+    assert "ERROR connections-over-usable-capacity [db1 postgresql primary]" in output
+    assert "UNREACHABLE" not in output and "Gathering Facts" not in output
+    assert "PLAY [PostgreSQL]" not in output
