@@ -359,12 +359,59 @@ def hba_address(address: str) -> str:
     return "%s/%d" % (ip, ip.max_prefixlen)
 
 
+def _bind_address(host: str, hosts: Dict[str, Dict[str, Any]], nginx: Dict[str, Any]) -> str:
+    """Where Puma and streaming listen (BIND): loopback, unless nginx runs on another host."""
+    if set(nginx) <= {host}:
+        return "127.0.0.1"
+    return _address(host, hosts[host])
+
+
+def _upstreams(proxy: str, processes: List[Dict[str, Any]], binds: Dict[str, str]) -> Dict[str, List[str]]:
+    """nginx's upstream servers: every Puma, and every streaming instance (balanced with least_conn)."""
+    servers: Dict[str, List[str]] = {"web_upstream": [], "streaming_upstream": []}
+    for row in processes:
+        if row["service"] in ("web", "streaming"):
+            servers[row["service"] + "_upstream"].append("%s:%d" % (binds[row["host"]], row["port"]))
+    return servers
+
+
+def app_units(host: str, processes: List[Dict[str, Any]]) -> Dict[str, Any]:
+    """The units the app roles write on a host, each with the sizing environment of its processes.
+
+    Every sizing variable is written out, never left to Mastodon's defaults
+    or to .env.production (Puma ignores some of them there: mastodon issue 28440).
+    """
+    units: Dict[str, Any] = {"web": None, "streaming": [], "sidekiq": []}
+    for row in processes:
+        if row["host"] != host:
+            continue
+        if row["service"] == "web":
+            units["web"] = {"unit": row["unit"], "port": row["port"], "environment": {
+                "WEB_CONCURRENCY": str(row["processes"]), "MAX_THREADS": str(row["threads"]),
+                "DB_POOL": str(row["pool"]), "PORT": str(row["port"])}}
+        elif row["service"] == "streaming":
+            units["streaming"].append({"unit": row["unit"], "port": row["port"],
+                                       "environment": {"DB_POOL": str(row["pool"])}})
+        elif row["service"] == "sidekiq":
+            template = row["unit"]
+            units["sidekiq"].append({
+                "queue": row["queues"][0] if len(row["queues"]) == 1 else row["queues"],
+                "template": template,
+                "instances": [template.replace("@.", "@%d." % number) for number in range(1, row["instances"] + 1)],
+                "concurrency": row["threads"],
+                "db_pool": row["pool"],
+                "environment": {"DB_POOL": str(row["pool"]), "CONCURRENCY": str(row["threads"])},
+            })
+    return units
+
+
 def _environment(host: str, sections: Dict[str, Any], cluster: Dict[str, Any], servers: Dict[str, Any],
-                 bouncer: Optional[Dict[str, Any]], redis_settings: Dict[str, str]) -> Dict[str, Dict[str, str]]:
+                 bouncer: Optional[Dict[str, Any]], redis_settings: Dict[str, str],
+                 bind: str) -> Dict[str, Dict[str, str]]:
     """Mastodon's database and Redis settings for a host's units, and the direct ones for migrations."""
     primary = servers["primary"]
     direct = {"DB_HOST": primary["address"], "DB_PORT": str(POSTGRESQL_PORT)}
-    env = dict(direct, DB_NAME=cluster["db_name"], DB_USER=cluster["db_user"])
+    env = dict(direct, DB_NAME=cluster["db_name"], DB_USER=cluster["db_user"], BIND=bind)
     if bouncer is not None:
         env.update(DB_HOST="127.0.0.1", DB_PORT=str(PGBOUNCER_PORT))
         if bouncer["pool_mode"] != "session":
@@ -438,10 +485,13 @@ def compute(description: Any) -> Dict[str, Any]:
         if sections.get("nginx") is not None:
             section = sections["nginx"]
             nginx[host] = dict(section, **nginx_sizing(section["worker_connections"], section["worker_rlimit_nofile"],
-                                                       section["limit_nofile"]),
+                                                       section["limit_nofile"], section["expected_clients"]),
                                nofile_hard_limit=sections["mastodon"]["nofile_hard_limit"])
 
     app_hosts = [host for host in sorted(hosts) if any(s in hosts[host] for s in ("web", "streaming", "sidekiq"))]
+    binds = {host: _bind_address(host, hosts, nginx) for host in app_hosts}
+    for host in nginx:
+        nginx[host].update(_upstreams(host, processes, binds))
     pgbouncer_databases = _pgbouncer_databases(cluster, servers)
     for host, bouncer in bouncers.items():
         bouncer.update(listen_addr="127.0.0.1", listen_port=PGBOUNCER_PORT, database_entries=pgbouncer_databases,
@@ -456,8 +506,10 @@ def compute(description: Any) -> Dict[str, Any]:
         "redis": redis,
         "nginx": nginx,
         "postgresql": _postgresql_hosts(cluster, servers, hosts, app_hosts),
-        "environment": {host: _environment(host, hosts[host], cluster, servers, bouncers.get(host), redis["settings"])
+        "environment": {host: _environment(host, hosts[host], cluster, servers, bouncers.get(host), redis["settings"],
+                                           binds[host])
                         for host in app_hosts},
+        "units": {host: app_units(host, processes) for host in app_hosts},
         "hosts": {host: sorted(section for section in hosts[host] if section != "mastodon") for host in sorted(hosts)},
         "env_production": {host: hosts[host]["mastodon"]["env_production"] for host in sorted(hosts)},
     }

@@ -34,20 +34,7 @@ def headroom_statement(server: Dict[str, Any]) -> str:
 
 def sidekiq_units(report: Dict[str, Any]) -> Dict[str, List[Dict[str, Any]]]:
     """Per host, the sidekiq templates and instances to run, with their environment."""
-    units: Dict[str, List[Dict[str, Any]]] = {}
-    for row in report["processes"]:
-        if row["service"] != "sidekiq":
-            continue
-        template = row["unit"]
-        units.setdefault(row["host"], []).append({
-            "queue": row["queues"][0] if len(row["queues"]) == 1 else row["queues"],
-            "template": template,
-            "instances": [template.replace("@.", "@%d." % number) for number in range(1, row["instances"] + 1)],
-            "concurrency": row["threads"],
-            "db_pool": row["pool"],
-            "environment": {"DB_POOL": str(row["pool"]), "CONCURRENCY": str(row["threads"])},
-        })
-    return units
+    return {host: units["sidekiq"] for host, units in sorted(report["units"].items()) if units["sidekiq"]}
 
 
 def _bar(server: Dict[str, Any]) -> str:

@@ -318,7 +318,8 @@ REDIS = {
 }
 
 NGINX = {
-    "worker_connections": Field(integer(1), 4096, ""),
+    "expected_clients": Field(integer(1), 2048, "client connections nginx should hold at once"),
+    "worker_connections": Field(integer_or_auto(1), AUTO, "default 2 × expected_clients (a proxied client holds two)"),
     "worker_rlimit_nofile": Field(integer_or_auto(1), AUTO, "default 2 × worker_connections"),
     "limit_nofile": Field(integer_or_auto(1), AUTO, "systemd LimitNOFILE; default worker_rlimit_nofile"),
     "proxy_read_timeout": Field(integer(1), 120, "seconds"),

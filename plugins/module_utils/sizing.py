@@ -78,8 +78,14 @@ def pgbouncer_sizing(local_clients: int, server_share: Optional[int] = None, pro
     }
 
 
-def nginx_sizing(worker_connections: int, worker_rlimit_nofile: Any = AUTO, limit_nofile: Any = AUTO) -> Dict[str, int]:
-    """A proxied request holds two connections: worker_rlimit_nofile >= 2 x worker_connections."""
+def nginx_sizing(worker_connections: Any, worker_rlimit_nofile: Any = AUTO, limit_nofile: Any = AUTO,
+                 expected_clients: int = 2048) -> Dict[str, int]:
+    """A proxied client holds two connections (client and upstream), and one worker may get most clients.
+
+    worker_connections >= 2 x expected clients; worker_rlimit_nofile >= 2 x worker_connections.
+    """
+    if worker_connections == AUTO:
+        worker_connections = 2 * expected_clients
     if worker_rlimit_nofile == AUTO:
         worker_rlimit_nofile = 2 * worker_connections
     if limit_nofile == AUTO:

@@ -143,6 +143,34 @@ def test_postgresql_hosts_get_their_settings_and_the_app_hosts_as_clients():
     assert "reserved_connections" not in settings  # PostgreSQL 16+ only
 
 
+def test_app_units_write_out_every_sizing_variable():
+    units = plan.connection_budget(cluster())["units"]
+    assert units["web1"]["web"]["environment"] == {"WEB_CONCURRENCY": "2", "MAX_THREADS": "5", "DB_POOL": "5",
+                                                   "PORT": "3000"}
+    assert units["web1"]["streaming"] == [{"unit": "mastodon-streaming@4000.service", "port": 4000,
+                                           "environment": {"DB_POOL": "10"}}]
+    assert [unit["queue"] for unit in units["worker1"]["sidekiq"]] == QUEUES
+    assert units["worker1"]["web"] is None
+
+
+def test_app_hosts_listen_on_their_address_only_when_nginx_is_elsewhere():
+    alone = plan.connection_budget(cluster(hosts__web1__nginx={}))
+    assert alone["environment"]["web1"]["units"]["BIND"] == "127.0.0.1"
+    assert alone["nginx"]["web1"]["web_upstream"] == ["127.0.0.1:3000"]
+    apart = plan.connection_budget(cluster(hosts__lb1={"nginx": {}}, hosts__web1__mastodon={"address": "10.0.0.21"},
+                                           hosts__web2={"web": {}, "streaming": {"ports": [4000, 4001]},
+                                                        "pgbouncer": {"enabled": False}},
+                                           mastodon__trusted_proxy_ip="10.0.0.5"))
+    assert apart["environment"]["web1"]["units"]["BIND"] == "10.0.0.21"
+    assert apart["nginx"]["lb1"]["web_upstream"] == ["10.0.0.21:3000", "web2:3000"]
+    assert apart["nginx"]["lb1"]["streaming_upstream"] == ["10.0.0.21:4000", "web2:4000", "web2:4001"]
+
+
+def test_nginx_worker_connections_follow_the_expected_clients():
+    sized = plan.connection_budget(cluster(hosts__lb1={"nginx": {"expected_clients": 10000}}))["nginx"]["lb1"]
+    assert (sized["worker_connections"], sized["worker_rlimit_nofile"], sized["limit_nofile"]) == (20000, 40000, 40000)
+
+
 def test_sidekiq_units_per_host():
     units = plan.sidekiq_units(plan.connection_budget(cluster(hosts__worker1__sidekiq={"queues": [
         {"queue": queue, "concurrency": 10, "instances": 3 if queue == "pull" else 1} for queue in QUEUES]})))
