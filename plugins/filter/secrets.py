@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from ansible.errors import AnsibleFilterError
 
-from ansible_collections.fediscale.mastodon.plugins.module_utils import scram
+from ansible_collections.fediscale.mastodon.plugins.module_utils import mastodon, scram
 
 
 def scram_secret(password, existing=None):
@@ -15,8 +15,16 @@ def scram_secret(password, existing=None):
     return scram.kept_or_new_secret(password, existing if isinstance(existing, str) else None)
 
 
+def with_redis_password(environment, password):
+    if not isinstance(environment, dict):
+        raise AnsibleFilterError("with_redis_password: expected the environment mapping, got %r" % (environment,))
+    return mastodon.with_redis_password({str(key): str(value) for key, value in environment.items()},
+                                        "" if password is None else str(password))
+
+
 class FilterModule:
     def filters(self):
         return {
             "scram_secret": scram_secret,
+            "with_redis_password": with_redis_password,
         }

@@ -10,6 +10,7 @@ which never overrides a variable the unit already sets: the unit wins.
 from __future__ import annotations
 
 from typing import Dict, List, Mapping, Optional, Tuple
+from urllib.parse import quote
 
 from ansible_collections.fediscale.mastodon.plugins.module_utils.schema import parse_int, version_tuple
 
@@ -88,3 +89,26 @@ def sidekiq_sizing(version: str, concurrency: Optional[int], unit: Mapping[str, 
             if pool is None:
                 pool, source = RAILS_DEFAULT_POOL, "Rails default"
     return {"processes": 1, "threads": threads, "pool": pool, "pool_source": source}
+
+
+REDIS_URL_SETTINGS = ("REDIS_URL", "SIDEKIQ_REDIS_URL", "CACHE_REDIS_URL")
+
+
+def with_redis_password(environment: Dict[str, str], password: str) -> Dict[str, str]:
+    """``environment`` with ``password`` in each Redis URL that carries no credentials yet.
+
+    Mastodon takes the password from the URL when a ``*_URL`` is set
+    (``*_REDIS_PASSWORD`` is read only with ``*_HOST``).
+    """
+    result = dict(environment)
+    if not password:
+        return result
+    for name in REDIS_URL_SETTINGS:
+        url = result.get(name)
+        if not url or "://" not in url:
+            continue
+        scheme, rest = url.split("://", 1)
+        if "@" in rest.split("/", 1)[0]:
+            continue
+        result[name] = "%s://:%s@%s" % (scheme, quote(password, safe=""), rest)
+    return result
