@@ -87,7 +87,7 @@ def test_puma_gets_the_plans_sizing_and_listens_where_nginx_reaches_it(web):
 def test_redis_urls_carry_the_password_and_the_file_is_private(web):
     env_file = web.file("/etc/mastodon/environment")
     assert (env_file.user, env_file.group, env_file.mode) == ("root", "mastodon", 0o640)
-    _, environ = process(web, "mastodon-web.service")
+    environ = process(web, "mastodon-web.service")[1]
     assert environ["REDIS_URL"] == "redis://:molecule-test-only@172.30.42.211:6379"
     assert environ["CACHE_REDIS_URL"] == "redis://:molecule-test-only@172.30.42.211:6380"
 
@@ -99,7 +99,7 @@ def test_migrations_settings_bypass_pgbouncer(web):
 
 @pytest.mark.parametrize("port", [4000, 4001])
 def test_one_streaming_process_per_port(web, port):
-    _, environ = process(web, "mastodon-streaming@%d.service" % port)
+    environ = process(web, "mastodon-streaming@%d.service" % port)[1]
     assert environ["PORT"] == str(port) and environ["DB_POOL"] == UNITS["streaming"][0]["environment"]["DB_POOL"]
     limits = web.run("systemctl show -P LimitNOFILE mastodon-streaming@%d.service" % port).stdout.strip()
     assert limits == "65536"
