@@ -1,0 +1,107 @@
+# Copyright (c) fediscale.mastodon contributors
+# GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
+"""Judging a live cluster: the numbers PostgreSQL and pgbouncer report, against the plan.
+
+Pure functions over plain data; the modules postgres_connections and
+pgbouncer_pools read the numbers and call these. Thresholds follow the
+compendium: above 90 % of max_connections is too close, more than 20 %
+idle connections is waste, none idle behind pgbouncer means pgbouncer is
+the bottleneck, many WALWrite waits mean the server is write-latency bound.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Dict, List, Optional
+
+UTILISATION_WARNING_PERCENT = 90
+IDLE_WARNING_PERCENT = 20
+WAL_WRITE_WARNING_PERCENT = 20
+MAXWAIT_WARNING_SECONDS = 1.0
+
+
+def _finding(finding_id: str, severity: str, message: str, hint: str, **numbers: Any) -> Dict[str, Any]:
+    return {"id": finding_id, "severity": severity, "message": message, "hint": hint, "numbers": numbers}
+
+
+def postgres_findings(stats: Dict[str, Any], planned_max_connections: Optional[int] = None,
+                      planned_total: Optional[int] = None, behind_pgbouncer: bool = False,
+                      utilisation_warning_percent: int = UTILISATION_WARNING_PERCENT,
+                      idle_warning_percent: int = IDLE_WARNING_PERCENT,
+                      wal_write_warning_percent: int = WAL_WRITE_WARNING_PERCENT) -> List[Dict[str, Any]]:
+    """Findings from ``stats``: max_connections, reserved slots, client connections by state, waits."""
+    findings = []
+    max_connections = stats["max_connections"]
+    usable = max_connections - stats["superuser_reserved_connections"] - stats.get("reserved_connections", 0)
+    states = stats["states"]
+    connections = sum(states.values())
+    idle = states.get("idle", 0)
+    if planned_max_connections is not None and planned_max_connections != max_connections:
+        findings.append(_finding(
+            "live-max-connections-differs-from-plan", "error",
+            "the server runs with max_connections %d, the plan assumed %d" % (max_connections, planned_max_connections),
+            "set postgresql_max_connections to the live value and plan again, or apply the postgresql role",
+            live=max_connections, planned=planned_max_connections))
+    if planned_total is not None and connections > planned_total:
+        findings.append(_finding(
+            "live-connections-over-plan", "error",
+            "%d client connections are open, more than the %d the plan counts" % (connections, planned_total),
+            "find the unplanned clients in by_client (a process outside the inventory, a pool set in "
+            ".env.production) and add them to the plan",
+            live=connections, planned=planned_total))
+    percent = 100.0 * connections / max_connections if max_connections else 0.0
+    if percent > utilisation_warning_percent:
+        findings.append(_finding(
+            "live-utilisation-over-warning-line", "warning",
+            "%d of %d max_connections in use (%.1f %%), over %d %%" % (connections, max_connections, percent,
+                                                                      utilisation_warning_percent),
+            "a deploy's overlap or a migration may be refused: lower pools or raise max_connections",
+            connections=connections, max_connections=max_connections, usable=usable))
+    if connections and 100.0 * idle / connections > idle_warning_percent and not behind_pgbouncer:
+        findings.append(_finding(
+            "live-idle-over-threshold", "warning",
+            "%d of %d connections are idle (%.1f %%), over %d %%" % (idle, connections, 100.0 * idle / connections,
+                                                                    idle_warning_percent),
+            "idle connections hold memory and slots: lower DB_POOL, or put pgbouncer in front",
+            idle=idle, connections=connections))
+    if behind_pgbouncer and connections and idle == 0:
+        findings.append(_finding(
+            "live-no-idle-behind-pgbouncer", "warning",
+            "none of the %d connections behind pgbouncer is idle: every server connection is busy" % connections,
+            "pgbouncer is the bottleneck: check cl_waiting in SHOW POOLS and raise its pool sizes if the plan "
+            "has room", connections=connections))
+    active = states.get("active", 0)
+    wal_write = sum(row["count"] for row in stats["waits"] if row["wait_event"] == "WALWrite")
+    if active and 100.0 * wal_write / active > wal_write_warning_percent:
+        findings.append(_finding(
+            "live-wal-write-bound", "warning",
+            "%d of %d active connections wait on WALWrite" % (wal_write, active),
+            "the server is write-latency bound; synchronous_commit = off would help at the cost of losing the "
+            "last transactions on a crash (postgresql_synchronous_commit_off, opt-in only)",
+            wal_write=wal_write, active=active))
+    return findings
+
+
+def pgbouncer_findings(pools: List[Dict[str, Any]],
+                       maxwait_warning_seconds: float = MAXWAIT_WARNING_SECONDS) -> List[Dict[str, Any]]:
+    """Findings from SHOW POOLS rows (the admin console's own pool is left out)."""
+    findings = []
+    for pool in pools:
+        if pool["database"] == "pgbouncer":
+            continue
+        where = "%s/%s" % (pool["database"], pool["user"])
+        if int(pool["cl_waiting"]) > 0:
+            findings.append(_finding(
+                "pgbouncer-clients-waiting", "warning",
+                "%s: %d clients wait for a server connection (%d active)" % (where, int(pool["cl_waiting"]),
+                                                                           int(pool["cl_active"])),
+                "the pool is too small for the load: raise the pool sizes if the plan has room, or lower "
+                "the processes' concurrency", pool=where, cl_waiting=int(pool["cl_waiting"])))
+        maxwait = int(pool["maxwait"]) + int(pool.get("maxwait_us", 0)) / 1000000.0
+        if maxwait > maxwait_warning_seconds:
+            findings.append(_finding(
+                "pgbouncer-maxwait-over-threshold", "warning",
+                "%s: the oldest waiting client has waited %.3f s (threshold %.3f s)" % (where, maxwait,
+                                                                                     maxwait_warning_seconds),
+                "the pool is too small or PostgreSQL is slow: compare with the server's load",
+                pool=where, maxwait=maxwait))
+    return findings

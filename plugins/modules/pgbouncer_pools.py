@@ -1,0 +1,135 @@
+# Copyright (c) fediscale.mastodon contributors
+# GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
+
+DOCUMENTATION = r"""
+module: pgbouncer_pools
+short_description: Read pgbouncer's pools, stats and databases from its admin console, and judge them
+version_added: 0.1.0
+description:
+  - Runs C(SHOW POOLS), C(SHOW STATS) and C(SHOW DATABASES) on pgbouncer's C(pgbouncer) console, over the simple
+    query protocol the console speaks (psycopg's C(ClientCursor), autocommit, no C(SET)). Columns are read by
+    name, as they change between pgbouncer versions.
+  - Returns findings (warnings) for a pool with clients waiting (C(cl_waiting) above 0) and for a C(maxwait) above
+    O(maxwait_warning_seconds).
+  - Changes nothing; runs on the pgbouncer host.
+requirements:
+  - psycopg 3 (Debian's C(python3-psycopg)) on the host it runs on
+options:
+  login_host:
+    description: Address or socket directory pgbouncer listens on.
+    type: str
+    default: 127.0.0.1
+  login_port:
+    description: Port of pgbouncer.
+    type: int
+    default: 6432
+  login_user:
+    description: A user in pgbouncer's C(stats_users) or C(admin_users).
+    type: str
+    default: pgbouncer_stats
+  login_password:
+    description: Password of O(login_user).
+    type: str
+  maxwait_warning_seconds:
+    description: C(maxwait) above which to warn.
+    type: float
+    default: 1.0
+attributes:
+  check_mode:
+    description: Reads only; the same in check mode.
+    support: full
+  diff_mode:
+    description: Nothing to diff.
+    support: none
+author:
+  - fediscale.mastodon contributors (@fediscale)
+"""
+
+EXAMPLES = r"""
+- name: Read this host's pgbouncer
+  fediscale.mastodon.pgbouncer_pools:
+    login_password: "{{ pgbouncer_stats_password }}"
+  register: pools
+"""
+
+RETURN = r"""
+pools:
+  description: C(SHOW POOLS) rows, numbers as integers.
+  returned: success
+  type: list
+  elements: dict
+stats:
+  description: C(SHOW STATS) rows, numbers as integers.
+  returned: success
+  type: list
+  elements: dict
+databases:
+  description: C(SHOW DATABASES) rows, numbers as integers.
+  returned: success
+  type: list
+  elements: dict
+clients:
+  description: Client connections of all pools together (C(cl_active) plus C(cl_waiting)), the console's left out.
+  returned: success
+  type: int
+findings:
+  description: Each with C(id), C(severity), C(message), C(hint) and C(numbers).
+  returned: success
+  type: list
+  elements: dict
+"""
+
+from ansible.module_utils.basic import AnsibleModule, missing_required_lib
+
+from ansible_collections.fediscale.mastodon.plugins.module_utils.live import pgbouncer_findings
+
+try:
+    import psycopg
+except ImportError:
+    psycopg = None
+
+
+def _rows(conn, command):
+    cursor = conn.execute(command)
+    names = [column.name for column in cursor.description]
+    rows = []
+    for values in cursor.fetchall():
+        row = {}
+        for name, value in zip(names, values):
+            row[name] = int(value) if isinstance(value, str) and value.isdigit() else value
+        rows.append(row)
+    return rows
+
+
+def main():
+    module = AnsibleModule(
+        argument_spec=dict(
+            login_host=dict(type="str", default="127.0.0.1"),
+            login_port=dict(type="int", default=6432),
+            login_user=dict(type="str", default="pgbouncer_stats"),
+            login_password=dict(type="str", no_log=True),
+            maxwait_warning_seconds=dict(type="float", default=1.0),
+        ),
+        supports_check_mode=True,
+    )
+    if psycopg is None:
+        module.fail_json(msg=missing_required_lib("psycopg (Debian: python3-psycopg)"))
+    params = module.params
+    try:
+        # The console speaks only the simple query protocol and takes no SET.
+        with psycopg.connect(host=params["login_host"], port=params["login_port"], user=params["login_user"],
+                             password=params["login_password"], dbname="pgbouncer", autocommit=True,
+                             cursor_factory=psycopg.ClientCursor, connect_timeout=10) as conn:
+            pools = _rows(conn, "SHOW POOLS")
+            stats = _rows(conn, "SHOW STATS")
+            databases = _rows(conn, "SHOW DATABASES")
+    except psycopg.Error as error:
+        module.fail_json(msg="cannot read pgbouncer's console at %s:%s as %s: %s" % (
+            params["login_host"], params["login_port"], params["login_user"], error))
+    clients = sum(int(pool["cl_active"]) + int(pool["cl_waiting"]) for pool in pools if pool["database"] != "pgbouncer")
+    module.exit_json(changed=False, pools=pools, stats=stats, databases=databases, clients=clients,
+                     findings=pgbouncer_findings(pools, params["maxwait_warning_seconds"]))
+
+
+if __name__ == "__main__":
+    main()

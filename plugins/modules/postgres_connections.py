@@ -1,0 +1,210 @@
+# Copyright (c) fediscale.mastodon contributors
+# GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
+
+DOCUMENTATION = r"""
+module: postgres_connections
+short_description: Read PostgreSQL's live connections and judge them against the plan
+version_added: 0.1.0
+description:
+  - Reads C(max_connections), the reserved slots, the client connections of C(pg_stat_activity) by state and by
+    client, and the wait events by backend type (leaving out C(Activity)), as the compendium's monitoring queries
+    do.
+  - Returns findings, warnings unless marked C(error) (C(live-max-connections-differs-from-plan),
+    C(live-connections-over-plan)); utilisation over 90 %, more than 20 % idle, no idle connection behind
+    pgbouncer (pgbouncer is the bottleneck), many C(WALWrite) waits (it suggests C(synchronous_commit = off)
+    and never applies it).
+  - Changes nothing; runs where it can reach the server (the database host itself, by default over the local
+    socket as C(postgres)).
+requirements:
+  - psycopg 3 (Debian's C(python3-psycopg)) on the host it runs on
+options:
+  login_host:
+    description: Host or socket directory of the server.
+    type: str
+    default: /var/run/postgresql
+  login_port:
+    description: Port of the server.
+    type: int
+    default: 5432
+  login_user:
+    description: User to connect as; it must see every session in C(pg_stat_activity) (a superuser or C(pg_monitor)).
+    type: str
+    default: postgres
+  login_password:
+    description: Password of O(login_user), when the server asks for one.
+    type: str
+  login_db:
+    description: Database to connect to.
+    type: str
+    default: postgres
+  planned_max_connections:
+    description: The C(max_connections) the plan assumed (C(servers.primary.max_connections) of the report).
+    type: int
+  planned_total:
+    description: The connections the plan counts on this server (C(servers.primary.total) of the report).
+    type: int
+  behind_pgbouncer:
+    description: Whether Mastodon's processes reach this server through pgbouncer.
+    type: bool
+    default: false
+  utilisation_warning_percent:
+    description: Utilisation of C(max_connections) above which to warn.
+    type: int
+    default: 90
+  idle_warning_percent:
+    description: Share of idle connections above which to warn (without pgbouncer).
+    type: int
+    default: 20
+  wal_write_warning_percent:
+    description: Share of active connections waiting on C(WALWrite) above which to warn.
+    type: int
+    default: 20
+  fail_on_error:
+    description: Fail when a finding is an error.
+    type: bool
+    default: false
+attributes:
+  check_mode:
+    description: Reads only; the same in check mode.
+    support: full
+  diff_mode:
+    description: Nothing to diff.
+    support: none
+author:
+  - fediscale.mastodon contributors (@fediscale)
+"""
+
+EXAMPLES = r"""
+- name: Check the primary against the plan
+  fediscale.mastodon.postgres_connections:
+    planned_max_connections: "{{ plan_budget.servers.primary.max_connections }}"
+    planned_total: "{{ plan_budget.servers.primary.total }}"
+    behind_pgbouncer: true
+  become: true
+  become_user: postgres
+  register: live
+"""
+
+RETURN = r"""
+max_connections:
+  description: The live C(max_connections).
+  returned: success
+  type: int
+superuser_reserved_connections:
+  description: The live C(superuser_reserved_connections).
+  returned: success
+  type: int
+reserved_connections:
+  description: The live C(reserved_connections) (PostgreSQL 16+; 0 before).
+  returned: success
+  type: int
+usable:
+  description: C(max_connections) minus both reserves.
+  returned: success
+  type: int
+connections:
+  description: Client connections open now (this module's own left out).
+  returned: success
+  type: int
+states:
+  description: Client connections by state (C(active), C(idle), C(idle in transaction), ...).
+  returned: success
+  type: dict
+by_client:
+  description: Client connections by user, database, client address and state, most first.
+  returned: success
+  type: list
+  elements: dict
+waits:
+  description: Sessions by backend type and wait event, C(Activity) waits left out, most first.
+  returned: success
+  type: list
+  elements: dict
+findings:
+  description: What the numbers say, each with C(id), C(severity), C(message), C(hint) and C(numbers).
+  returned: success
+  type: list
+  elements: dict
+"""
+
+from ansible.module_utils.basic import AnsibleModule, missing_required_lib
+
+from ansible_collections.fediscale.mastodon.plugins.module_utils.live import postgres_findings
+
+try:
+    import psycopg
+    from psycopg.rows import dict_row
+except ImportError:
+    psycopg = None
+
+SETTINGS = """
+SELECT current_setting('max_connections')::int AS max_connections,
+       current_setting('superuser_reserved_connections')::int AS superuser_reserved_connections,
+       coalesce(current_setting('reserved_connections', true), '0')::int AS reserved_connections
+"""
+CLIENTS = """
+SELECT usename, datname, host(client_addr) AS client_addr, coalesce(state, 'unknown') AS state, count(*) AS count
+  FROM pg_stat_activity
+ WHERE backend_type = 'client backend' AND pid <> pg_backend_pid()
+ GROUP BY 1, 2, 3, 4 ORDER BY 5 DESC, 1, 2, 3, 4
+"""
+WAITS = """
+SELECT backend_type, wait_event_type, wait_event, count(*) AS count
+  FROM pg_stat_activity
+ WHERE wait_event IS NOT NULL AND wait_event_type <> 'Activity' AND pid <> pg_backend_pid()
+ GROUP BY 1, 2, 3 ORDER BY 4 DESC, 1, 2, 3
+"""
+
+
+def main():
+    module = AnsibleModule(
+        argument_spec=dict(
+            login_host=dict(type="str", default="/var/run/postgresql"),
+            login_port=dict(type="int", default=5432),
+            login_user=dict(type="str", default="postgres"),
+            login_password=dict(type="str", no_log=True),
+            login_db=dict(type="str", default="postgres"),
+            planned_max_connections=dict(type="int"),
+            planned_total=dict(type="int"),
+            behind_pgbouncer=dict(type="bool", default=False),
+            utilisation_warning_percent=dict(type="int", default=90),
+            idle_warning_percent=dict(type="int", default=20),
+            wal_write_warning_percent=dict(type="int", default=20),
+            fail_on_error=dict(type="bool", default=False),
+        ),
+        supports_check_mode=True,
+    )
+    if psycopg is None:
+        module.fail_json(msg=missing_required_lib("psycopg (Debian: python3-psycopg)"))
+    params = module.params
+    try:
+        with psycopg.connect(host=params["login_host"], port=params["login_port"], user=params["login_user"],
+                             password=params["login_password"], dbname=params["login_db"], autocommit=True,
+                             row_factory=dict_row, connect_timeout=10) as conn:
+            settings = conn.execute(SETTINGS).fetchone()
+            by_client = conn.execute(CLIENTS).fetchall()
+            waits = conn.execute(WAITS).fetchall()
+    except psycopg.Error as error:
+        module.fail_json(msg="cannot read %s:%s as %s: %s" % (params["login_host"], params["login_port"],
+                                                              params["login_user"], error))
+    states = {}
+    for row in by_client:
+        states[row["state"]] = states.get(row["state"], 0) + row["count"]
+    stats = dict(settings, states=states, waits=waits)
+    findings = postgres_findings(stats, params["planned_max_connections"], params["planned_total"],
+                                 params["behind_pgbouncer"], params["utilisation_warning_percent"],
+                                 params["idle_warning_percent"], params["wal_write_warning_percent"])
+    result = dict(
+        changed=False,
+        usable=settings["max_connections"] - settings["superuser_reserved_connections"]
+        - settings["reserved_connections"],
+        connections=sum(states.values()), states=states, by_client=by_client, waits=waits, findings=findings,
+        **settings)
+    errors = [finding for finding in findings if finding["severity"] == "error"]
+    if errors and params["fail_on_error"]:
+        module.fail_json(msg="; ".join(finding["message"] for finding in errors), **result)
+    module.exit_json(**result)
+
+
+if __name__ == "__main__":
+    main()
