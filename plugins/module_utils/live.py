@@ -52,15 +52,15 @@ def postgres_findings(stats: Dict[str, Any], planned_max_connections: Optional[i
     if percent > utilisation_warning_percent:
         findings.append(_finding(
             "live-utilisation-over-warning-line", "warning",
-            "%d of %d max_connections in use (%.1f %%), over %d %%" % (connections, max_connections, percent,
-                                                                      utilisation_warning_percent),
+            "%d of %d max_connections in use (%.1f %%), over %d %%"
+            % (connections, max_connections, percent, utilisation_warning_percent),
             "a deploy's overlap or a migration may be refused: lower pools or raise max_connections",
             connections=connections, max_connections=max_connections, usable=usable))
     if connections and 100.0 * idle / connections > idle_warning_percent and not behind_pgbouncer:
         findings.append(_finding(
             "live-idle-over-threshold", "warning",
-            "%d of %d connections are idle (%.1f %%), over %d %%" % (idle, connections, 100.0 * idle / connections,
-                                                                    idle_warning_percent),
+            "%d of %d connections are idle (%.1f %%), over %d %%"
+            % (idle, connections, 100.0 * idle / connections, idle_warning_percent),
             "idle connections hold memory and slots: lower DB_POOL, or put pgbouncer in front",
             idle=idle, connections=connections))
     if behind_pgbouncer and connections and idle == 0:
@@ -92,16 +92,16 @@ def pgbouncer_findings(pools: List[Dict[str, Any]],
         if int(pool["cl_waiting"]) > 0:
             findings.append(_finding(
                 "pgbouncer-clients-waiting", "warning",
-                "%s: %d clients wait for a server connection (%d active)" % (where, int(pool["cl_waiting"]),
-                                                                           int(pool["cl_active"])),
+                "%s: %d clients wait for a server connection (%d active)"
+                % (where, int(pool["cl_waiting"]), int(pool["cl_active"])),
                 "the pool is too small for the load: raise the pool sizes if the plan has room, or lower "
                 "the processes' concurrency", pool=where, cl_waiting=int(pool["cl_waiting"])))
         maxwait = int(pool["maxwait"]) + int(pool.get("maxwait_us", 0)) / 1000000.0
         if maxwait > maxwait_warning_seconds:
             findings.append(_finding(
                 "pgbouncer-maxwait-over-threshold", "warning",
-                "%s: the oldest waiting client has waited %.3f s (threshold %.3f s)" % (where, maxwait,
-                                                                                     maxwait_warning_seconds),
+                "%s: the oldest waiting client has waited %.3f s (threshold %.3f s)"
+                % (where, maxwait, maxwait_warning_seconds),
                 "the pool is too small or PostgreSQL is slow: compare with the server's load",
                 pool=where, maxwait=maxwait))
     return findings

@@ -195,3 +195,48 @@ def test_production_unit_scores_below_2(app):
     app.run("cp /lib/systemd/system/pgbouncer.service /tmp/score-debian.service")
     ours, debian = exposure(app, "/tmp/score-ours.service"), exposure(app, "/tmp/score-debian.service")
     assert ours < 2.0 < debian
+
+
+# --- the live-check modules, against the real servers ---
+
+def postgres_connections(db, **args):
+    text = " ".join("%s=%s" % item for item in args.items())
+    return db.ansible("fediscale.mastodon.postgres_connections", text, check=True, become=True,
+                      become_user="postgres")
+
+
+def test_postgres_connections_reads_the_live_server(db):
+    primary = REPORT["servers"]["primary"]
+    result = postgres_connections(db, planned_max_connections=primary["max_connections"],
+                                  planned_total=primary["total"], behind_pgbouncer="true")
+    assert not result.get("failed"), result
+    assert (result["max_connections"], result["superuser_reserved_connections"]) == (40, 3)
+    assert result["usable"] == 37 and result["changed"] is False
+    assert [f for f in result["findings"] if f["severity"] == "error"] == []
+
+
+def test_postgres_connections_flags_a_plan_that_assumed_another_max_connections(db):
+    result = postgres_connections(db, planned_max_connections=41)
+    assert [finding["id"] for finding in result["findings"]] == ["live-max-connections-differs-from-plan"]
+    failed = postgres_connections(db, planned_max_connections=41, fail_on_error="true")
+    assert failed["failed"] and "the plan assumed 41" in failed["msg"]
+
+
+def test_under_load_pgbouncer_queues_clients_and_postgres_sees_only_the_pool(app, db):
+    """More clients than the pool: pgbouncer makes them wait, the server never sees more than the pool."""
+    pool = BOUNCER["default_pool_size"]
+    clients = pool + 5
+    app.run("for i in $(seq %d); do PGPASSWORD=%s psql -XAtq 'host=127.0.0.1 port=6432 user=mastodon "
+            "dbname=mastodon_production' -c 'SELECT pg_sleep(6)' >/dev/null 2>&1 & done; sleep 2"
+            % (clients, PASSWORD))
+    pools = app.ansible("fediscale.mastodon.pgbouncer_pools", "login_password=%s" % STATS_PASSWORD, check=True)
+    live = postgres_connections(db, behind_pgbouncer="true")
+    app.run("sleep 5")
+    row = next(row for row in pools["pools"] if row["database"] == "mastodon_production")
+    assert row["cl_active"] + row["cl_waiting"] == clients and row["sv_active"] == pool
+    assert row["cl_waiting"] == clients - pool
+    assert pools["clients"] == clients
+    assert "pgbouncer-clients-waiting" in [finding["id"] for finding in pools["findings"]]
+    from_pgbouncer = sum(item["count"] for item in live["by_client"] if item["client_addr"] == "172.30.42.202")
+    assert from_pgbouncer == pool
+    assert "live-no-idle-behind-pgbouncer" in [finding["id"] for finding in live["findings"]]

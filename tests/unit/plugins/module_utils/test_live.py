@@ -1,0 +1,67 @@
+"""Live-check findings: each threshold, broken and kept."""
+
+import pytest
+
+from ansible_collections.fediscale.mastodon.plugins.module_utils.live import pgbouncer_findings, postgres_findings
+
+
+def stats(states, waits=(), max_connections=100):
+    return {"max_connections": max_connections, "superuser_reserved_connections": 3, "reserved_connections": 0,
+            "states": states, "waits": list(waits)}
+
+
+def ids(findings):
+    return [finding["id"] for finding in findings]
+
+
+def test_a_healthy_server_has_no_findings():
+    assert postgres_findings(stats({"active": 40, "idle": 5}), planned_max_connections=100, planned_total=50) == []
+
+
+def test_live_max_connections_differs_from_the_plan():
+    [finding] = postgres_findings(stats({"active": 1}), planned_max_connections=200)
+    assert finding["severity"] == "error" and finding["numbers"] == {"live": 100, "planned": 200}
+    assert "max_connections 100, the plan assumed 200" in finding["message"]
+
+
+def test_more_connections_than_planned():
+    [finding] = postgres_findings(stats({"active": 30, "idle": 5}), planned_total=30)
+    assert finding["id"] == "live-connections-over-plan" and finding["numbers"] == {"live": 35, "planned": 30}
+
+
+def test_utilisation_over_90_percent():
+    assert "live-utilisation-over-warning-line" in ids(postgres_findings(stats({"active": 91})))
+    assert "live-utilisation-over-warning-line" not in ids(postgres_findings(stats({"active": 90})))
+
+
+def test_idle_over_20_percent_without_pgbouncer_only():
+    assert ids(postgres_findings(stats({"active": 7, "idle": 3}))) == ["live-idle-over-threshold"]
+    assert ids(postgres_findings(stats({"active": 8, "idle": 2}))) == []
+    assert ids(postgres_findings(stats({"active": 7, "idle": 3}), behind_pgbouncer=True)) == []
+
+
+def test_no_idle_connection_behind_pgbouncer_means_pgbouncer_is_the_bottleneck():
+    assert ids(postgres_findings(stats({"active": 20}), behind_pgbouncer=True)) == ["live-no-idle-behind-pgbouncer"]
+
+
+def test_many_wal_write_waits_suggest_synchronous_commit_off():
+    waits = [{"backend_type": "client backend", "wait_event_type": "IO", "wait_event": "WALWrite", "count": 5}]
+    [finding] = postgres_findings(stats({"active": 20}, waits))
+    assert finding["id"] == "live-wal-write-bound" and "synchronous_commit = off" in finding["hint"]
+    assert postgres_findings(stats({"active": 30}, waits)) == []
+
+
+def pool(**values):
+    row = {"database": "mastodon_production", "user": "mastodon", "cl_active": 10, "cl_waiting": 0, "maxwait": 0,
+           "maxwait_us": 0}
+    row.update(values)
+    return row
+
+
+def test_waiting_clients_and_long_waits():
+    assert pgbouncer_findings([pool()]) == []
+    [waiting] = pgbouncer_findings([pool(cl_waiting=3)])
+    assert waiting["id"] == "pgbouncer-clients-waiting" and "mastodon_production/mastodon: 3 clients" in waiting["message"]
+    [slow] = pgbouncer_findings([pool(maxwait=1, maxwait_us=500000)])
+    assert slow["id"] == "pgbouncer-maxwait-over-threshold" and slow["numbers"]["maxwait"] == pytest.approx(1.5)
+    assert pgbouncer_findings([pool(database="pgbouncer", user="pgbouncer", cl_waiting=1)]) == []
