@@ -79,6 +79,8 @@ findings:
   elements: dict
 """
 
+from decimal import Decimal
+
 from ansible.module_utils.basic import AnsibleModule, missing_required_lib
 
 from ansible_collections.fediscale.mastodon.plugins.module_utils.live import pgbouncer_findings
@@ -89,16 +91,19 @@ except ImportError:
     psycopg = None
 
 
+def _plain(value):
+    """Console numbers arrive as numeric (Decimal) or text, depending on the column and version."""
+    if isinstance(value, Decimal):
+        return int(value) if value == value.to_integral_value() else float(value)
+    if isinstance(value, str) and value.isdigit():
+        return int(value)
+    return value
+
+
 def _rows(conn, command):
     cursor = conn.execute(command)
     names = [column.name for column in cursor.description]
-    rows = []
-    for values in cursor.fetchall():
-        row = {}
-        for name, value in zip(names, values):
-            row[name] = int(value) if isinstance(value, str) and value.isdigit() else value
-        rows.append(row)
-    return rows
+    return [{name: _plain(value) for name, value in zip(names, values)} for values in cursor.fetchall()]
 
 
 def main():
