@@ -1,25 +1,284 @@
-"""The demo cluster is up, and the plan computed for it is the one its inventory describes."""
+"""The cluster as site.yml leaves it: the budget proven under load, over-commit stopped, faults survived.
 
+Tests run in file order; the ones that break things (faults, scale-down) come last and restore what they need.
+"""
+
+import base64
 import json
 import os
+import subprocess
+import sys
+import time
+from pathlib import Path
 
-testinfra_hosts = ["ansible://all"]
+import pytest
 
-PLAN = os.path.join(os.environ["MOLECULE_EPHEMERAL_DIRECTORY"], "plan", "budget.json")
+REPORT = json.load(open(os.path.join(os.environ["MOLECULE_EPHEMERAL_DIRECTORY"], "plan", "budget.json")))
+PRIMARY = REPORT["servers"]["primary"]
+DATABASE_PASSWORD = "demo-only-database"
+REDIS_PASSWORD = "demo-only-redis"
+STATS_PASSWORD = "demo-only-stats"
+HOSTS = sorted(REPORT["hosts"])
+BOUNCERS = sorted(REPORT["pgbouncer"])
+PLAYBOOK = str(Path(sys.executable).with_name("ansible-playbook"))
+
+# Each test picks the hosts it needs from the scenario's inventory.
+testinfra_hosts = ["ansible://demo-db1"]
 
 
-def test_every_container_runs_systemd(host):
-    state = host.run("systemctl is-system-running").stdout.strip()
-    assert state in ("running", "degraded"), host.run("systemctl --failed --no-legend").stdout
+@pytest.fixture(scope="module")
+def hosts(host):
+    inventory = host.backend.ansible_inventory
+    return {name: host.get_host("ansible://%s" % name, ansible_inventory=inventory) for name in HOSTS}
 
 
-def test_the_plan_covers_this_host(host):
-    with open(PLAN, encoding="utf-8") as stream:
-        report = json.load(stream)
-    name = host.backend.get_hostname()
-    assert name in report["hosts"]
-    assert report["errors"] == 0
-    # web 2 x 2 x 5, streaming 2 x 2 x 10 and sidekiq 8 processes go through pgbouncer on their hosts.
-    primary = report["servers"]["primary"]
-    assert primary["total"] == sum(source["connections"] for source in primary["sources"])
-    assert primary["total"] <= primary["warning_line"] == 90
+def managed_units(name):
+    """Every unit the collection runs on a host, from the plan."""
+    sections = REPORT["hosts"][name]
+    units = []
+    if "postgresql" in sections:
+        units.append("postgresql@15-main.service")
+    if "redis" in sections:
+        units += ["redis-server@%s.service" % item["name"] for item in REPORT["redis"]["instances"]
+                  if item["host"] == name]
+    if name in REPORT["pgbouncer"]:
+        units.append("pgbouncer.service")
+    app = REPORT["units"].get(name, {})
+    if app.get("web"):
+        units.append(app["web"]["unit"])
+    units += [item["unit"] for item in app.get("streaming", [])]
+    if app.get("streaming"):
+        units.append("mastodon-streaming.service")
+    for item in app.get("sidekiq", []):
+        units += item["instances"]
+    if "nginx" in sections:
+        units.append("nginx.service")
+    return units
+
+
+def run_playbook(host, *args):
+    env = dict(os.environ, ANSIBLE_NOCOLOR="1", ANSIBLE_FORCE_COLOR="0")
+    return subprocess.run([PLAYBOOK, "fediscale.mastodon.site", "-i", host.backend.ansible_inventory] + list(args),
+                          env=env, capture_output=True, text=True, timeout=900, check=False)
+
+
+def python(host, script):
+    encoded = base64.b64encode(script.encode()).decode()
+    return host.run("echo %s | base64 -d | python3 -" % encoded)
+
+
+@pytest.mark.parametrize("name", HOSTS)
+def test_every_managed_unit_is_enabled_and_running(hosts, name):
+    for unit in managed_units(name):
+        service = hosts[name].service(unit)
+        assert service.is_running and service.is_enabled, unit
+
+
+# --- 1. The budget is true ---
+
+# Each client stays connected and keeps a transaction running, like a busy process with its pool checked out.
+PROBE = """
+import json, threading, time, psycopg
+clients, seconds = %(clients)d, %(seconds)d
+results = []
+def client():
+    try:
+        # No server-side prepared statements through transaction pooling (Mastodon: PREPARED_STATEMENTS=false).
+        with psycopg.connect("host=127.0.0.1 port=6432 dbname=mastodon_production user=mastodon password=%(password)s",
+                             connect_timeout=30, autocommit=True, prepare_threshold=None) as conn:
+            end = time.time() + seconds
+            while time.time() < end:
+                conn.execute("SELECT pg_sleep(0.05)")
+        results.append("ok")
+    except Exception as error:
+        results.append(str(error))
+threads = [threading.Thread(target=client) for _ in range(clients)]
+for thread in threads: thread.start()
+for thread in threads: thread.join(120)
+json.dump({"ok": results.count("ok"), "errors": [r for r in results if r != "ok"]}, open("/tmp/probe.json", "w"))
+"""
+
+
+def test_load_probe_holds_the_planned_connections_and_the_server_stays_within_the_plan(hosts):
+    """On every pgbouncer host, as many clients as the plan says its processes open, all busy at once."""
+    for name in BOUNCERS:
+        script = PROBE % {"clients": REPORT["pgbouncer"][name]["clients"], "seconds": 40,
+                          "password": DATABASE_PASSWORD}
+        encoded = base64.b64encode(script.encode()).decode()
+        hosts[name].run("rm -f /tmp/probe.json; echo %s | base64 -d > /tmp/probe.py; "
+                        "nohup timeout 150 python3 /tmp/probe.py >/dev/null 2>&1 &" % encoded)
+    time.sleep(3)
+    server_counts = []
+    measured = {}
+    deadline = time.time() + 2
+    while time.time() < deadline or not server_counts:
+        count = hosts["demo-db1"].run(
+            "runuser -u postgres -- psql -XAtq -c \"SELECT count(*) FROM pg_stat_activity "
+            "WHERE backend_type = 'client backend' AND usename = 'mastodon'\"").stdout.strip()
+        server_counts.append(int(count))
+    for name in BOUNCERS:
+        pools = hosts[name].ansible("fediscale.mastodon.pgbouncer_pools", "login_password=%s" % STATS_PASSWORD,
+                                    check=True)
+        row = next(row for row in pools["pools"] if row["database"] == "mastodon_production")
+        measured[name] = (row["cl_active"] + row["cl_waiting"], row["sv_active"] + row["sv_idle"] + row["sv_used"])
+    for name in BOUNCERS:
+        planned = REPORT["pgbouncer"][name]
+        assert measured[name][0] == planned["clients"], name
+        assert measured[name][1] <= planned["primary_connections"], name
+    assert max(server_counts) <= PRIMARY["total"]
+    # Every pool full (or holding every client of a host with fewer clients than its pool), nothing more.
+    assert max(server_counts) == sum(min(REPORT["pgbouncer"][name]["clients"],
+                                         REPORT["pgbouncer"][name]["primary_connections"]) for name in BOUNCERS)
+    for name in BOUNCERS:
+        result = None
+        for _ in range(120):
+            content = hosts[name].run("cat /tmp/probe.json 2>/dev/null").stdout
+            if content:
+                result = json.loads(content)
+                break
+            time.sleep(1)
+        assert result == {"ok": REPORT["pgbouncer"][name]["clients"], "errors": []}, name
+
+
+# --- 2. Over-commit is stopped ---
+
+def snapshot(hosts):
+    paths = "/etc/postgresql /etc/pgbouncer /etc/redis /etc/mastodon /etc/nginx /etc/systemd/system"
+    return {name: hosts[name].run("find %s -type f -exec sha256sum {} + 2>/dev/null | sort" % paths).stdout
+            for name in HOSTS}
+
+
+def test_over_commit_by_one_connection_fails_at_the_plan_and_changes_nothing(host, hosts):
+    # Direct connections up to one more than the pgbouncers' one-per-pool floors leave room for.
+    floors = len(BOUNCERS)
+    direct = PRIMARY["usable"] - floors + 1
+    before = snapshot(hosts)
+    result = run_playbook(host, "-e", json.dumps({"mastodon_direct_connections": {"migrations": direct}}))
+    output = result.stdout + result.stderr
+    assert result.returncode != 0
+    assert "ERROR connections-over-usable-capacity [demo-db1 postgresql primary]" in output
+    assert "the plan opens %d connections on the primary" % (PRIMARY["usable"] + 1) in output
+    assert "PLAY [PostgreSQL]" not in output
+    assert snapshot(hosts) == before
+
+
+# --- 3. Faults ---
+
+def redis(host, port, command):
+    return host.run("redis-cli -p %d -a %s --no-auth-warning %s" % (port, REDIS_PASSWORD, command))
+
+
+def test_persistent_redis_keeps_every_job_through_kill_9(hosts):
+    node = hosts["demo-redis1"]
+    jobs = 2000
+    node.run("seq %d | awk '{ print \"LPUSH queue:probe job-\" $1 }' | redis-cli -p 6379 -a %s --no-auth-warning "
+             ">/dev/null" % (jobs, REDIS_PASSWORD))
+    time.sleep(1.5)  # appendfsync everysec
+    before = node.run("systemctl show -P MainPID redis-server@persistent.service").stdout.strip()
+    node.run("systemctl kill -s KILL redis-server@persistent.service")
+    for _ in range(30):
+        time.sleep(1)
+        after = node.run("systemctl show -P MainPID redis-server@persistent.service").stdout.strip()
+        if after not in ("0", before) and redis(node, 6379, "PING").stdout.strip() == "PONG":
+            break
+    assert after not in ("0", before)
+    assert redis(node, 6379, "LLEN queue:probe").stdout.strip() == str(jobs)
+
+
+def test_flushing_the_cache_leaves_persistent_data_alone(hosts):
+    node = hosts["demo-redis1"]
+    redis(node, 6380, "SET cache:probe 1")
+    redis(node, 6380, "FLUSHALL")
+    assert redis(node, 6380, "DBSIZE").stdout.strip() == "0"
+    assert int(redis(node, 6379, "LLEN queue:probe").stdout.strip()) > 0
+    redis(node, 6379, "DEL queue:probe")
+
+
+# Like Rails' pool: a connection that fails is replaced by a new one on the next checkout.
+RESILIENT_CLIENT = """
+import json, time, psycopg
+DSN = "host=127.0.0.1 port=6432 dbname=mastodon_production user=mastodon password=%s connect_timeout=10"
+conn = None
+log = []
+end = time.time() + 20
+while time.time() < end:
+    try:
+        if conn is None or conn.closed:
+            conn = psycopg.connect(DSN, autocommit=True, prepare_threshold=None)
+        conn.execute("SELECT 1")
+        log.append("ok")
+    except psycopg.Error as error:
+        log.append(type(error).__name__)
+    time.sleep(0.2)
+json.dump(log, open("/tmp/resilient.json", "w"))
+"""
+
+
+def test_clients_behind_pgbouncer_recover_from_a_postgresql_restart(hosts):
+    app = hosts["demo-web1"]
+    encoded = base64.b64encode((RESILIENT_CLIENT % DATABASE_PASSWORD).encode()).decode()
+    app.run("rm -f /tmp/resilient.json; echo %s | base64 -d > /tmp/resilient.py; "
+            "nohup timeout 60 python3 /tmp/resilient.py >/dev/null 2>&1 &" % encoded)
+    time.sleep(3)
+    assert hosts["demo-db1"].run("systemctl restart postgresql@15-main.service").rc == 0
+    log = None
+    for _ in range(60):
+        content = app.run("cat /tmp/resilient.json 2>/dev/null").stdout
+        if content:
+            log = json.loads(content)
+            break
+        time.sleep(1)
+    assert log, "the client did not finish"
+    # Queries work again after the restart, with no action taken on pgbouncer or the client's host.
+    assert log[-10:] == ["ok"] * 10, log
+    assert log.count("ok") >= len(log) - 10, log
+
+
+def test_systemd_brings_a_killed_pgbouncer_back(hosts):
+    app = hosts["demo-sidekiq1"]
+    before = app.run("systemctl show -P MainPID pgbouncer.service").stdout.strip()
+    app.run("systemctl kill -s KILL pgbouncer.service")
+    after = before
+    for _ in range(20):
+        time.sleep(1)
+        after = app.run("systemctl show -P MainPID pgbouncer.service").stdout.strip()
+        if after not in ("0", before) and app.service("pgbouncer.service").is_running:
+            break
+    assert after not in ("0", before)
+    result = python(app, "import psycopg\nprint(psycopg.connect('host=127.0.0.1 port=6432 user=mastodon "
+                         "dbname=mastodon_production password=%s').execute('SELECT 1').fetchone()[0])"
+                    % DATABASE_PASSWORD)
+    assert result.rc == 0 and result.stdout.strip() == "1", result.stderr
+
+
+def test_every_unit_comes_back_after_a_container_restart(hosts):
+    subprocess.run(["docker", "restart"] + HOSTS, check=True, capture_output=True, timeout=300)
+    for name in HOSTS:
+        state = hosts[name].run("systemctl is-system-running --wait").stdout.strip()
+        assert state in ("running", "degraded"), hosts[name].run("systemctl --failed --no-legend").stdout
+        for unit in managed_units(name):
+            service = hosts[name].service(unit)
+            assert service.is_running and service.is_enabled, (name, unit)
+
+
+# --- 4. Scale down ---
+
+def test_scale_down_with_tags_sidekiq_leaves_one_pull_process(host, hosts):
+    queues = [dict(item, instances=1) if item["queue"] == "pull" else item
+              for item in [{"queue": unit["queue"], "instances": len(unit["instances"]),
+                            "concurrency": unit["concurrency"]} for unit in REPORT["units"]["demo-sidekiq1"]["sidekiq"]]]
+    result = run_playbook(host, "--tags", "sidekiq", "-e", json.dumps({"sidekiq_queues": queues}))
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    node = hosts["demo-sidekiq1"]
+    listed = node.run("systemctl list-units --all --plain --no-legend 'mastodon-sidekiq-pull@*.service'").stdout
+    running = [line.split()[0] for line in listed.splitlines() if node.service(line.split()[0]).is_running]
+    assert running == ["mastodon-sidekiq-pull@1.service"]
+    for number in (2, 3):
+        service = node.service("mastodon-sidekiq-pull@%d.service" % number)
+        assert not service.is_running and not service.is_enabled
+    # Back to the inventory's numbers: scaling up starts them again.
+    result = run_playbook(host, "--tags", "sidekiq")
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    for number in (1, 2, 3):
+        service = node.service("mastodon-sidekiq-pull@%d.service" % number)
+        assert service.is_running and service.is_enabled
