@@ -4,6 +4,7 @@
 #   make molecule SCENARIO=smoke  one Molecule scenario (default: all)
 #   make demo                     the local container cluster with site.yml on it
 #   make bench                    the plan benchmark
+#   make bench-pooling            pgbench direct against through pgbouncer, on the demo cluster
 #   make clean                    remove containers, images and the engine the rig started
 SHELL := /bin/bash
 .SHELLFLAGS := -eu -o pipefail -c
@@ -23,10 +24,10 @@ export PATH := $(BIN):$(PATH)
 # Run a stage and record how long it took.
 timed = start=$$(date +%s); $(2); echo "$(1) $$(( $$(date +%s) - start ))s" >> $(TIMINGS)
 
-.PHONY: help test unit lint sanity molecule demo bench clean venv collection image
+.PHONY: help test unit lint sanity molecule demo bench bench-pooling clean venv collection image
 
 help:
-	@sed -n '2,8p' Makefile
+	@sed -n '2,9p' Makefile
 
 venv:
 	@$(RIG) venv
@@ -80,6 +81,11 @@ demo: image collection
 
 bench: venv collection
 	$(BIN)/python benchmarks/plan_speed.py
+
+# Brings the demo cluster up (or converges it) first; leaves it as the plan made it.
+bench-pooling: demo
+	@cd $(ROOT) && export FEDISCALE_RIG_IMAGE=$$($(RIG) image-name) && \
+	  $(BIN)/python benchmarks/pgbench_pooling.py
 
 clean:
 	@$(RIG) clean

@@ -131,7 +131,7 @@ def test_load_probe_holds_the_planned_connections_and_the_server_stays_within_th
                                          REPORT["pgbouncer"][name]["primary_connections"]) for name in BOUNCERS)
     for name in BOUNCERS:
         result = None
-        for _ in range(120):
+        for _attempt in range(120):
             content = hosts[name].run("cat /tmp/probe.json 2>/dev/null").stdout
             if content:
                 result = json.loads(content)
@@ -176,7 +176,7 @@ def test_persistent_redis_keeps_every_job_through_kill_9(hosts):
     time.sleep(1.5)  # appendfsync everysec
     before = node.run("systemctl show -P MainPID redis-server@persistent.service").stdout.strip()
     node.run("systemctl kill -s KILL redis-server@persistent.service")
-    for _ in range(30):
+    for _attempt in range(30):
         time.sleep(1)
         after = node.run("systemctl show -P MainPID redis-server@persistent.service").stdout.strip()
         if after not in ("0", before) and redis(node, 6379, "PING").stdout.strip() == "PONG":
@@ -222,7 +222,7 @@ def test_clients_behind_pgbouncer_recover_from_a_postgresql_restart(hosts):
     time.sleep(3)
     assert hosts["demo-db1"].run("systemctl restart postgresql@15-main.service").rc == 0
     log = None
-    for _ in range(60):
+    for _attempt in range(60):
         content = app.run("cat /tmp/resilient.json 2>/dev/null").stdout
         if content:
             log = json.loads(content)
@@ -239,7 +239,7 @@ def test_systemd_brings_a_killed_pgbouncer_back(hosts):
     before = app.run("systemctl show -P MainPID pgbouncer.service").stdout.strip()
     app.run("systemctl kill -s KILL pgbouncer.service")
     after = before
-    for _ in range(20):
+    for _attempt in range(20):
         time.sleep(1)
         after = app.run("systemctl show -P MainPID pgbouncer.service").stdout.strip()
         if after not in ("0", before) and app.service("pgbouncer.service").is_running:

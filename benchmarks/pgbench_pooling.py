@@ -1,0 +1,182 @@
+"""pgbench on the demo cluster: direct to PostgreSQL against through the collection's pgbouncer.
+
+Runs on the cluster ``make demo`` leaves up. pgbench runs on an app host
+(demo-web1, where Mastodon's processes would run) and connects either straight
+to the primary on demo-db1 or to the host's own pgbouncer on 127.0.0.1:6432,
+as Mastodon's processes do. Workloads: pgbench's read-only (``-S``) and its
+default TPC-B-like mix, at 20, 200 and 800 clients; arms alternate inside each
+round so both see the same machine.
+
+Set-up, undone at the end (also on failure):
+
+- ``max_connections`` on the primary is raised with ``ALTER SYSTEM`` so the
+  direct arm can admit 800 clients (the plan's own value stays in the
+  collection's ``conf.d`` file and is back after ``ALTER SYSTEM RESET``);
+- ``site.yml --tags pgbouncer`` re-plans the app hosts' pgbouncers with
+  ``pgbouncer_max_client_conn`` high enough for 800 clients (the plan then
+  raises ``LimitNOFILE`` to match); everything else stays as the plan chose,
+  pool sizes included, unless ``--pool-size`` names one;
+- pgbench's tables are created in Mastodon's database (the demo has no
+  Mastodon data) and dropped afterwards.
+
+    make demo
+    .venv/bin/python benchmarks/pgbench_pooling.py [--rounds 3] [--duration 20] [--pool-size auto,8]
+"""
+
+import argparse
+import json
+import os
+import re
+import statistics
+import subprocess
+import sys
+from pathlib import Path
+from typing import Dict, List, Optional
+
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent
+SCENARIO = ROOT / "molecule" / "cluster"
+CLIENT_HOST = "demo-web1"
+DB_HOST = "demo-db1"
+WORKLOADS = {"read-only": ["-S"], "mixed": []}
+POSTGRESQL_SERVICE = "postgresql@15-main"
+
+
+def cluster_vars() -> Dict[str, str]:
+    group = yaml.safe_load((SCENARIO / "group_vars" / "all.yml").read_text())
+    db = yaml.safe_load((SCENARIO / "host_vars" / (DB_HOST + ".yml")).read_text())
+    return {"password": group["postgresql_mastodon_password"], "db_address": db["mastodon_address"],
+            "database": "mastodon_production", "user": "mastodon"}
+
+
+def docker(host: str, command: str, user: str = "root", check: bool = True,
+           env: Optional[Dict[str, str]] = None) -> subprocess.CompletedProcess:
+    args = ["docker", "exec", "-u", user]
+    for key, value in (env or {}).items():
+        args += ["-e", "%s=%s" % (key, value)]
+    result = subprocess.run(args + [host, "sh", "-c", command], capture_output=True, text=True, check=False)
+    if check and result.returncode:
+        raise SystemExit("%s: %s failed (%d):\n%s%s" % (host, command, result.returncode, result.stdout,
+                                                       result.stderr))
+    return result
+
+
+def converge_pgbouncer(extra_vars: Dict[str, object]) -> None:
+    """Re-run site.yml's pgbouncer part through the scenario's inventory."""
+    env = dict(os.environ, ANSIBLE_COLLECTIONS_PATH=str(ROOT / ".rig"), PATH="%s:%s" % (BIN, os.environ["PATH"]))
+    args = [str(BIN / "molecule"), "converge", "-s", "cluster", "--", "--tags", "pgbouncer"]
+    if extra_vars:
+        args += ["-e", json.dumps(extra_vars)]
+    print("converging pgbouncer with %s" % (extra_vars or "the plan's settings"), file=sys.stderr)
+    result = subprocess.run(args, cwd=str(ROOT), env=env, capture_output=True, text=True, check=False)
+    if result.returncode:
+        raise SystemExit("molecule converge failed:\n%s%s" % (result.stdout[-4000:], result.stderr[-2000:]))
+
+
+def pgbouncer_settings() -> Dict[str, str]:
+    text = docker(CLIENT_HOST, "cat /etc/pgbouncer/pgbouncer.ini").stdout
+    return dict(re.findall(r"^(default_pool_size|max_client_conn|pool_mode) = (\S+)", text, re.M))
+
+
+def set_max_connections(value: Optional[int]) -> None:
+    statement = ("ALTER SYSTEM SET max_connections = %d" % value) if value else "ALTER SYSTEM RESET max_connections"
+    docker(DB_HOST, "psql -qc '%s'" % statement, user="postgres")
+    docker(DB_HOST, "systemctl restart %s" % POSTGRESQL_SERVICE)
+
+
+def pgbench(arm: str, workload: str, clients: int, duration: int, settings: Dict[str, str]) -> Dict[str, float]:
+    host, port = (settings["db_address"], 5432) if arm == "direct" else ("127.0.0.1", 6432)
+    # Simple query protocol (pgbench's default): what transaction pooling serves.
+    command = "pgbench -n %s -c %d -j 2 -T %d -h %s -p %d -U %s %s" % (
+        " ".join(WORKLOADS[workload]), clients, duration, host, port, settings["user"], settings["database"])
+    result = docker(CLIENT_HOST, command, check=False, env={"PGPASSWORD": settings["password"]})
+    output = result.stdout + result.stderr
+    tps = re.search(r"^tps = ([\d.]+) \(without initial connection time\)", output, re.M)
+    failed = re.search(r"^number of failed transactions: (\d+)", output, re.M)
+    aborted = len(re.findall(r"client \d+ aborted", output))
+    return {"tps": float(tps.group(1)) if tps else 0.0, "failed": int(failed.group(1)) if failed else 0,
+            "aborted": aborted, "exit": result.returncode}
+
+
+def measure(rounds: int, duration: int, client_counts: List[int], settings: Dict[str, str],
+            arms: List[str]) -> Dict[tuple, List[Dict[str, float]]]:
+    samples: Dict[tuple, List[Dict[str, float]]] = {}
+    for round_index in range(rounds):
+        for workload in WORKLOADS:
+            for clients in client_counts:
+                order = arms if round_index % 2 == 0 else list(reversed(arms))
+                for arm in order:
+                    sample = pgbench(arm, workload, clients, duration, settings)
+                    samples.setdefault((arm, workload, clients), []).append(sample)
+                    print("round %d %-9s %-22s %4d clients: %8.0f tps, %d failed, %d aborted"
+                          % (round_index + 1, workload, arm, clients, sample["tps"], sample["failed"],
+                             sample["aborted"]), file=sys.stderr)
+    return samples
+
+
+def summarise(samples, client_counts: List[int], arms: List[str]) -> str:
+    median = {key: statistics.median(s["tps"] for s in values) for key, values in samples.items()}
+    failed = {key: sum(s["failed"] + s["aborted"] for s in values) for key, values in samples.items()}
+    best_direct = {workload: max(median[("direct", workload, clients)] for clients in client_counts)
+                   for workload in WORKLOADS}
+    header = "| workload | clients | " + " | ".join("%s tps" % arm for arm in arms) + " | " + \
+        " | ".join("%s failed" % arm for arm in arms) + " | " + \
+        " | ".join("%s / best direct" % arm for arm in arms) + " |"
+    lines = [header, "| --- | ---: |" + " ---: |" * (3 * len(arms))]
+    for workload in WORKLOADS:
+        for clients in client_counts:
+            keys = [(arm, workload, clients) for arm in arms]
+            lines.append("| %s | %d | %s | %s | %s |" % (
+                workload, clients, " | ".join("%.0f" % median[key] for key in keys),
+                " | ".join("%d" % failed[key] for key in keys),
+                " | ".join("%.2f" % (median[key] / best_direct[workload]) for key in keys)))
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--duration", type=int, default=20, help="seconds per pgbench run")
+    parser.add_argument("--clients", default="20,200,800")
+    parser.add_argument("--scale", type=int, default=20)
+    parser.add_argument("--max-connections", type=int, default=1000,
+                        help="max_connections for the direct arm, above the largest client count")
+    parser.add_argument("--pool-size", default="auto",
+                        help="comma-separated pgbouncer_default_pool_size values, each its own arm")
+    args = parser.parse_args()
+    client_counts = [int(value) for value in args.clients.split(",")]
+    pool_sizes = args.pool_size.split(",")
+    settings = cluster_vars()
+    env = {"PGPASSWORD": settings["password"]}
+    connect = "-h %s -U %s %s" % (settings["db_address"], settings["user"], settings["database"])
+
+    if docker(CLIENT_HOST, "command -v pgbench", check=False).returncode:
+        docker(CLIENT_HOST, "apt-get install -y -qq postgresql-client-15 >/dev/null")
+    samples: Dict[tuple, List[Dict[str, float]]] = {}
+    arms = ["direct"]
+    try:
+        set_max_connections(args.max_connections)
+        docker(CLIENT_HOST, "pgbench -i -q -s %d %s" % (args.scale, connect), env=env)
+        for pool_size in pool_sizes:
+            extra: Dict[str, object] = {"pgbouncer_max_client_conn": max(client_counts) + 200}
+            if pool_size != "auto":
+                extra["pgbouncer_default_pool_size"] = int(pool_size)
+            converge_pgbouncer(extra)
+            chosen = pgbouncer_settings()
+            arm = "pgbouncer pool %s%s" % (chosen["default_pool_size"], " (plan)" if pool_size == "auto" else "")
+            arms.append(arm)
+            print("%s: %s" % (arm, chosen), file=sys.stderr)
+            # Direct runs beside every pgbouncer arm, so each comparison is side by side.
+            for key, values in measure(args.rounds, args.duration, client_counts, settings, ["direct", arm]).items():
+                samples.setdefault(key, []).extend(values)
+    finally:
+        docker(CLIENT_HOST, "pgbench -i -I d %s" % connect, check=False, env=env)
+        set_max_connections(None)
+        converge_pgbouncer({})
+    print(summarise(samples, client_counts, arms))
+
+
+if __name__ == "__main__":
+    main()
