@@ -58,8 +58,8 @@ def docker(host: str, command: str, user: str = "root", check: bool = True,
         args += ["-e", "%s=%s" % (key, value)]
     result = subprocess.run(args + [host, "sh", "-c", command], capture_output=True, text=True, check=False)
     if check and result.returncode:
-        raise SystemExit("%s: %s failed (%d):\n%s%s" % (host, command, result.returncode, result.stdout,
-                                                       result.stderr))
+        raise SystemExit("%s: %s failed (%d):\n%s%s"
+                         % (host, command, result.returncode, result.stdout, result.stderr))
     return result
 
 
