@@ -287,12 +287,16 @@ def resolve_redis_settings(settings: Dict[str, str], instances: List[Dict[str, A
         url = settings.get(prefix + "_URL")
         host = settings.get(prefix + "_HOST")
         sentinels = settings.get(prefix + "_SENTINELS")
+        master = settings.get(prefix + "_SENTINEL_MASTER")
         ignored = []
+        # Mastodon uses sentinels only with both the list and the master name; one alone is dropped silently.
+        half_sentinel = ([name for name in (prefix + "_SENTINELS", prefix + "_SENTINEL_MASTER") if settings.get(name)]
+                         if not url and bool(sentinels) != bool(master) else [])
         if url:
             endpoint = _endpoint_from_url(url)
             source = prefix + "_URL"
-        elif sentinels:
-            endpoint = ("sentinel", settings.get(prefix + "_SENTINEL_MASTER", "mymaster"))
+        elif sentinels and master:
+            endpoint = ("sentinel", master)
             source = prefix + "_SENTINELS"
         elif host or prefix == "REDIS":
             endpoint = (host or "localhost", int(settings.get(prefix + "_PORT", 6379)))
@@ -305,7 +309,7 @@ def resolve_redis_settings(settings: Dict[str, str], instances: List[Dict[str, A
                          if (item["address"], item["port"]) == tuple(endpoint)
                          or (item["host"], item["port"]) == tuple(endpoint)), None)
         resolved[prefix] = {"dataset": REDIS_CONFIGURATIONS[prefix], "endpoint": list(endpoint), "source": source,
-                            "instance": instance, "ignored": ignored}
+                            "instance": instance, "ignored": ignored, "half_sentinel": half_sentinel}
     return resolved
 
 

@@ -474,6 +474,20 @@ def redis_setting_ignored(report: Report) -> Iterator[Finding]:
                 "set %s_URL (or %s_HOST with the port)" % (prefix, prefix))
 
 
+
+@rule("redis-sentinel-half-set")
+def redis_sentinel_half_set(report: Report) -> Iterator[Finding]:
+    for prefix, configuration in sorted(_configurations(report).items()):
+        if configuration["half_sentinel"]:
+            [given] = configuration["half_sentinel"]
+            missing = prefix + ("_SENTINEL_MASTER" if given.endswith("_SENTINELS") else "_SENTINELS")
+            yield finding(
+                "redis-sentinel-half-set", ERROR, None, "redis %s" % configuration["dataset"],
+                "%s is set without %s: Mastodon needs both and silently connects to %s instead"
+                % (given, missing, ":".join(str(part) for part in configuration["endpoint"])),
+                "set %s_SENTINELS (host:port,...) and %s_SENTINEL_MASTER (the name the sentinels monitor) together"
+                % (prefix, prefix))
+
 # --- nginx and the web tier ---
 
 @rule("nginx-rlimit-below-twice-worker-connections")

@@ -471,6 +471,29 @@ class TestRedisSettingIgnored:
                      "redis-setting-ignored") == []
 
 
+
+class TestRedisSentinelHalfSet:
+    def test_sentinels_without_master(self):
+        [item] = found(cluster(mastodon__redis_settings={"REDIS_SENTINELS": "r1:26379,r2:26379,r3:26379",
+                                                         "CACHE_REDIS_URL": "redis://redis1:6380"}),
+                       "redis-sentinel-half-set")
+        assert item["severity"] == "error"
+        assert "REDIS_SENTINELS is set without REDIS_SENTINEL_MASTER" in item["message"]
+        assert "localhost:6379" in item["message"] and "REDIS_SENTINEL_MASTER" in item["hint"]
+
+    def test_master_without_sentinels(self):
+        [item] = found(cluster(mastodon__redis_settings={"REDIS_URL": "redis://redis1:6379",
+                                                         "SIDEKIQ_REDIS_SENTINEL_MASTER": "jobs",
+                                                         "CACHE_REDIS_URL": "redis://redis1:6380"}),
+                       "redis-sentinel-half-set")
+        assert "SIDEKIQ_REDIS_SENTINEL_MASTER is set without SIDEKIQ_REDIS_SENTINELS" in item["message"]
+
+    def test_both_set(self):
+        assert found(cluster(mastodon__redis_settings={"REDIS_SENTINELS": "r1:26379,r2:26379,r3:26379",
+                                                       "REDIS_SENTINEL_MASTER": "mastodon",
+                                                       "CACHE_REDIS_URL": "redis://redis1:6380"}),
+                     "redis-sentinel-half-set") == []
+
 PROXY = {"hosts__lb1": {"nginx": {}}, "mastodon__trusted_proxy_ip": "10.0.0.5"}
 
 
