@@ -17,7 +17,9 @@ Set-up, undone at the end (also on failure):
   raises ``LimitNOFILE`` to match); everything else stays as the plan chose,
   pool sizes included, unless ``--pool-size`` names one;
 - pgbench's tables are created in Mastodon's database (the demo has no
-  Mastodon data) and dropped afterwards.
+  Mastodon data) and dropped afterwards;
+- pgbench comes with Debian's ``postgresql-15`` package, which the benchmark
+  installs on the client host without creating a cluster there (it stays).
 
     make demo
     .venv/bin/python benchmarks/pgbench_pooling.py [--rounds 3] [--duration 20] [--pool-size auto,8]
@@ -152,8 +154,12 @@ def main() -> None:
     env = {"PGPASSWORD": settings["password"]}
     connect = "-h %s -U %s %s" % (settings["db_address"], settings["user"], settings["database"])
 
-    if docker(CLIENT_HOST, "command -v pgbench", check=False).returncode:
-        docker(CLIENT_HOST, "apt-get install -y -qq postgresql-client-15 >/dev/null")
+    # Debian ships pgbench in the server package; install it without creating a cluster on the app host.
+    if docker(CLIENT_HOST, "test -x /usr/lib/postgresql/15/bin/pgbench", check=False).returncode:
+        docker(CLIENT_HOST, "mkdir -p /etc/postgresql-common && "
+               "sed -i '/^#* *create_main_cluster/d' /etc/postgresql-common/createcluster.conf 2>/dev/null; "
+               "echo 'create_main_cluster = false' >> /etc/postgresql-common/createcluster.conf && "
+               "DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql-15 >/dev/null")
     samples: Dict[tuple, List[Dict[str, float]]] = {}
     arms = ["direct"]
     try:
