@@ -474,7 +474,6 @@ def redis_setting_ignored(report: Report) -> Iterator[Finding]:
                 "set %s_URL (or %s_HOST with the port)" % (prefix, prefix))
 
 
-
 @rule("redis-sentinel-half-set")
 def redis_sentinel_half_set(report: Report) -> Iterator[Finding]:
     for prefix, configuration in sorted(_configurations(report).items()):
@@ -487,6 +486,7 @@ def redis_sentinel_half_set(report: Report) -> Iterator[Finding]:
                 % (given, missing, ":".join(str(part) for part in configuration["endpoint"])),
                 "set %s_SENTINELS (host:port,...) and %s_SENTINEL_MASTER (the name the sentinels monitor) together"
                 % (prefix, prefix))
+
 
 # --- nginx and the web tier ---
 

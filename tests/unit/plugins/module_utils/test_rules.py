@@ -471,7 +471,6 @@ class TestRedisSettingIgnored:
                      "redis-setting-ignored") == []
 
 
-
 class TestRedisSentinelHalfSet:
     def test_sentinels_without_master(self):
         [item] = found(cluster(mastodon__redis_settings={"REDIS_SENTINELS": "r1:26379,r2:26379,r3:26379",
@@ -493,6 +492,7 @@ class TestRedisSentinelHalfSet:
                                                        "REDIS_SENTINEL_MASTER": "mastodon",
                                                        "CACHE_REDIS_URL": "redis://redis1:6380"}),
                      "redis-sentinel-half-set") == []
+
 
 PROXY = {"hosts__lb1": {"nginx": {}}, "mastodon__trusted_proxy_ip": "10.0.0.5"}
 
