@@ -147,10 +147,11 @@ def pgbouncer_fd_need_over_limit_nofile(report: Report) -> Iterator[Finding]:
         if bouncer["fd_need"] > bouncer["limit_nofile"]:
             yield finding(
                 "pgbouncer-fd-need-over-limit-nofile", ERROR, host, "pgbouncer",
-                "pgbouncer may need %d file descriptors (max_client_conn %d + (pool %d + reserve %d) x %d databases "
-                "x %d users), LimitNOFILE is %d"
+                "pgbouncer may need %d file descriptors (max_client_conn %d + 12 + (pool %d + reserve %d) x %d "
+                "databases x %d users, its stats and admin users included), LimitNOFILE is %d"
                 % (bouncer["fd_need"], bouncer["max_client_conn"], bouncer["default_pool_size"],
-                   bouncer["reserve_pool_size"], bouncer["databases"], bouncer["users"], bouncer["limit_nofile"]),
+                   bouncer["reserve_pool_size"], bouncer["databases"], bouncer["users"] + 2,
+                   bouncer["limit_nofile"]),
                 "raise pgbouncer_limit_nofile to %d or more, or leave it out (auto)" % bouncer["fd_need"],
                 fd_need=bouncer["fd_need"], limit_nofile=bouncer["limit_nofile"])
 

@@ -15,12 +15,25 @@ PGBOUNCER_DEFAULT_MAX_CLIENT_CONN = 100
 # sockets, the log, the admin console.
 CLIENT_GROWTH_PERCENT = 20
 FD_MARGIN = 64
+# What pgbouncer itself adds in its start-up estimate ("max expected fd use"):
+# 10 spare descriptors, the admin console's pool of 2, and, besides the
+# Mastodon users, two more users per pool: the auth_file's stats user and
+# pgbouncer's own admin user. Measured on pgbouncer 1.18: max_client_conn 100
+# and pool 20 with one Mastodon user log 172.
+PGBOUNCER_FD_SPARE = 10
+PGBOUNCER_ADMIN_POOL = 2
+PGBOUNCER_EXTRA_USERS = 2
 
 
 def pgbouncer_fd_need(max_client_conn: int, pool_size: int, reserve_pool_size: int, databases: int,
                       users: int) -> int:
-    """pgbouncer's own worst case: max_client_conn + (pool + reserve) x databases x users."""
-    return max_client_conn + (pool_size + reserve_pool_size) * databases * users
+    """pgbouncer's own start-up estimate, with the reserve pool on top.
+
+    max_client_conn + 10 + 2 + (pool + reserve) x databases x (users + 2).
+    """
+    known_users = users + PGBOUNCER_EXTRA_USERS
+    return (max_client_conn + PGBOUNCER_FD_SPARE + PGBOUNCER_ADMIN_POOL
+            + (pool_size + reserve_pool_size) * databases * known_users)
 
 
 def pgbouncer_server_connections(processes: int, users: int, pool_size: int, reserve_pool_size: int,

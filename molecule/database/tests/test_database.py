@@ -177,6 +177,14 @@ def test_start_up_log_shows_the_plans_file_descriptor_limit(app):
     assert limits[-1] == (str(BOUNCER["limit_nofile"]), str(BOUNCER["limit_nofile"]), str(BOUNCER["max_client_conn"]))
 
 
+def test_plans_fd_need_is_pgbouncers_own_estimate(app):
+    log = app.run("journalctl -u pgbouncer.service -o cat --no-pager").stdout
+    expected = re.findall(r"max expected fd use: (\d+)", log)
+    assert expected, log[-2000:]
+    # No reserve pool here, so the plan's figure is pgbouncer's exactly.
+    assert BOUNCER["reserve_pool_size"] == 0 and int(expected[-1]) == BOUNCER["fd_need"]
+
+
 def test_pgbouncer_is_enabled_and_restarts_with_systemd(app):
     service = app.service("pgbouncer.service")
     assert service.is_running and service.is_enabled

@@ -55,7 +55,8 @@ def test_pgbouncer_sizing():
     sized = FILTERS["pgbouncer_sizing"](150, server_share=24, processes=2)
     assert sized["default_pool_size"] == 12
     assert sized["max_client_conn"] == 180
-    assert sized["fd_need"] == 192 and sized["limit_nofile"] == 256
+    # 180 clients + 12 + pool 12 x 1 database x 3 users.
+    assert sized["fd_need"] == 228 and sized["limit_nofile"] == 292
     assert sized["server_connections"] == 24
     assert FILTERS["pgbouncer_sizing"](150, server_share=24, processes=2, max_db_connections=5)[
         "server_connections"] == 10

@@ -145,9 +145,10 @@ class TestPgbouncerFdNeedOverLimitNofile:
     def test_error(self):
         [item] = found(cluster(hosts__worker1__pgbouncer={"limit_nofile": 100}),
                        "pgbouncer-fd-need-over-limit-nofile")
-        # max_client_conn 100 (auto) + pool 20 (auto, capped at the 30 clients? no: at 20) x 1 x 1.
-        assert item["numbers"] == {"fd_need": 120, "limit_nofile": 100}
-        assert "120 or more" in item["hint"]
+        # max_client_conn 100 (auto) + 12 + pool 20 (auto) x 1 database x 3 users (Mastodon, stats, admin).
+        assert item["numbers"] == {"fd_need": 172, "limit_nofile": 100}
+        assert "x 1 databases x 3 users" in item["message"]
+        assert "172 or more" in item["hint"]
 
     def test_auto_fits(self):
         assert found(cluster(hosts__worker1__pgbouncer={}), "pgbouncer-fd-need-over-limit-nofile") == []
@@ -159,7 +160,7 @@ class TestLimitNofileOverHardLimit:
                                hosts__worker1__mastodon={"nofile_hard_limit": 20000}),
                        "limit-nofile-over-hard-limit")
         assert (item["host"], item["service"]) == ("worker1", "pgbouncer")
-        assert item["numbers"] == {"limit_nofile": 30000 + 20 + 64, "nofile_hard_limit": 20000}
+        assert item["numbers"] == {"limit_nofile": 30000 + 12 + 20 * 3 + 64, "nofile_hard_limit": 20000}
 
     def test_nginx_limit_beyond_the_host(self):
         [item] = found(cluster(hosts__lb1={"nginx": {"worker_connections": 16384},
