@@ -200,7 +200,7 @@ import json, time, psycopg
 DSN = "host=127.0.0.1 port=6432 dbname=mastodon_production user=mastodon password=%s connect_timeout=10"
 conn = None
 log = []
-end = time.time() + 20
+end = time.time() + 45
 while time.time() < end:
     try:
         if conn is None or conn.closed:
@@ -208,7 +208,7 @@ while time.time() < end:
         conn.execute("SELECT 1")
         log.append("ok")
     except psycopg.Error as error:
-        log.append(type(error).__name__)
+        log.append("%s: %s" % (type(error).__name__, str(error).strip()[:120]))
     time.sleep(0.2)
 json.dump(log, open("/tmp/resilient.json", "w"))
 """
@@ -218,20 +218,22 @@ def test_clients_behind_pgbouncer_recover_from_a_postgresql_restart(hosts):
     app = hosts["demo-web1"]
     encoded = base64.b64encode((RESILIENT_CLIENT % DATABASE_PASSWORD).encode()).decode()
     app.run("rm -f /tmp/resilient.json; echo %s | base64 -d > /tmp/resilient.py; "
-            "nohup timeout 60 python3 /tmp/resilient.py >/dev/null 2>&1 &" % encoded)
+            "nohup timeout 90 python3 /tmp/resilient.py >/dev/null 2>&1 &" % encoded)
     time.sleep(3)
     assert hosts["demo-db1"].run("systemctl restart postgresql@15-main.service").rc == 0
     log = None
-    for _attempt in range(60):
+    for _attempt in range(90):
         content = app.run("cat /tmp/resilient.json 2>/dev/null").stdout
         if content:
             log = json.loads(content)
             break
         time.sleep(1)
     assert log, "the client did not finish"
-    # Queries work again after the restart, with no action taken on pgbouncer or the client's host.
-    assert log[-10:] == ["ok"] * 10, log
-    assert log.count("ok") >= len(log) - 10, log
+    # Queries work again after the restart, with no action taken on pgbouncer or the client's host. Errors
+    # may last up to pgbouncer's server_login_retry (15 s) when its first login hits PostgreSQL starting up.
+    errors = [entry for entry in log if entry != "ok"]
+    assert len(errors) * 0.2 <= 20, log
+    assert log[-50:] == ["ok"] * 50, log
 
 
 def test_systemd_brings_a_killed_pgbouncer_back(hosts):
