@@ -208,7 +208,7 @@ while time.time() < end:
         conn.execute("SELECT 1")
         log.append("ok")
     except psycopg.Error as error:
-        log.append("%s: %s" % (type(error).__name__, str(error).strip()[:120]))
+        log.append(type(error).__name__ + ": " + str(error).strip()[:120])
     time.sleep(0.2)
 json.dump(log, open("/tmp/resilient.json", "w"))
 """
