@@ -15,6 +15,8 @@ from typing import Any, Callable, Dict, Iterator, List, Optional
 from ansible_collections.fediscale.mastodon.plugins.module_utils import mastodon
 from ansible_collections.fediscale.mastodon.plugins.module_utils.pgtune import work_mem_limit_kb
 from ansible_collections.fediscale.mastodon.plugins.module_utils.schema import format_size_kb, version_tuple
+from ansible_collections.fediscale.mastodon.plugins.module_utils.sizing import (
+    PGBOUNCER_ADMIN_POOL, PGBOUNCER_EXTRA_USERS, PGBOUNCER_FD_SPARE)
 
 ERROR = "error"
 WARNING = "warning"
@@ -147,11 +149,11 @@ def pgbouncer_fd_need_over_limit_nofile(report: Report) -> Iterator[Finding]:
         if bouncer["fd_need"] > bouncer["limit_nofile"]:
             yield finding(
                 "pgbouncer-fd-need-over-limit-nofile", ERROR, host, "pgbouncer",
-                "pgbouncer may need %d file descriptors (max_client_conn %d + 12 + (pool %d + reserve %d) x %d "
+                "pgbouncer may need %d file descriptors (max_client_conn %d + %d + (pool %d + reserve %d) x %d "
                 "databases x %d users, its stats and admin users included), LimitNOFILE is %d"
-                % (bouncer["fd_need"], bouncer["max_client_conn"], bouncer["default_pool_size"],
-                   bouncer["reserve_pool_size"], bouncer["databases"], bouncer["users"] + 2,
-                   bouncer["limit_nofile"]),
+                % (bouncer["fd_need"], bouncer["max_client_conn"], PGBOUNCER_FD_SPARE + PGBOUNCER_ADMIN_POOL,
+                   bouncer["default_pool_size"], bouncer["reserve_pool_size"], bouncer["databases"],
+                   bouncer["users"] + PGBOUNCER_EXTRA_USERS, bouncer["limit_nofile"]),
                 "raise pgbouncer_limit_nofile to %d or more, or leave it out (auto)" % bouncer["fd_need"],
                 fd_need=bouncer["fd_need"], limit_nofile=bouncer["limit_nofile"])
 

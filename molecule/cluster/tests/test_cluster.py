@@ -12,12 +12,14 @@ import time
 from pathlib import Path
 
 import pytest
+import yaml
 
 REPORT = json.load(open(os.path.join(os.environ["MOLECULE_EPHEMERAL_DIRECTORY"], "plan", "budget.json")))
 PRIMARY = REPORT["servers"]["primary"]
-DATABASE_PASSWORD = "demo-only-database"
-REDIS_PASSWORD = "demo-only-redis"
-STATS_PASSWORD = "demo-only-stats"
+SECRETS = yaml.safe_load((Path(__file__).resolve().parents[1] / "group_vars" / "all.yml").read_text())
+DATABASE_PASSWORD = SECRETS["postgresql_mastodon_password"]
+REDIS_PASSWORD = SECRETS["redis_password"]
+STATS_PASSWORD = SECRETS["pgbouncer_stats_password"]
 HOSTS = sorted(REPORT["hosts"])
 BOUNCERS = sorted(REPORT["pgbouncer"])
 PLAYBOOK = str(Path(sys.executable).with_name("ansible-playbook"))
@@ -187,10 +189,14 @@ def test_persistent_redis_keeps_every_job_through_kill_9(hosts):
 
 def test_flushing_the_cache_leaves_persistent_data_alone(hosts):
     node = hosts["demo-redis1"]
+    persistent = int(redis(node, 6379, "DBSIZE").stdout.strip())
+    jobs = redis(node, 6379, "LLEN queue:probe").stdout.strip()
     redis(node, 6380, "SET cache:probe 1")
+    assert redis(node, 6380, "DBSIZE").stdout.strip() == "1"
     redis(node, 6380, "FLUSHALL")
     assert redis(node, 6380, "DBSIZE").stdout.strip() == "0"
-    assert int(redis(node, 6379, "LLEN queue:probe").stdout.strip()) > 0
+    assert int(redis(node, 6379, "DBSIZE").stdout.strip()) == persistent
+    assert redis(node, 6379, "LLEN queue:probe").stdout.strip() == jobs == "2000"
     redis(node, 6379, "DEL queue:probe")
 
 
