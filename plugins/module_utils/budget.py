@@ -252,13 +252,61 @@ def redis_instance_settings(items: List[Dict[str, Any]], where: str) -> List[Dic
     return instances
 
 
-def _redis(hosts: Dict[str, Dict[str, Any]], cluster: Dict[str, Any]) -> Dict[str, Any]:
+def _redis_instances(hosts: Dict[str, Dict[str, Any]]) -> List[Dict[str, Any]]:
     instances = []
     for host, sections in sorted(hosts.items()):
         items = (sections.get("redis") or {}).get("instances", [])
         for instance in redis_instance_settings(items, "hosts.%s.redis.instances" % host):
             instance.update(host=host, address=_address(host, sections))
             instances.append(instance)
+    return instances
+
+
+def sentinel_majority(sentinels: int) -> int:
+    """Sentinels that make a majority: Sentinel needs one to authorise a failover, whatever the quorum."""
+    return sentinels // 2 + 1
+
+
+def redis_sentinel(hosts: Dict[str, Dict[str, Any]], cluster: Dict[str, Any],
+                   instances: List[Dict[str, Any]]) -> Dict[str, Any]:
+    """The sentinels and the replicated sets they monitor.
+
+    Every sentinel monitors every set. The instances that share a
+    ``sentinel_master`` form a set; its first member by host name is the master
+    a new set starts with. Later the sentinels decide, and the redis role asks
+    them before it touches replication.
+    """
+    sentinels = [{"host": host, "address": _address(host, sections), "port": sections["redis"]["sentinel_port"]}
+                 for host, sections in sorted(hosts.items())
+                 if sections.get("redis") is not None and sections["redis"]["sentinel"]]
+    quorum = cluster["redis_sentinel_quorum"]
+    if quorum == AUTO:
+        quorum = sentinel_majority(len(sentinels))
+    sets: Dict[str, Dict[str, Any]] = {}
+    for instance in instances:
+        if instance["sentinel_master"] is None:
+            continue
+        entry = sets.setdefault(instance["sentinel_master"], {
+            "name": instance["sentinel_master"], "members": [], "quorum": quorum,
+            "down_after_ms": cluster["redis_sentinel_down_after_ms"]})
+        entry["members"].append({key: instance[key] for key in ("host", "address", "port", "name", "purpose")})
+    for entry in sets.values():
+        entry["initial_master"] = entry["members"][0]["host"]
+    return {"sentinels": sentinels, "sets": [sets[name] for name in sorted(sets)]}
+
+
+def _redis_target_settings(prefix: str, target: Dict[str, Any], sentinel: Dict[str, Any]) -> Dict[str, str]:
+    """Mastodon's settings for one configuration: the sentinels when the target is in a monitored set."""
+    if target["sentinel_master"] is not None and sentinel["sentinels"]:
+        return {prefix + "_SENTINELS": ",".join("%s:%d" % (item["address"], item["port"])
+                                                for item in sentinel["sentinels"]),
+                prefix + "_SENTINEL_MASTER": target["sentinel_master"]}
+    return {prefix + "_URL": _redis_url(target)}
+
+
+def _redis(hosts: Dict[str, Dict[str, Any]], cluster: Dict[str, Any]) -> Dict[str, Any]:
+    instances = _redis_instances(hosts)
+    sentinel = redis_sentinel(hosts, cluster, instances)
     by_purpose: Dict[str, Dict[str, Any]] = {}
     for instance in instances:
         by_purpose.setdefault(instance["purpose"], instance)
@@ -270,9 +318,18 @@ def _redis(hosts: Dict[str, Dict[str, Any]], cluster: Dict[str, Any]) -> Dict[st
             "SIDEKIQ_REDIS": by_purpose.get("sidekiq") or by_purpose.get("persistent"),
             "CACHE_REDIS": by_purpose.get("cache"),
         }
-        settings = {prefix + "_URL": _redis_url(target) for prefix, target in targets.items() if target}
-    return {"instances": instances, "settings": settings, "derived": derived,
+        settings = {}
+        for prefix, target in targets.items():
+            if target:
+                settings.update(_redis_target_settings(prefix, target, sentinel))
+    return {"instances": instances, "settings": settings, "derived": derived, "sentinel": sentinel,
             "configurations": resolve_redis_settings(settings, instances)}
+
+
+def redis_sentinel_of(description: Any) -> Dict[str, Any]:
+    """Only the sentinel part of a cluster description's plan: what the redis role needs on its own."""
+    parsed = parse_description(description)
+    return redis_sentinel(parsed["hosts"], parsed["mastodon"], _redis_instances(parsed["hosts"]))
 
 
 def resolve_redis_settings(settings: Dict[str, str], instances: List[Dict[str, Any]]) -> Dict[str, Any]:
@@ -305,9 +362,12 @@ def resolve_redis_settings(settings: Dict[str, str], instances: List[Dict[str, A
             endpoint = resolved["REDIS"]["endpoint"]
             source = "the base REDIS_* configuration"
             ignored = [name for name in (prefix + "_PORT", prefix + "_DB", prefix + "_PASSWORD") if name in settings]
-        instance = next((item["name"] for item in instances
-                         if (item["address"], item["port"]) == tuple(endpoint)
-                         or (item["host"], item["port"]) == tuple(endpoint)), None)
+        if endpoint[0] == "sentinel":
+            instance = next((item["name"] for item in instances if item["sentinel_master"] == endpoint[1]), None)
+        else:
+            instance = next((item["name"] for item in instances
+                             if (item["address"], item["port"]) == tuple(endpoint)
+                             or (item["host"], item["port"]) == tuple(endpoint)), None)
         resolved[prefix] = {"dataset": REDIS_CONFIGURATIONS[prefix], "endpoint": list(endpoint), "source": source,
                             "instance": instance, "ignored": ignored, "half_sentinel": half_sentinel}
     return resolved

@@ -91,18 +91,24 @@ def sidekiq_sizing(version: str, concurrency: Optional[int], unit: Mapping[str, 
     return {"processes": 1, "threads": threads, "pool": pool, "pool_source": source}
 
 
-REDIS_URL_SETTINGS = ("REDIS_URL", "SIDEKIQ_REDIS_URL", "CACHE_REDIS_URL")
+REDIS_PREFIXES = ("REDIS", "SIDEKIQ_REDIS", "CACHE_REDIS")
+REDIS_URL_SETTINGS = tuple(prefix + "_URL" for prefix in REDIS_PREFIXES)
 
 
 def with_redis_password(environment: Dict[str, str], password: str) -> Dict[str, str]:
     """``environment`` with ``password`` in each Redis URL that carries no credentials yet.
 
     Mastodon takes the password from the URL when a ``*_URL`` is set
-    (``*_REDIS_PASSWORD`` is read only with ``*_HOST``).
+    (``*_REDIS_PASSWORD`` is read only with ``*_HOST`` or sentinels). With
+    sentinels, ``*_PASSWORD`` is the master's; the sentinels themselves take
+    none, since Mastodon's Rails side sends them none.
     """
     result = dict(environment)
     if not password:
         return result
+    for prefix in REDIS_PREFIXES:
+        if result.get(prefix + "_SENTINELS") and not result.get(prefix + "_URL"):
+            result.setdefault(prefix + "_PASSWORD", password)
     for name in REDIS_URL_SETTINGS:
         url = result.get(name)
         if not url or "://" not in url:

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from typing import Any, Callable, Dict, Iterator, List, Optional
 
-from ansible_collections.fediscale.mastodon.plugins.module_utils import mastodon
+from ansible_collections.fediscale.mastodon.plugins.module_utils import budget, mastodon
 from ansible_collections.fediscale.mastodon.plugins.module_utils.pgtune import work_mem_limit_kb
 from ansible_collections.fediscale.mastodon.plugins.module_utils.schema import format_size_kb, version_tuple
 from ansible_collections.fediscale.mastodon.plugins.module_utils.sizing import (
@@ -489,6 +489,94 @@ def redis_sentinel_half_set(report: Report) -> Iterator[Finding]:
                 % (given, missing, ":".join(str(part) for part in configuration["endpoint"])),
                 "set %s_SENTINELS (host:port,...) and %s_SENTINEL_MASTER (the name the sentinels monitor) together"
                 % (prefix, prefix))
+
+
+def _sentinel(report: Report) -> Dict[str, Any]:
+    return report["redis"]["sentinel"]
+
+
+def _sentinel_hosts(report: Report) -> str:
+    return ", ".join(item["host"] for item in _sentinel(report)["sentinels"]) or "none"
+
+
+@rule("redis-sentinel-too-few-sentinels")
+def redis_sentinel_too_few_sentinels(report: Report) -> Iterator[Finding]:
+    count = len(_sentinel(report)["sentinels"])
+    if count >= 3:
+        return
+    for entry in _sentinel(report)["sets"]:
+        yield finding(
+            "redis-sentinel-too-few-sentinels", ERROR, None, "redis sentinel %s" % entry["name"],
+            "%d sentinel(s) (%s) monitor the set %s: once one host is lost the others are no majority of %d, "
+            "and without a majority Sentinel never fails over" % (count, _sentinel_hosts(report), entry["name"],
+                                                               budget.sentinel_majority(count)),
+            "set redis_sentinel: true on at least 3 hosts on separate machines (the Redis hosts and an app host)",
+            sentinels=count, needed=3)
+
+
+@rule("redis-sentinel-quorum-over-sentinels")
+def redis_sentinel_quorum_over_sentinels(report: Report) -> Iterator[Finding]:
+    count = len(_sentinel(report)["sentinels"])
+    for entry in _sentinel(report)["sets"]:
+        if count and entry["quorum"] > count:
+            yield finding(
+                "redis-sentinel-quorum-over-sentinels", ERROR, None, "redis sentinel %s" % entry["name"],
+                "quorum %d, but only %d sentinels (%s) exist: the master of %s is never agreed to be down"
+                % (entry["quorum"], count, _sentinel_hosts(report), entry["name"]),
+                "set mastodon_redis_sentinel_quorum to at most %d (auto: a majority, %d)"
+                % (count, budget.sentinel_majority(count)),
+                quorum=entry["quorum"], sentinels=count)
+
+
+@rule("redis-sentinel-set-without-replica")
+def redis_sentinel_set_without_replica(report: Report) -> Iterator[Finding]:
+    for entry in _sentinel(report)["sets"]:
+        if len(entry["members"]) < 2:
+            [member] = entry["members"]
+            yield finding(
+                "redis-sentinel-set-without-replica", ERROR, member["host"], "redis %s" % member["name"],
+                "only Redis %s on %s has sentinel_master %s: there is no replica to fail over to"
+                % (member["name"], member["host"], entry["name"]),
+                "give an instance with sentinel_master: %s and the same purpose on at least one more host"
+                % entry["name"],
+                members=1, needed=2)
+
+
+@rule("redis-sentinel-set-members-share-host")
+def redis_sentinel_set_members_share_host(report: Report) -> Iterator[Finding]:
+    for entry in _sentinel(report)["sets"]:
+        seen: Dict[str, str] = {}
+        for member in entry["members"]:
+            if member["host"] in seen:
+                yield finding(
+                    "redis-sentinel-set-members-share-host", ERROR, member["host"], "redis %s" % member["name"],
+                    "Redis %s and %s on %s are both in the set %s: losing that host loses both copies"
+                    % (seen[member["host"]], member["name"], member["host"], entry["name"]),
+                    "keep one instance of the set per host")
+            seen[member["host"]] = member["name"]
+
+
+@rule("redis-sentinel-set-mixed-purposes")
+def redis_sentinel_set_mixed_purposes(report: Report) -> Iterator[Finding]:
+    for entry in _sentinel(report)["sets"]:
+        purposes = sorted({member["purpose"] for member in entry["members"]})
+        if len(purposes) > 1:
+            yield finding(
+                "redis-sentinel-set-mixed-purposes", ERROR, None, "redis sentinel %s" % entry["name"],
+                "the set %s mixes purposes (%s): a replica holds its master's data and must be configured alike"
+                % (entry["name"], ", ".join("%s %s on %s" % (member["purpose"], member["name"], member["host"])
+                                            for member in entry["members"])),
+                "give every instance with sentinel_master: %s the same purpose" % entry["name"])
+
+
+@rule("redis-sentinel-without-set")
+def redis_sentinel_without_set(report: Report) -> Iterator[Finding]:
+    if _sentinel(report)["sentinels"] and not _sentinel(report)["sets"]:
+        yield finding(
+            "redis-sentinel-without-set", WARNING, None, "redis sentinel",
+            "sentinels run on %s, but no Redis instance has a sentinel_master: they monitor nothing"
+            % _sentinel_hosts(report),
+            "set sentinel_master on the persistent instance of each Redis host, or redis_sentinel: false")
 
 
 # --- nginx and the web tier ---

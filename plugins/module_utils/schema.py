@@ -241,6 +241,10 @@ CLUSTER = {
     "direct_connections": Field(count_mapping, {"migrations": 1, "tootctl": 1},
                                 "connections that bypass pgbouncer"),
     "redis_settings": Field(optional(env_mapping), None, "Mastodon's REDIS_* settings, when not derived"),
+    "redis_sentinel_quorum": Field(integer_or_auto(1), AUTO,
+                                   "sentinels that must agree a master is down; default a majority"),
+    "redis_sentinel_down_after_ms": Field(integer(1000), 30000,
+                                          "milliseconds a master stays unreachable before it counts as down"),
 }
 
 HOST = {
@@ -311,10 +315,15 @@ REDIS_INSTANCE = {
     "appendfsync": Field(choice("always", "everysec", "no"), "everysec", ""),
     "save": Field(optional(lambda v, w: v if isinstance(v, str) else " ".join(string_list(v, w))), None,
                   "RDB schedule; \"\" disables it"),
+    "sentinel_master": Field(optional(parse_str), None,
+                             "the name Sentinel monitors this instance's replicated set by; the instances of one "
+                             "name on several hosts form the set"),
 }
 
 REDIS = {
     "instances": Field(records(REDIS_INSTANCE, "Redis instances"), [], ""),
+    "sentinel": Field(parse_bool, False, "this host runs a Redis Sentinel that monitors every replicated set"),
+    "sentinel_port": Field(port, 26379, ""),
 }
 
 NGINX = {

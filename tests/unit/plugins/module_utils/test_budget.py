@@ -288,3 +288,34 @@ def test_auto_pools_stay_below_the_line_when_they_can(client_counts, max_connect
     primary = report["servers"]["primary"]
     if len(report["pgbouncer"]) + 30 <= primary["warning_line"]:  # room for at least one connection each
         assert primary["total"] <= primary["warning_line"]
+
+
+def test_sentinel_set_replaces_the_urls_of_the_datasets_it_holds():
+    description = cluster()
+    for host in ("redis1", "redis2", "redis3"):
+        section = description["hosts"].setdefault(host, {}).setdefault("redis", {"instances": []})
+        section["sentinel"] = True
+        section["sentinel_port"] = 26380
+        persistent = [item for item in section["instances"] if item["purpose"] == "persistent"]
+        if persistent:
+            persistent[0]["sentinel_master"] = "mastodon"
+        else:
+            section["instances"].append({"name": "persistent", "purpose": "persistent",
+                                         "sentinel_master": "mastodon"})
+    description["hosts"]["redis3"]["mastodon"] = {"address": "10.0.0.13"}
+    report = plan.connection_budget(description)
+    sentinel = report["redis"]["sentinel"]
+    assert [item["host"] for item in sentinel["sentinels"]] == ["redis1", "redis2", "redis3"]
+    [entry] = sentinel["sets"]
+    assert entry["initial_master"] == "redis1" and entry["quorum"] == 2 and entry["down_after_ms"] == 30000
+    assert [(item["host"], item["address"], item["port"]) for item in entry["members"]] == [
+        ("redis1", "redis1", 6379), ("redis2", "redis2", 6379), ("redis3", "10.0.0.13", 6379)]
+    units = report["environment"]["web1"]["units"]
+    for prefix in ("REDIS", "SIDEKIQ_REDIS"):
+        assert units[prefix + "_SENTINELS"] == "redis1:26380,redis2:26380,10.0.0.13:26380"
+        assert units[prefix + "_SENTINEL_MASTER"] == "mastodon"
+        assert prefix + "_URL" not in units
+    assert units["CACHE_REDIS_URL"] == "redis://redis1:6380"
+    assert report["redis"]["configurations"]["REDIS"]["instance"] == "persistent"
+    assert report["findings"] == []
+    assert budget.redis_sentinel_of(description) == sentinel

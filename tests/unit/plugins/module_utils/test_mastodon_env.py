@@ -14,3 +14,14 @@ def test_urls_with_credentials_and_empty_passwords_are_left_alone():
     env = {"REDIS_URL": "redis://user:secret@redis.example:6379"}
     assert with_redis_password(env, "other") == env
     assert with_redis_password({"REDIS_URL": "redis://r:6379"}, "") == {"REDIS_URL": "redis://r:6379"}
+
+
+def test_sentinel_settings_get_the_masters_password_once():
+    env = {"REDIS_SENTINELS": "r1:26379,r2:26379", "REDIS_SENTINEL_MASTER": "mastodon",
+           "SIDEKIQ_REDIS_SENTINELS": "r1:26379,r2:26379", "SIDEKIQ_REDIS_SENTINEL_MASTER": "jobs",
+           "SIDEKIQ_REDIS_PASSWORD": "own", "CACHE_REDIS_URL": "redis://r3:6380"}
+    result = with_redis_password(env, "secret")
+    assert result["REDIS_PASSWORD"] == "secret"
+    assert result["SIDEKIQ_REDIS_PASSWORD"] == "own"
+    assert result["CACHE_REDIS_URL"] == "redis://:secret@r3:6380"
+    assert "CACHE_REDIS_PASSWORD" not in result

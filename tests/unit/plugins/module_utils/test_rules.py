@@ -495,6 +495,90 @@ class TestRedisSentinelHalfSet:
                      "redis-sentinel-half-set") == []
 
 
+def sentinel_cluster(sentinels=3, members=("redis1", "redis2"), purposes=None, **changes):
+    """BASE with a persistent set "mastodon" on ``members`` and sentinels on the first ``sentinels`` of r1..r5."""
+    hosts = ["redis1", "redis2", "redis3", "web1", "worker1"][:sentinels]
+    description = cluster(**changes)
+    for host in set(hosts) | set(members):
+        description["hosts"].setdefault(host, {}).setdefault("redis", {}).setdefault("instances", [])
+    for index, host in enumerate(members):
+        instances = description["hosts"][host]["redis"]["instances"]
+        purpose = (purposes or {}).get(index, "persistent")
+        existing = [item for item in instances if item["purpose"] == "persistent" and "sentinel_master" not in item]
+        if existing and purpose == "persistent":
+            existing[0]["sentinel_master"] = "mastodon"
+        else:
+            instances.append({"name": "set%d" % index, "purpose": purpose, "port": 6390 + index,
+                              "sentinel_master": "mastodon"})
+    for host in hosts:
+        description["hosts"][host]["redis"]["sentinel"] = True
+    return description
+
+
+class TestRedisSentinelTooFewSentinels:
+    def test_two_sentinels_are_no_majority_after_a_loss(self):
+        [item] = found(sentinel_cluster(sentinels=2), "redis-sentinel-too-few-sentinels")
+        assert item["severity"] == "error" and item["service"] == "redis sentinel mastodon"
+        assert "2 sentinel(s) (redis1, redis2)" in item["message"] and "majority of 2" in item["message"]
+        assert "at least 3 hosts" in item["hint"]
+        assert item["numbers"] == {"sentinels": 2, "needed": 3}
+
+    def test_three_sentinels(self):
+        assert found(sentinel_cluster(), "redis-sentinel-too-few-sentinels") == []
+
+
+class TestRedisSentinelQuorumOverSentinels:
+    def test_quorum_above_the_sentinels(self):
+        [item] = found(sentinel_cluster(mastodon__redis_sentinel_quorum=4), "redis-sentinel-quorum-over-sentinels")
+        assert "quorum 4, but only 3 sentinels (redis1, redis2, redis3)" in item["message"]
+        assert "at most 3 (auto: a majority, 2)" in item["hint"]
+
+    def test_auto_is_a_majority(self):
+        report = plan.connection_budget(sentinel_cluster(sentinels=5))
+        assert [entry["quorum"] for entry in report["redis"]["sentinel"]["sets"]] == [3]
+        assert found(sentinel_cluster(sentinels=5), "redis-sentinel-quorum-over-sentinels") == []
+
+
+class TestRedisSentinelSetWithoutReplica:
+    def test_a_set_of_one(self):
+        [item] = found(sentinel_cluster(members=("redis1",)), "redis-sentinel-set-without-replica")
+        assert item["host"] == "redis1" and item["service"] == "redis persistent"
+        assert "no replica to fail over to" in item["message"] and "sentinel_master: mastodon" in item["hint"]
+
+    def test_two_members(self):
+        assert found(sentinel_cluster(), "redis-sentinel-set-without-replica") == []
+
+
+class TestRedisSentinelSetMembersShareHost:
+    def test_two_members_on_one_host(self):
+        [item] = found(sentinel_cluster(members=("redis1", "redis2", "redis2")),
+                       "redis-sentinel-set-members-share-host")
+        assert item["host"] == "redis2"
+        assert "Redis set1 and set2 on redis2 are both in the set mastodon" in item["message"]
+
+    def test_one_member_per_host(self):
+        assert found(sentinel_cluster(), "redis-sentinel-set-members-share-host") == []
+
+
+class TestRedisSentinelSetMixedPurposes:
+    def test_persistent_and_sidekiq(self):
+        [item] = found(sentinel_cluster(purposes={1: "sidekiq"}), "redis-sentinel-set-mixed-purposes")
+        assert "persistent persistent on redis1, sidekiq set1 on redis2" in item["message"]
+
+    def test_one_purpose(self):
+        assert found(sentinel_cluster(), "redis-sentinel-set-mixed-purposes") == []
+
+
+class TestRedisSentinelWithoutSet:
+    def test_sentinels_monitoring_nothing(self):
+        [item] = found(sentinel_cluster(members=()), "redis-sentinel-without-set")
+        assert item["severity"] == "warning"
+        assert "sentinels run on redis1, redis2, redis3" in item["message"]
+
+    def test_with_a_set(self):
+        assert found(sentinel_cluster(), "redis-sentinel-without-set") == []
+
+
 PROXY = {"hosts__lb1": {"nginx": {}}, "mastodon__trusted_proxy_ip": "10.0.0.5"}
 
 
