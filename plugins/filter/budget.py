@@ -44,6 +44,12 @@ def cluster_from_inventory(hostvars, groups):
 
 
 @_model_errors
+def redis_sentinel_plan(hostvars, groups):
+    description = inventory.description_from_inventory(hostvars, plain(groups), role_variables())
+    return plain(budget.redis_sentinel_of(description))
+
+
+@_model_errors
 def budget_findings(data, severity=None, query=None):
     if severity not in (None, "error", "warning"):
         raise AnsibleFilterError("budget_findings: severity must be error or warning, got %r" % (severity,))
@@ -101,6 +107,7 @@ class FilterModule:
         return {
             "connection_budget": connection_budget,
             "cluster_from_inventory": cluster_from_inventory,
+            "redis_sentinel_plan": redis_sentinel_plan,
             "budget_findings": budget_findings,
             "budget_table": budget_table,
             "budget_markdown": budget_markdown,

@@ -291,8 +291,13 @@ def redis_sentinel(hosts: Dict[str, Dict[str, Any]], cluster: Dict[str, Any],
             "down_after_ms": cluster["redis_sentinel_down_after_ms"]})
         entry["members"].append({key: instance[key] for key in ("host", "address", "port", "name", "purpose")})
     for entry in sets.values():
-        entry["initial_master"] = entry["members"][0]["host"]
-    return {"sentinels": sentinels, "sets": [sets[name] for name in sorted(sets)]}
+        first = entry["members"][0]
+        entry["initial_master"] = first["host"]
+        # What the redis_sentinel and redis_replication modules take.
+        entry["monitor"] = {"name": entry["name"], "initial_master": "%s:%d" % (first["address"], first["port"]),
+                            "quorum": quorum, "down_after_ms": entry["down_after_ms"]}
+    return {"sentinels": sentinels, "sets": [sets[name] for name in sorted(sets)],
+            "endpoints": ["%s:%d" % (item["address"], item["port"]) for item in sentinels]}
 
 
 def _redis_target_settings(prefix: str, target: Dict[str, Any], sentinel: Dict[str, Any]) -> Dict[str, str]:

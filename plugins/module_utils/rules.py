@@ -10,6 +10,7 @@ per rule, named after it.
 
 from __future__ import annotations
 
+import ipaddress
 from typing import Any, Callable, Dict, Iterator, List, Optional
 
 from ansible_collections.fediscale.mastodon.plugins.module_utils import budget, mastodon
@@ -510,7 +511,8 @@ def redis_sentinel_too_few_sentinels(report: Report) -> Iterator[Finding]:
             "%d sentinel(s) (%s) monitor the set %s: once one host is lost the others are no majority of %d, "
             "and without a majority Sentinel never fails over" % (count, _sentinel_hosts(report), entry["name"],
                                                                budget.sentinel_majority(count)),
-            "set redis_sentinel: true on at least 3 hosts on separate machines (the Redis hosts and an app host)",
+            "set redis_sentinel: true on at least 3 hosts of group redis, on separate machines (a host may run a "
+            "sentinel and no instance)",
             sentinels=count, needed=3)
 
 
@@ -567,6 +569,26 @@ def redis_sentinel_set_mixed_purposes(report: Report) -> Iterator[Finding]:
                 % (entry["name"], ", ".join("%s %s on %s" % (member["purpose"], member["name"], member["host"])
                                             for member in entry["members"])),
                 "give every instance with sentinel_master: %s the same purpose" % entry["name"])
+
+
+@rule("redis-sentinel-address-not-ip")
+def redis_sentinel_address_not_ip(report: Report) -> Iterator[Finding]:
+    sentinel = _sentinel(report)
+    if not sentinel["sets"]:
+        return
+    named = {item["host"]: ("sentinel", item["address"]) for item in sentinel["sentinels"]}
+    for entry in sentinel["sets"]:
+        named.update({member["host"]: ("redis %s" % member["name"], member["address"])
+                      for member in entry["members"]})
+    for host, (service, address) in sorted(named.items()):
+        try:
+            ipaddress.ip_address(address)
+        except ValueError:
+            yield finding(
+                "redis-sentinel-address-not-ip", ERROR, host, service,
+                "%s is known as %r, not an IP address: Sentinel reports masters and replicas by IP, so Mastodon "
+                "and the role could not match them" % (host, address),
+                "set mastodon_address to the host's private IP address")
 
 
 @rule("redis-sentinel-without-set")

@@ -302,20 +302,24 @@ def test_sentinel_set_replaces_the_urls_of_the_datasets_it_holds():
         else:
             section["instances"].append({"name": "persistent", "purpose": "persistent",
                                          "sentinel_master": "mastodon"})
-    description["hosts"]["redis3"]["mastodon"] = {"address": "10.0.0.13"}
+    for index, host in enumerate(("redis1", "redis2", "redis3")):
+        description["hosts"][host]["mastodon"] = {"address": "10.0.0.%d" % (11 + index)}
     report = plan.connection_budget(description)
     sentinel = report["redis"]["sentinel"]
     assert [item["host"] for item in sentinel["sentinels"]] == ["redis1", "redis2", "redis3"]
     [entry] = sentinel["sets"]
     assert entry["initial_master"] == "redis1" and entry["quorum"] == 2 and entry["down_after_ms"] == 30000
     assert [(item["host"], item["address"], item["port"]) for item in entry["members"]] == [
-        ("redis1", "redis1", 6379), ("redis2", "redis2", 6379), ("redis3", "10.0.0.13", 6379)]
+        ("redis1", "10.0.0.11", 6379), ("redis2", "10.0.0.12", 6379), ("redis3", "10.0.0.13", 6379)]
+    assert entry["monitor"] == {"name": "mastodon", "initial_master": "10.0.0.11:6379", "quorum": 2,
+                                "down_after_ms": 30000}
+    assert sentinel["endpoints"] == ["10.0.0.11:26380", "10.0.0.12:26380", "10.0.0.13:26380"]
     units = report["environment"]["web1"]["units"]
     for prefix in ("REDIS", "SIDEKIQ_REDIS"):
-        assert units[prefix + "_SENTINELS"] == "redis1:26380,redis2:26380,10.0.0.13:26380"
+        assert units[prefix + "_SENTINELS"] == "10.0.0.11:26380,10.0.0.12:26380,10.0.0.13:26380"
         assert units[prefix + "_SENTINEL_MASTER"] == "mastodon"
         assert prefix + "_URL" not in units
-    assert units["CACHE_REDIS_URL"] == "redis://redis1:6380"
+    assert units["CACHE_REDIS_URL"] == "redis://10.0.0.11:6380"
     assert report["redis"]["configurations"]["REDIS"]["instance"] == "persistent"
     assert report["findings"] == []
     assert budget.redis_sentinel_of(description) == sentinel

@@ -499,6 +499,9 @@ def sentinel_cluster(sentinels=3, members=("redis1", "redis2"), purposes=None, *
     """BASE with a persistent set "mastodon" on ``members`` and sentinels on the first ``sentinels`` of r1..r5."""
     hosts = ["redis1", "redis2", "redis3", "web1", "worker1"][:sentinels]
     description = cluster(**changes)
+    for index, host in enumerate(["redis1", "redis2", "redis3", "web1", "worker1"]):
+        description["hosts"].setdefault(host, {}).setdefault("mastodon", {}).setdefault("address",
+                                                                                         "10.0.0.%d" % (11 + index))
     for host in set(hosts) | set(members):
         description["hosts"].setdefault(host, {}).setdefault("redis", {}).setdefault("instances", [])
     for index, host in enumerate(members):
@@ -520,7 +523,7 @@ class TestRedisSentinelTooFewSentinels:
         [item] = found(sentinel_cluster(sentinels=2), "redis-sentinel-too-few-sentinels")
         assert item["severity"] == "error" and item["service"] == "redis sentinel mastodon"
         assert "2 sentinel(s) (redis1, redis2)" in item["message"] and "majority of 2" in item["message"]
-        assert "at least 3 hosts" in item["hint"]
+        assert "at least 3 hosts of group redis" in item["hint"]
         assert item["numbers"] == {"sentinels": 2, "needed": 3}
 
     def test_three_sentinels(self):
@@ -567,6 +570,18 @@ class TestRedisSentinelSetMixedPurposes:
 
     def test_one_purpose(self):
         assert found(sentinel_cluster(), "redis-sentinel-set-mixed-purposes") == []
+
+
+class TestRedisSentinelAddressNotIp:
+    def test_host_names_are_refused(self):
+        description = sentinel_cluster()
+        del description["hosts"]["redis2"]["mastodon"]["address"]
+        [item] = found(description, "redis-sentinel-address-not-ip")
+        assert item["host"] == "redis2" and item["service"] == "redis set1"
+        assert "known as 'redis2', not an IP address" in item["message"] and "mastodon_address" in item["hint"]
+
+    def test_ip_addresses(self):
+        assert found(sentinel_cluster(), "redis-sentinel-address-not-ip") == []
 
 
 class TestRedisSentinelWithoutSet:
