@@ -509,8 +509,8 @@ def redis_sentinel_too_few_sentinels(report: Report) -> Iterator[Finding]:
         yield finding(
             "redis-sentinel-too-few-sentinels", ERROR, None, "redis sentinel %s" % entry["name"],
             "%d sentinel(s) (%s) monitor the set %s: once one host is lost the others are no majority of %d, "
-            "and without a majority Sentinel never fails over" % (count, _sentinel_hosts(report), entry["name"],
-                                                               budget.sentinel_majority(count)),
+            "and without a majority Sentinel never fails over"
+            % (count, _sentinel_hosts(report), entry["name"], budget.sentinel_majority(count)),
             "set redis_sentinel: true on at least 3 hosts of group redis, on separate machines (a host may run a "
             "sentinel and no instance)",
             sentinels=count, needed=3)

@@ -20,7 +20,7 @@ def parse_address(value: str, default_port: int) -> Address:
     """``host:port`` (``[v6]:port`` too) as a pair; a bare host takes ``default_port``."""
     value = value.strip()
     if value.startswith("["):
-        host, _, rest = value[1:].partition("]")
+        host, rest = value[1:].split("]", 1)
         return host, int(rest[1:]) if rest.startswith(":") else default_port
     host, colon, port = value.rpartition(":")
     if not colon or ":" in host:
@@ -95,7 +95,7 @@ def sentinel_changes(monitored: Dict[str, Dict[str, str]], wanted: List[Dict[str
     for entry in wanted:
         current = monitored.get(entry["name"])
         if current is None:
-            master, _ = current_master(answers.get(entry["name"], []), tuple(entry["initial_master"]))
+            master = current_master(answers.get(entry["name"], []), tuple(entry["initial_master"]))[0]
             commands.append(["MONITOR", entry["name"], master[0], master[1], entry["quorum"]])
             commands.append(["SET", entry["name"], "down-after-milliseconds", entry["down_after_ms"]])
             continue

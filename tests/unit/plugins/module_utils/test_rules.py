@@ -500,8 +500,8 @@ def sentinel_cluster(sentinels=3, members=("redis1", "redis2"), purposes=None, *
     hosts = ["redis1", "redis2", "redis3", "web1", "worker1"][:sentinels]
     description = cluster(**changes)
     for index, host in enumerate(["redis1", "redis2", "redis3", "web1", "worker1"]):
-        description["hosts"].setdefault(host, {}).setdefault("mastodon", {}).setdefault("address",
-                                                                                         "10.0.0.%d" % (11 + index))
+        section = description["hosts"].setdefault(host, {}).setdefault("mastodon", {})
+        section.setdefault("address", "10.0.0.%d" % (11 + index))
     for host in set(hosts) | set(members):
         description["hosts"].setdefault(host, {}).setdefault("redis", {}).setdefault("instances", [])
     for index, host in enumerate(members):

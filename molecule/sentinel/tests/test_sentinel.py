@@ -1,0 +1,204 @@
+"""Live Redis Sentinel: one master and two replicas, three sentinels that agree, a failover the role respects.
+
+Tests run in file order; the failover comes last.
+"""
+
+import os
+import re
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+SCENARIO = Path(__file__).resolve().parents[1]
+GROUP_VARS = yaml.safe_load((SCENARIO / "group_vars" / "redis.yml").read_text())
+PASSWORD = GROUP_VARS["redis_password"]
+DOWN_AFTER_MS = GROUP_VARS["mastodon_redis_sentinel_down_after_ms"]
+ADDRESSES = {name: yaml.safe_load((SCENARIO / "host_vars" / ("%s.yml" % name)).read_text())["mastodon_address"]
+             for name in ("sentinel-a", "sentinel-b", "sentinel-c")}
+NAMES = sorted(ADDRESSES)
+PLAYBOOK = str(Path(sys.executable).with_name("ansible-playbook"))
+MARKER = "# Written once by fediscale.mastodon.redis; Redis Sentinel rewrites it from here on."
+
+testinfra_hosts = ["ansible://sentinel-a"]
+
+
+@pytest.fixture(scope="module")
+def hosts(host):
+    inventory = host.backend.ansible_inventory
+    return {name: host.get_host("ansible://%s" % name, ansible_inventory=inventory) for name in NAMES}
+
+
+def cli(host, command, port=6379, password=True):
+    auth = "-a %s --no-auth-warning " % PASSWORD if password else ""
+    return host.run("redis-cli -p %d %s%s" % (port, auth, command))
+
+
+def role(host):
+    lines = cli(host, "ROLE").stdout.split()
+    return lines[0], (lines[1] + ":" + lines[2]) if lines[0] == "slave" else None
+
+
+def sentinel_master(host):
+    return ":".join(cli(host, "SENTINEL GET-MASTER-ADDR-BY-NAME mastodon", port=26379, password=False).stdout.split())
+
+
+def sentinel_masters(host):
+    """SENTINEL MASTERS as {name: {field: value}}."""
+    lines = cli(host, "SENTINEL MASTERS", port=26379, password=False).stdout.splitlines()
+    masters, current = {}, {}
+    for key, value in zip(lines[::2], lines[1::2]):
+        if key == "name":
+            current = masters.setdefault(value, {})
+        current[key] = value
+    return masters
+
+
+def master_host(hosts):
+    masters = [name for name in NAMES if role(hosts[name])[0] == "master"]
+    assert len(masters) == 1, masters
+    return masters[0]
+
+
+def wait_for(condition, seconds, what):
+    deadline = time.time() + seconds
+    while time.time() < deadline:
+        if condition():
+            return
+        time.sleep(0.5)
+    raise AssertionError("after %d s: %s" % (seconds, what))
+
+
+def test_the_first_host_is_master_and_the_others_replicate_it(hosts):
+    assert master_host(hosts) == "sentinel-a"
+    for name in ("sentinel-b", "sentinel-c"):
+        assert role(hosts[name]) == ("slave", ADDRESSES["sentinel-a"] + ":6379")
+        info = cli(hosts[name], "INFO replication").stdout
+        assert "master_link_status:up" in info
+
+
+def test_every_sentinel_monitors_the_set_alike_and_nothing_else(hosts):
+    # Sentinels find each other through hello messages on the master, every 2 s.
+    wait_for(lambda: all(sentinel_masters(hosts[name]).get("mastodon", {}).get("num-other-sentinels") == "2"
+                         for name in NAMES), 30, "every sentinel knows the other two")
+    for name in NAMES:
+        masters = sentinel_masters(hosts[name])
+        # sentinel-c ran Debian's sample monitor "mymaster" before the converge.
+        assert sorted(masters) == ["mastodon"], name
+        entry = masters["mastodon"]
+        assert (entry["ip"], entry["port"], entry["flags"]) == (ADDRESSES["sentinel-a"], "6379", "master")
+        assert (entry["quorum"], entry["down-after-milliseconds"]) == ("2", str(DOWN_AFTER_MS))
+        assert (entry["num-slaves"], entry["num-other-sentinels"]) == ("2", "2")
+
+
+def test_replicas_refuse_writes(hosts):
+    assert "READONLY" in cli(hosts["sentinel-b"], "SET job:x 1").stdout
+
+
+def test_an_instance_outside_the_set_is_left_alone(hosts):
+    host = hosts["sentinel-a"]
+    assert cli(host, "ROLE", port=6380).stdout.split()[0] == "master"
+    assert "connected_slaves:0" in cli(host, "INFO replication", port=6380).stdout
+    assert cli(host, "CONFIG GET masterauth", port=6380).stdout.splitlines()[1:] == [""]
+
+
+def test_replication_is_never_written_to_a_file(hosts):
+    for name in NAMES:
+        assert "replicaof" not in hosts[name].file("/etc/redis/redis-persistent.conf").content_string
+        result = cli(hosts[name], "CONFIG REWRITE")
+        assert "Read-only file system" in result.stdout + result.stderr, name
+
+
+def test_the_sentinel_owns_its_configuration(hosts):
+    for name in NAMES:
+        conf = hosts[name].file("/etc/redis/sentinel.conf")
+        # 0640 as written; Sentinel's own rewrites, under UMask=0077, leave 0600.
+        assert (conf.user, conf.group) == ("redis", "redis") and conf.mode in (0o640, 0o600)
+        lines = conf.content_string.splitlines()
+        assert lines[0] == MARKER
+        assert "bind 127.0.0.1 -::1 %s" % ADDRESSES[name] in lines and "port 26379" in lines
+        assert "sentinel monitor mastodon %s 6379 2" % ADDRESSES["sentinel-a"] in lines
+
+
+def test_the_sentinel_listens_on_its_private_address(hosts):
+    host = hosts["sentinel-b"]
+    for name in NAMES:
+        assert host.run("redis-cli -h %s -p 26379 PING" % ADDRESSES[name]).stdout.strip() == "PONG"
+
+
+def exposure(host, path):
+    out = host.run("systemd-analyze security --offline=true --no-pager %s" % path).stdout
+    return float(re.search(r"Overall exposure level for \S+: ([0-9.]+)", out).group(1))
+
+
+def test_the_production_sentinel_unit_scores_better_than_debians(hosts):
+    host = hosts["sentinel-a"]
+    # The production form: Debian's unit with the hardening drop-in, not the container one.
+    host.run("cat /lib/systemd/system/redis-sentinel.service "
+             "/etc/systemd/system/redis-sentinel.service.d/hardening.conf > /tmp/score-ours.service")
+    host.run("cp /lib/systemd/system/redis-sentinel.service /tmp/score-debian.service")
+    ours, debian = exposure(host, "/tmp/score-ours.service"), exposure(host, "/tmp/score-debian.service")
+    assert ours < debian <= 1.2
+    show = host.run("systemctl show -p PrivateUsers -p ProtectSystem -p PrivateMounts redis-sentinel").stdout
+    assert "PrivateUsers=no" in show and "ProtectSystem=strict" in show and "PrivateMounts=yes" in show
+
+
+CLIENT = """
+import sys
+from redis.sentinel import Sentinel
+sentinel = Sentinel([(address, 26379) for address in sys.argv[1].split(",")], socket_timeout=2)
+master = sentinel.master_for("mastodon", password=sys.argv[2], socket_timeout=2)
+master.set("probe", "through the sentinels")
+print(master.get("probe").decode(), "%s:%d" % sentinel.discover_master("mastodon"))
+"""
+
+
+def sentinel_client(host):
+    """What Mastodon does with REDIS_SENTINELS: ask the sentinels for the master, then write to it."""
+    script = host.run("mktemp").stdout.strip()
+    host.run("cat > %s <<'PY'\n%sPY" % (script, CLIENT))
+    return host.run("python3 %s %s %s" % (script, ",".join(ADDRESSES[name] for name in NAMES), PASSWORD))
+
+
+def test_a_client_finds_the_master_through_the_sentinels(hosts):
+    result = sentinel_client(hosts["sentinel-c"])
+    assert result.rc == 0, result.stderr
+    assert result.stdout.split() == ["through", "the", "sentinels", ADDRESSES["sentinel-a"] + ":6379"]
+
+
+def test_failover_keeps_the_data_and_the_role_does_not_undo_it(host, hosts):
+    old = master_host(hosts)
+    writes = "python3 -c \"print('\\n'.join('RPUSH queue:default job%d' % i for i in range(1000)))\""
+    assert hosts[old].run("%s | redis-cli -a %s --no-auth-warning > /dev/null" % (writes, PASSWORD)).rc == 0
+    assert cli(hosts[old], "WAIT 2 5000").stdout.strip() == "2"
+
+    assert hosts[old].run("systemctl stop redis-server@persistent").rc == 0
+    others = [name for name in NAMES if name != old]
+    # Down after DOWN_AFTER_MS, then an election and a promotion.
+    wait_for(lambda: len({sentinel_master(hosts[name]) for name in others}) == 1
+             and sentinel_master(hosts[others[0]]) != ADDRESSES[old] + ":6379", 60, "the sentinels name a new master")
+    new = next(name for name in NAMES if ADDRESSES[name] + ":6379" == sentinel_master(hosts[others[0]]))
+    wait_for(lambda: role(hosts[new])[0] == "master", 30, "%s promoted" % new)
+    assert cli(hosts[new], "LLEN queue:default").stdout.strip() == "1000"
+    assert sentinel_client(hosts[old]).stdout.split()[-1] == ADDRESSES[new] + ":6379"
+
+    # The old master comes back as a master with its own file; the sentinels make it a replica.
+    assert hosts[old].run("systemctl start redis-server@persistent").rc == 0
+    wait_for(lambda: role(hosts[old]) == ("slave", ADDRESSES[new] + ":6379"), 60, "%s follows %s" % (old, new))
+    wait_for(lambda: "master_link_status:up" in cli(hosts[old], "INFO replication").stdout, 30, "link up")
+    assert cli(hosts[old], "LLEN queue:default").stdout.strip() == "1000"
+
+    # A second run of the role agrees with Sentinel: nothing changes and the master stays where it is.
+    env = dict(os.environ, ANSIBLE_NOCOLOR="1", ANSIBLE_FORCE_COLOR="0")
+    run = subprocess.run([PLAYBOOK, str(SCENARIO / "converge.yml"), "-i", host.backend.ansible_inventory],
+                         env=env, capture_output=True, text=True, timeout=600, check=False)
+    assert run.returncode == 0, run.stdout[-3000:]
+    recap = run.stdout[run.stdout.rindex("PLAY RECAP"):]
+    assert re.findall(r"changed=(\d+)", recap) == ["0", "0", "0"], recap
+    assert master_host(hosts) == new
+    for name in NAMES:
+        assert sentinel_master(hosts[name]) == ADDRESSES[new] + ":6379"
+        assert "replicaof" not in hosts[name].file("/etc/redis/redis-persistent.conf").content_string
