@@ -12,14 +12,26 @@ from ansible.module_utils.common.text.converters import to_native
 from ansible.plugins.action import ActionBase
 
 from ansible_collections.fediscale.mastodon.plugins.module_utils import inventory, plan
-from ansible_collections.fediscale.mastodon.plugins.module_utils.schema import PlanInputError
+from ansible_collections.fediscale.mastodon.plugins.module_utils.schema import LIVE_LIMITS, PlanInputError
 from ansible_collections.fediscale.mastodon.plugins.plugin_utils.inputs import plain, role_variables, select
+
+
+def _add_live_limits(description, results):
+    """Each database host's registered postgres_connections result, as the plan's live_limits."""
+    for host, result in results.items():
+        section = ((description.get("hosts") or {}).get(host) or {}).get("postgresql")
+        if not isinstance(section, dict) or not isinstance(result, dict) or not result or result.get("skipped"):
+            continue
+        if result.get("failed") or result.get("unreachable"):
+            section["live_limits"] = {"error": to_native(result.get("msg", "the read failed"))}
+        else:
+            section["live_limits"] = {key: result[key] for key in LIVE_LIMITS}
 
 
 class ActionModule(ActionBase):
     TRANSFERS_FILES = False
     _requires_connection = False
-    _VALID_ARGS = frozenset(("cluster", "query", "report_dir", "fail_on_error", "return_report"))
+    _VALID_ARGS = frozenset(("cluster", "query", "report_dir", "fail_on_error", "return_report", "live_limits"))
 
     def run(self, tmp=None, task_vars=None):
         result = super().run(tmp, task_vars)
@@ -29,6 +41,7 @@ class ActionModule(ActionBase):
             report_dir=dict(type="path"),
             fail_on_error=dict(type="bool", default=True),
             return_report=dict(type="bool", default=False),
+            live_limits=dict(type="dict", default={}),
         ))[1]
         from_inventory = args["cluster"] is None
         try:
@@ -37,6 +50,7 @@ class ActionModule(ActionBase):
                     task_vars["hostvars"], plain(task_vars["groups"]), role_variables()))
             else:
                 description = select(plain(args["cluster"]), args["query"])
+            _add_live_limits(description, plain(args["live_limits"]))
             report = plan.connection_budget(description)
         except PlanInputError as error:
             if from_inventory:

@@ -20,7 +20,7 @@ from typing import Any, Dict, List, Optional
 from ansible_collections.fediscale.mastodon.plugins.module_utils import mastodon
 from ansible_collections.fediscale.mastodon.plugins.module_utils import pgtune
 from ansible_collections.fediscale.mastodon.plugins.module_utils.schema import (
-    AUTO, PlanInputError, format_size_kb, parse_description,
+    AUTO, LIVE_LIMITS, PlanInputError, format_size_kb, parse_description,
 )
 from ansible_collections.fediscale.mastodon.plugins.module_utils.sizing import (
     nginx_sizing, pgbouncer_server_connections, pgbouncer_sizing,
@@ -52,6 +52,11 @@ def _database_servers(hosts: Dict[str, Dict[str, Any]]) -> Dict[str, Dict[str, A
         if section is None:
             continue
         role = section["role"]
+        section = dict(section, limits_source="inventory", inventory_limits=None)
+        live = section["live_limits"]
+        if section["limits_from"] == "live" and live is not None and "error" not in live:
+            section["inventory_limits"] = {key: section[key] for key in LIVE_LIMITS}
+            section.update(live, limits_source="live")
         if role in servers:
             raise PlanInputError("host %s, postgresql_role" % host,
                                  "%s is already %s; the plan takes one primary and at most one replica"
@@ -206,6 +211,10 @@ def _server_report(role: str, server: Dict[str, Any], sources: List[Dict[str, An
         "version": server["version"],
         "acknowledge_max_connections_over_1000": server["acknowledge_max_connections_over_1000"],
         "tuning": pgtune.formatted(server["tuning"]),
+        "limits_from": server["limits_from"],
+        "limits_source": server["limits_source"],
+        "inventory_limits": server["inventory_limits"],
+        "live_limits": server["live_limits"],
     }
 
 

@@ -15,7 +15,8 @@ from typing import Any, Callable, Dict, Iterator, List, Optional
 
 from ansible_collections.fediscale.mastodon.plugins.module_utils import budget, mastodon
 from ansible_collections.fediscale.mastodon.plugins.module_utils.pgtune import work_mem_limit_kb
-from ansible_collections.fediscale.mastodon.plugins.module_utils.schema import format_size_kb, version_tuple
+from ansible_collections.fediscale.mastodon.plugins.module_utils.schema import (
+    LIVE_LIMITS, format_size_kb, version_tuple)
 from ansible_collections.fediscale.mastodon.plugins.module_utils.sizing import (
     PGBOUNCER_ADMIN_POOL, PGBOUNCER_EXTRA_USERS, PGBOUNCER_FD_SPARE)
 
@@ -111,6 +112,41 @@ def max_connections_over_1000(report: Report) -> Iterator[Finding]:
                 "postgresql_acknowledge_max_connections_over_1000: true" if not acknowledged
                 else "acknowledged by postgresql_acknowledge_max_connections_over_1000",
                 max_connections=server["max_connections"])
+
+
+def _limits(values: Dict[str, Any]) -> str:
+    return ", ".join("%s %d" % (key, values[key]) for key in LIVE_LIMITS)
+
+
+@rule("postgresql-live-limits-unread")
+def postgresql_live_limits_unread(report: Report) -> Iterator[Finding]:
+    for role, server in sorted(report["servers"].items()):
+        if server["limits_from"] == "live" and server["limits_source"] != "live":
+            live = server["live_limits"]
+            why = (live["error"] if live else
+                   "nothing read them: plan.yml and the filters contact no host, site.yml's plan play does")
+            yield finding(
+                "postgresql-live-limits-unread", WARNING, server["host"], "postgresql %s" % role,
+                "postgresql_limits_from is live, but the running server's limits were not read (%s); the plan "
+                "uses the inventory's: %s" % (why, _limits(server)),
+                "let site.yml's plan play log in on %s (plan_postgresql_login_host, _user, _password), or keep "
+                "the inventory's values equal to the server's" % server["host"],
+                **{key: server[key] for key in LIVE_LIMITS})
+
+
+@rule("postgresql-inventory-limits-differ-from-live")
+def postgresql_inventory_limits_differ_from_live(report: Report) -> Iterator[Finding]:
+    for role, server in sorted(report["servers"].items()):
+        inventory = server["inventory_limits"]
+        if server["limits_source"] == "live" and any(inventory[key] != server[key] for key in LIVE_LIMITS):
+            yield finding(
+                "postgresql-inventory-limits-differ-from-live", WARNING, server["host"], "postgresql %s" % role,
+                "the running server has %s; the inventory says %s. The plan uses the server's"
+                % (_limits(server), _limits(inventory)),
+                "set %s in the inventory, so that plans which read no server (plan.yml) agree"
+                % ", ".join("postgresql_%s: %d" % (key, server[key]) for key in LIVE_LIMITS
+                            if inventory[key] != server[key]),
+                live=server["max_connections"], inventory=inventory["max_connections"])
 
 
 @rule("work-mem-over-twice-ram")

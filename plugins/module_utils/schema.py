@@ -173,6 +173,18 @@ def count_mapping(value: Any, where: str) -> Dict[str, int]:
     return {str(name): parse_int(item, "%s.%s" % (where, name)) for name, item in value.items()}
 
 
+LIVE_LIMITS = ("max_connections", "superuser_reserved_connections", "reserved_connections")
+
+
+def live_limits(value: Any, where: str) -> Dict[str, Any]:
+    """What was read from a running server: its limits, or why they could not be read."""
+    if not isinstance(value, Mapping) or not ("error" in value or all(key in value for key in LIVE_LIMITS)):
+        raise PlanInputError(where, "expected %s, or error, got %r" % (", ".join(LIVE_LIMITS), value))
+    if "error" in value:
+        return {"error": parse_str(value["error"], where + ".error")}
+    return {key: parse_int(value[key], "%s.%s" % (where, key)) for key in LIVE_LIMITS}
+
+
 def address_list(value: Any, where: str) -> str:
     """TRUSTED_PROXY_IP: addresses or networks, separated by commas or spaces (Mastodon parses each with IPAddr)."""
     text = parse_str(value, where)
@@ -266,6 +278,10 @@ POSTGRESQL = {
     "database_size": Field(choice("less_ram", "mid_ram", "greater_ram"), "mid_ram", "database size relative to RAM"),
     "version": Field(integer(10), 15, "PostgreSQL major version"),
     "acknowledge_max_connections_over_1000": Field(parse_bool, False, ""),
+    "limits_from": Field(choice("inventory", "live"), "inventory",
+                         "where max_connections and the reserved slots come from: the inventory, or the running "
+                         "server (one the postgresql role does not manage)"),
+    "live_limits": Field(optional(live_limits), None, "set by site.yml's plan play from the running server"),
 }
 
 WEB = {

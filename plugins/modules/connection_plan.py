@@ -9,7 +9,7 @@ version_added: 0.1.0
 description:
   - Builds the cluster description from the inventory (or takes O(cluster)), computes the connection budget with
     every rule, prints it as a table, writes it as JSON and Markdown to O(report_dir), and fails on any error
-    finding. It contacts no host.
+    finding. It contacts no host; live limits come in through O(live_limits).
   - This is the single task of the C(fediscale.mastodon.plan) playbook; one task keeps a 1000-host plan fast.
 options:
   cluster:
@@ -23,6 +23,14 @@ options:
   report_dir:
     description: Directory for C(budget.json) and C(budget.md) on the controller. Empty writes nothing.
     type: path
+  live_limits:
+    description:
+      - Per database host, the registered result of M(fediscale.mastodon.postgres_connections) run on it. For a host
+        with C(postgresql_limits_from=live), the plan takes C(max_connections) and the reserved slots from it.
+        A failed read leaves the inventory's values and a warning (C(postgresql-live-limits-unread)).
+      - The plan role fills it in; skipped and missing results are ignored.
+    type: dict
+    default: {}
   fail_on_error:
     description: Fail the task when the plan has an error finding.
     type: bool

@@ -4,6 +4,9 @@ import base64
 import json
 import os
 import re
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 
@@ -249,3 +252,35 @@ def test_under_load_pgbouncer_queues_clients_and_postgres_sees_only_the_pool(app
     from_pgbouncer = sum(item["count"] for item in live["by_client"] if item["client_addr"] == "172.30.42.202")
     assert from_pgbouncer == pool
     assert "live-no-idle-behind-pgbouncer" in [finding["id"] for finding in live["findings"]]
+
+
+# --- Live limits: a server the postgresql role does not manage ---
+
+def plan_with_live_limits(host, tmp_path, *extra):
+    env = dict(os.environ, ANSIBLE_NOCOLOR="1", ANSIBLE_FORCE_COLOR="0")
+    playbook = Path(__file__).resolve().parents[1] / "plan-live.yml"
+    run = subprocess.run([str(Path(sys.executable).with_name("ansible-playbook")), str(playbook),
+                          "-i", host.backend.ansible_inventory, "-e", "plan_report_dir=%s" % tmp_path,
+                          "-e", "postgresql_limits_from=live", "-e", "postgresql_max_connections=60"] + list(extra),
+                         env=env, capture_output=True, text=True, timeout=600, check=False)
+    assert run.returncode == 0, run.stdout[-3000:]
+    report = json.loads((tmp_path / "budget.json").read_text())
+    return report["servers"]["primary"], {item["rule"]: item for item in report["findings"]}
+
+
+def test_the_plan_takes_the_running_servers_limits(db, tmp_path):
+    # The inventory says 60 (given with -e); the running server has what the role set.
+    live = int(psql(db, "SHOW max_connections").stdout.strip())
+    server, findings = plan_with_live_limits(db, tmp_path)
+    assert (server["limits_source"], server["max_connections"]) == ("live", live)
+    assert server["inventory_limits"]["max_connections"] == 60
+    item = findings["postgresql-inventory-limits-differ-from-live"]
+    assert item["host"] == "database-db" and "postgresql_max_connections: %d" % live in item["hint"]
+
+
+def test_an_unreadable_server_leaves_the_inventorys_limits_and_a_warning(db, tmp_path):
+    server, findings = plan_with_live_limits(db, tmp_path, "-e", "plan_postgresql_login_host=127.0.0.1",
+                                             "-e", "plan_postgresql_login_port=5999")
+    assert (server["limits_source"], server["max_connections"]) == ("inventory", 60)
+    item = findings["postgresql-live-limits-unread"]
+    assert item["severity"] == "warning" and "5999" in item["message"]

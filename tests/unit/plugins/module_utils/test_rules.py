@@ -111,6 +111,50 @@ class TestMaxConnectionsOver1000:
                      "max-connections-over-1000") == []
 
 
+LIVE = {"max_connections": 100, "superuser_reserved_connections": 3, "reserved_connections": 0}
+
+
+class TestPostgresqlLiveLimitsUnread:
+    def test_unreachable_server(self):
+        [item] = found(cluster(hosts__db1__postgresql__limits_from="live",
+                               hosts__db1__postgresql__live_limits={"error": "connection refused"}),
+                       "postgresql-live-limits-unread")
+        assert item["severity"] == "warning" and item["host"] == "db1" and item["service"] == "postgresql primary"
+        assert "not read (connection refused)" in item["message"]
+        assert "uses the inventory's: max_connections 200, superuser_reserved_connections 3" in item["message"]
+        assert "plan_postgresql_login_host" in item["hint"]
+
+    def test_plan_yml_reads_nothing(self):
+        [item] = found(cluster(hosts__db1__postgresql__limits_from="live"), "postgresql-live-limits-unread")
+        assert "plan.yml and the filters contact no host" in item["message"]
+
+    def test_read(self):
+        assert found(cluster(hosts__db1__postgresql__limits_from="live", hosts__db1__postgresql__live_limits=LIVE),
+                     "postgresql-live-limits-unread") == []
+
+
+class TestPostgresqlInventoryLimitsDifferFromLive:
+    def test_the_plan_takes_the_servers_limits_and_says_so(self):
+        description = cluster(hosts__db1__postgresql__limits_from="live", hosts__db1__postgresql__live_limits=LIVE)
+        report = plan.connection_budget(description)
+        server = report["servers"]["primary"]
+        assert (server["max_connections"], server["limits_source"], server["usable"]) == (100, "live", 97)
+        [item] = [entry for entry in report["findings"] if entry["rule"] == "postgresql-inventory-limits-differ-from-live"]
+        assert "the running server has max_connections 100" in item["message"]
+        assert "the inventory says max_connections 200" in item["message"]
+        assert item["hint"].startswith("set postgresql_max_connections: 100 in the inventory")
+
+    def test_live_limits_count_only_when_asked_for(self):
+        report = plan.connection_budget(cluster(hosts__db1__postgresql__live_limits=LIVE))
+        assert report["servers"]["primary"]["max_connections"] == 200
+        assert report["servers"]["primary"]["limits_source"] == "inventory"
+
+    def test_same_values(self):
+        assert found(cluster(hosts__db1__postgresql__limits_from="live",
+                             hosts__db1__postgresql__live_limits=dict(LIVE, max_connections=200)),
+                     "postgresql-inventory-limits-differ-from-live") == []
+
+
 class TestWorkMemOverTwiceRam:
     def test_error_names_the_limit(self):
         # 200 x 200MB = 40000MB > 2 x 16GB = 32768MB.
