@@ -4,7 +4,7 @@
 DOCUMENTATION = r"""
 module: redis_replication
 short_description: Make a Redis instance replicate the master its sentinels name
-version_added: 0.2.0
+version_added: 0.1.0
 description:
   - For one member of a replicated set that Redis Sentinel monitors. Asks every sentinel in O(sentinels) for the
     master of O(master_name) (C(SENTINEL GET-MASTER-ADDR-BY-NAME)) and follows the address most of them give.

@@ -4,7 +4,7 @@
 DOCUMENTATION = r"""
 module: redis_sentinel
 short_description: Make a running Redis Sentinel monitor exactly the planned sets
-version_added: 0.2.0
+version_added: 0.1.0
 description:
   - Works at runtime, over the sentinel's own commands, because Sentinel owns its configuration file (it rewrites
     it on every change of topology).
