@@ -22,7 +22,8 @@ def _add_live_limits(description, results):
         section = ((description.get("hosts") or {}).get(host) or {}).get("postgresql")
         if not isinstance(section, dict) or not isinstance(result, dict) or not result or result.get("skipped"):
             continue
-        if result.get("failed") or result.get("unreachable"):
+        # failed_when: false leaves a failed read not marked failed: its numbers are what is missing.
+        if result.get("failed") or result.get("unreachable") or any(key not in result for key in LIVE_LIMITS):
             section["live_limits"] = {"error": to_native(result.get("msg", "the read failed"))}
         else:
             section["live_limits"] = {key: result[key] for key in LIVE_LIMITS}
