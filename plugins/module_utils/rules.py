@@ -528,6 +528,20 @@ def redis_sentinel_half_set(report: Report) -> Iterator[Finding]:
                 % (prefix, prefix))
 
 
+@rule("redis-sentinel-before-4-3")
+def redis_sentinel_before_4_3(report: Report) -> Iterator[Finding]:
+    version = report["mastodon"]["version"]
+    if version_tuple(version) >= (4, 3):
+        return
+    for prefix, configuration in sorted(_configurations(report).items()):
+        if configuration["source"].endswith("_SENTINELS"):
+            yield finding(
+                "redis-sentinel-before-4-3", ERROR, None, "redis %s" % configuration["dataset"],
+                "Mastodon %s does not read %s_SENTINELS (4.3 does): it would connect to localhost:6379"
+                % (version, prefix),
+                "upgrade to Mastodon 4.3 or later before using sentinels, or point %s_URL at the master" % prefix)
+
+
 def _sentinel(report: Report) -> Dict[str, Any]:
     return report["redis"]["sentinel"]
 

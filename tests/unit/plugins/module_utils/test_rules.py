@@ -562,6 +562,17 @@ def sentinel_cluster(sentinels=3, members=("redis1", "redis2"), purposes=None, *
     return description
 
 
+class TestRedisSentinelBefore43:
+    def test_4_2_ignores_sentinels(self):
+        items = found(sentinel_cluster(mastodon__version="4.2"), "redis-sentinel-before-4-3")
+        assert [item["service"] for item in items] == ["redis base", "redis sidekiq"]
+        assert "Mastodon 4.2 does not read REDIS_SENTINELS" in items[0]["message"]
+        assert "upgrade to Mastodon 4.3" in items[0]["hint"]
+
+    def test_4_3(self):
+        assert found(sentinel_cluster(mastodon__version="4.3"), "redis-sentinel-before-4-3") == []
+
+
 class TestRedisSentinelTooFewSentinels:
     def test_two_sentinels_are_no_majority_after_a_loss(self):
         [item] = found(sentinel_cluster(sentinels=2), "redis-sentinel-too-few-sentinels")
