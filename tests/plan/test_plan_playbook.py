@@ -113,3 +113,36 @@ def test_site_stops_at_the_plan_before_contacting_any_host(tmp_path):
     assert "ERROR connections-over-usable-capacity [db1 postgresql primary]" in output
     assert "UNREACHABLE" not in output and "Gathering Facts" not in output
     assert "PLAY [PostgreSQL]" not in output
+
+
+def add_sentinels(inventory, hosts=("redis1", "redis2", "redis3")):
+    """The example's Redis host and two more, a replicated persistent set, a sentinel on each of ``hosts``."""
+    edit_yaml(inventory / "hosts.yml", lambda data: data["all"]["children"]["redis"]["hosts"].update(
+        redis2={"ansible_host": "10.0.0.12"}, redis3={"ansible_host": "10.0.0.13"}))
+    edit_yaml(inventory / "host_vars" / "redis1.yml",
+              lambda data: data["redis_instances"][0].update(sentinel_master="mastodon"))
+    for index, name in ((2, "redis2"), (3, "redis3")):
+        (inventory / "host_vars" / ("%s.yml" % name)).write_text(yaml.safe_dump({
+            "mastodon_address": "10.0.0.1%d" % index,
+            "redis_instances": [{"name": "persistent", "purpose": "persistent", "sentinel_master": "mastodon"}]}))
+    for name in hosts:
+        edit_yaml(inventory / "host_vars" / ("%s.yml" % name), lambda data: data.update(redis_sentinel=True))
+
+
+def test_sentinels_replace_the_persistent_urls_in_mastodons_environment(tmp_path):
+    inventory = copy_inventory("example", tmp_path)
+    add_sentinels(inventory)
+    result = run_plan(inventory, tmp_path)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "0 errors, 0 warnings" in result.stdout
+    report = json.loads((tmp_path / "report" / "budget.json").read_text())
+    units = report["environment"]["web1"]["units"]
+    assert units["REDIS_SENTINELS"] == units["SIDEKIQ_REDIS_SENTINELS"] == "10.0.0.11:26379,10.0.0.12:26379,10.0.0.13:26379"
+    assert units["REDIS_SENTINEL_MASTER"] == "mastodon" and "REDIS_URL" not in units
+    assert units["CACHE_REDIS_URL"] == "redis://10.0.0.11:6380"
+
+
+def test_two_sentinels_fail_naming_them(tmp_path):
+    stdout = failing_plan(tmp_path, lambda inventory: add_sentinels(inventory, hosts=("redis1", "redis2")))
+    assert "ERROR redis-sentinel-too-few-sentinels [redis sentinel mastodon]" in stdout
+    assert "2 sentinel(s) (redis1, redis2)" in stdout
