@@ -301,7 +301,7 @@ def redis_sentinel(hosts: Dict[str, Dict[str, Any]], cluster: Dict[str, Any],
         entry["members"].append({key: instance[key] for key in ("host", "address", "port", "name", "purpose")})
     for entry in sets.values():
         first = entry["members"][0]
-        entry["initial_master"] = first["host"]
+        entry["initial_master_host"] = first["host"]
         # What the redis_sentinel and redis_replication modules take.
         entry["monitor"] = {"name": entry["name"], "initial_master": "%s:%d" % (first["address"], first["port"]),
                             "quorum": quorum, "down_after_ms": entry["down_after_ms"]}

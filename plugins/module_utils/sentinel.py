@@ -11,9 +11,12 @@ plan's initial master only while no sentinel names one (a new set).
 from __future__ import annotations
 
 from collections import Counter
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Tuple
 
 Address = Tuple[str, int]
+
+SENTINEL_PORT = 26379
+REDIS_PORT = 6379
 
 
 def parse_address(value: str, default_port: int) -> Address:
@@ -31,6 +34,28 @@ def parse_address(value: str, default_port: int) -> Address:
 def format_address(address: Address) -> str:
     host, port = address
     return "[%s]:%d" % (host, port) if ":" in host else "%s:%d" % (host, port)
+
+
+def ask_sentinels(ask: Callable[[Address, str], Optional[Sequence[Any]]], sentinels: Iterable[str],
+                  names: Sequence[str]) -> Tuple[Dict[str, List[Optional[Address]]], List[str]]:
+    """Each sentinel's answer to ``SENTINEL GET-MASTER-ADDR-BY-NAME`` for every name, and the sentinels that gave none.
+
+    ``ask(address, name)`` sends the command and returns the reply; it raises
+    ``ConnectionError`` (or a subclass the caller maps to it) when the sentinel
+    cannot be reached, and that sentinel is skipped.
+    """
+    answers: Dict[str, List[Optional[Address]]] = {name: [] for name in names}
+    unreachable = []
+    for sentinel in sentinels:
+        address = parse_address(sentinel, SENTINEL_PORT)
+        try:
+            replies = [(name, ask(address, name)) for name in names]
+        except ConnectionError:
+            unreachable.append(sentinel)
+            continue
+        for name, reply in replies:
+            answers[name].append((str(reply[0]), int(reply[1])) if reply else None)
+    return answers, unreachable
 
 
 def master_named_by_sentinels(answers: Sequence[Optional[Address]]) -> Optional[Address]:

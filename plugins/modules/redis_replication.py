@@ -93,31 +93,12 @@ unreachable_sentinels:
 
 from ansible.module_utils.basic import AnsibleModule, missing_required_lib
 
-from ansible_collections.fediscale.mastodon.plugins.module_utils.sentinel import (
-    current_master, format_address, parse_address, replication_change,
+from ansible_collections.fediscale.mastodon.plugins.module_utils.redis_client import (
+    REQUIREMENT, ask_sentinel, connect, redis,
 )
-
-try:
-    import redis
-except ImportError:
-    redis = None
-
-SENTINEL_PORT = 26379
-TIMEOUT_SECONDS = 3
-
-
-def ask_sentinels(sentinels, master_name):
-    answers, unreachable = [], []
-    for sentinel in sentinels:
-        host, port = parse_address(sentinel, SENTINEL_PORT)
-        try:
-            client = redis.Redis(host=host, port=port, socket_timeout=TIMEOUT_SECONDS, decode_responses=True)
-            reply = client.execute_command("SENTINEL", "GET-MASTER-ADDR-BY-NAME", master_name)
-        except redis.RedisError:
-            unreachable.append(sentinel)
-            continue
-        answers.append((reply[0], int(reply[1])) if reply else None)
-    return answers, unreachable
+from ansible_collections.fediscale.mastodon.plugins.module_utils.sentinel import (
+    REDIS_PORT, ask_sentinels, current_master, format_address, parse_address, replication_change,
+)
 
 
 def main():
@@ -134,13 +115,12 @@ def main():
         supports_check_mode=True,
     )
     if redis is None:
-        module.fail_json(msg=missing_required_lib("redis-py (Debian: python3-redis)"))
+        module.fail_json(msg=missing_required_lib(REQUIREMENT))
     params = module.params
-    answers, unreachable = ask_sentinels(params["sentinels"], params["master_name"])
-    master, named_by = current_master(answers, parse_address(params["initial_master"], 6379))
+    answers, unreachable = ask_sentinels(ask_sentinel, params["sentinels"], [params["master_name"]])
+    master, named_by = current_master(answers[params["master_name"]], parse_address(params["initial_master"], REDIS_PORT))
     own = (params["address"], params["login_port"])
-    client = redis.Redis(host=params["login_host"], port=params["login_port"], password=params["login_password"],
-                         socket_timeout=TIMEOUT_SECONDS, decode_responses=True)
+    client = connect(params["login_host"], params["login_port"], params["login_password"])
     try:
         reply = client.execute_command("ROLE")
         role = {"role": reply[0]}

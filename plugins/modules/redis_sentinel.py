@@ -97,38 +97,16 @@ masters:
 
 from ansible.module_utils.basic import AnsibleModule, missing_required_lib
 
-from ansible_collections.fediscale.mastodon.plugins.module_utils.sentinel import (
-    flat_pairs, format_address, parse_address, sentinel_changes,
+from ansible_collections.fediscale.mastodon.plugins.module_utils.redis_client import (
+    REQUIREMENT, ask_sentinel, connect, redis,
 )
-
-try:
-    import redis
-except ImportError:
-    redis = None
-
-SENTINEL_PORT = 26379
-TIMEOUT_SECONDS = 3
+from ansible_collections.fediscale.mastodon.plugins.module_utils.sentinel import (
+    REDIS_PORT, SENTINEL_PORT, ask_sentinels, flat_pairs, format_address, parse_address, sentinel_changes,
+)
 
 
 def masters(client):
     return {entry["name"]: entry for entry in (flat_pairs(item) for item in client.execute_command("SENTINEL", "MASTERS"))}
-
-
-def peer_answers(sentinels, names, own):
-    answers = {name: [] for name in names}
-    for sentinel in sentinels:
-        address = parse_address(sentinel, SENTINEL_PORT)
-        if address == own:
-            continue
-        try:
-            client = redis.Redis(host=address[0], port=address[1], socket_timeout=TIMEOUT_SECONDS,
-                                 decode_responses=True)
-            for name in names:
-                reply = client.execute_command("SENTINEL", "GET-MASTER-ADDR-BY-NAME", name)
-                answers[name].append((reply[0], int(reply[1])) if reply else None)
-        except redis.RedisError:
-            continue
-    return answers
 
 
 def main():
@@ -149,22 +127,22 @@ def main():
         supports_check_mode=True,
     )
     if redis is None:
-        module.fail_json(msg=missing_required_lib("redis-py (Debian: python3-redis)"))
+        module.fail_json(msg=missing_required_lib(REQUIREMENT))
     params = module.params
-    wanted = [dict(entry, initial_master=parse_address(entry["initial_master"], 6379)) for entry in params["monitors"]]
-    client = redis.Redis(host=params["login_host"], port=params["login_port"], socket_timeout=TIMEOUT_SECONDS,
-                         decode_responses=True)
+    wanted = [dict(entry, initial_master=parse_address(entry["initial_master"], REDIS_PORT))
+              for entry in params["monitors"]]
+    client = connect(params["login_host"], params["login_port"])
     try:
         monitored = masters(client)
         new = [entry["name"] for entry in wanted if entry["name"] not in monitored]
-        answers = peer_answers(params["sentinels"], new, (params["login_host"], params["login_port"])) if new else {}
+        # This sentinel does not know the new sets, so its own (empty) answer counts for nothing.
+        answers = ask_sentinels(ask_sentinel, params["sentinels"], new)[0] if new else {}
         commands = sentinel_changes(monitored, wanted, answers, params["purge"])
         if not module.check_mode:
             for command in commands:
                 client.execute_command("SENTINEL", *command)
             for entry in wanted:
-                if entry["name"] in monitored or any(command[:2] == ["MONITOR", entry["name"]] for command in commands):
-                    client.execute_command("SENTINEL", "SET", entry["name"], "auth-pass", params["auth_pass"])
+                client.execute_command("SENTINEL", "SET", entry["name"], "auth-pass", params["auth_pass"])
             monitored = masters(client)
     except redis.RedisError as error:
         module.fail_json(msg="Sentinel %s: %s" % (format_address((params["login_host"], params["login_port"])), error))

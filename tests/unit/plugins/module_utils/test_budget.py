@@ -308,7 +308,7 @@ def test_sentinel_set_replaces_the_urls_of_the_datasets_it_holds():
     sentinel = report["redis"]["sentinel"]
     assert [item["host"] for item in sentinel["sentinels"]] == ["redis1", "redis2", "redis3"]
     [entry] = sentinel["sets"]
-    assert entry["initial_master"] == "redis1" and entry["quorum"] == 2 and entry["down_after_ms"] == 30000
+    assert entry["initial_master_host"] == "redis1" and entry["quorum"] == 2 and entry["down_after_ms"] == 30000
     assert [(item["host"], item["address"], item["port"]) for item in entry["members"]] == [
         ("redis1", "10.0.0.11", 6379), ("redis2", "10.0.0.12", 6379), ("redis3", "10.0.0.13", 6379)]
     assert entry["monitor"] == {"name": "mastodon", "initial_master": "10.0.0.11:6379", "quorum": 2,

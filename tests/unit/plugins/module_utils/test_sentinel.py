@@ -1,7 +1,7 @@
 """Who is master of a replicated set, and what an instance or a sentinel must change to agree."""
 
 from ansible_collections.fediscale.mastodon.plugins.module_utils.sentinel import (
-    current_master, flat_pairs, format_address, master_named_by_sentinels, parse_address, replication_change,
+    ask_sentinels, current_master, flat_pairs, format_address, master_named_by_sentinels, parse_address, replication_change,
     sentinel_changes,
 )
 
@@ -68,3 +68,17 @@ def test_unplanned_monitors_go_only_with_purge():
 def test_flat_replies_become_mappings():
     assert flat_pairs(["name", "mastodon", "ip", "10.0.0.11", "port", 6379]) == {
         "name": "mastodon", "ip": "10.0.0.11", "port": "6379"}
+
+
+def test_sentinels_are_asked_for_every_name_and_unreachable_ones_are_named():
+    replies = {("10.0.0.11", 26379): {"mastodon": ["10.0.0.12", "6379"], "jobs": None},
+               ("10.0.0.12", 26380): {"mastodon": ["10.0.0.12", "6379"], "jobs": ["10.0.0.13", "6380"]}}
+
+    def ask(address, name):
+        if address not in replies:
+            raise ConnectionError("connection refused")
+        return replies[address][name]
+
+    answers, unreachable = ask_sentinels(ask, ["10.0.0.11", "10.0.0.12:26380", "10.0.0.13"], ["mastodon", "jobs"])
+    assert answers == {"mastodon": [B, B], "jobs": [None, ("10.0.0.13", 6380)]}
+    assert unreachable == ["10.0.0.13"]

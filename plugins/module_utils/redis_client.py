@@ -1,0 +1,29 @@
+# Copyright (c) fediscale.mastodon contributors
+# GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
+"""The Redis connections of the redis_replication and redis_sentinel modules (redis-py on the managed host)."""
+
+from __future__ import annotations
+
+from typing import Any, Optional, Sequence, Tuple
+
+try:
+    import redis
+except ImportError:
+    redis = None
+
+TIMEOUT_SECONDS = 3
+# The library the modules name when redis-py is missing.
+REQUIREMENT = "redis-py (Debian: python3-redis)"
+
+
+def connect(host: str, port: int, password: Optional[str] = None) -> Any:
+    return redis.Redis(host=host, port=port, password=password, socket_timeout=TIMEOUT_SECONDS,
+                       decode_responses=True)
+
+
+def ask_sentinel(address: Tuple[str, int], name: str) -> Optional[Sequence[Any]]:
+    """``SENTINEL GET-MASTER-ADDR-BY-NAME``; an unreachable sentinel raises ConnectionError."""
+    try:
+        return connect(*address).execute_command("SENTINEL", "GET-MASTER-ADDR-BY-NAME", name)
+    except redis.RedisError as error:
+        raise ConnectionError(str(error)) from error
