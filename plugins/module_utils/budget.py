@@ -20,7 +20,7 @@ from typing import Any, Dict, List, Optional
 from ansible_collections.fediscale.mastodon.plugins.module_utils import mastodon
 from ansible_collections.fediscale.mastodon.plugins.module_utils import pgtune
 from ansible_collections.fediscale.mastodon.plugins.module_utils.schema import (
-    AUTO, LIVE_LIMITS, PlanInputError, format_size_kb, parse_description,
+    AUTO, LIVE_LIMITS, WORK_MEM_MINIMUM_KB, PlanInputError, format_size_kb, host_where, parse_description,
 )
 from ansible_collections.fediscale.mastodon.plugins.module_utils.sizing import (
     nginx_sizing, pgbouncer_server_connections, pgbouncer_sizing,
@@ -28,6 +28,7 @@ from ansible_collections.fediscale.mastodon.plugins.module_utils.sizing import (
 
 PGBOUNCER_PORT = 6432
 POSTGRESQL_PORT = 5432
+NGINX_PORTS = (80, 443)
 WARNING_LINE_PERCENT = 90
 DEFAULT_HEADROOM_CONCURRENCY = 10
 
@@ -39,6 +40,36 @@ def warning_line(max_connections: int) -> int:
 
 def usable_connections(server: Dict[str, Any]) -> int:
     return server["max_connections"] - server["superuser_reserved_connections"] - server["reserved_connections"]
+
+
+def check_ports(host: str, sections: Dict[str, Any]) -> None:
+    """Every listener a host's sections plan needs a port of its own."""
+    taken: Dict[int, str] = {}
+
+    def take(port: int, where: Optional[str], label: str) -> None:
+        if port in taken:
+            raise PlanInputError(where or host_where(host, label), "port %d is also %s's on %s"
+                                 % (port, taken[port], host), "give each service on a host its own port")
+        taken[port] = label
+
+    if "postgresql" in sections:
+        take(POSTGRESQL_PORT, None, "PostgreSQL")
+    if sections.get("pgbouncer") and sections["pgbouncer"]["enabled"]:
+        take(PGBOUNCER_PORT, None, "pgbouncer")
+    if "nginx" in sections:
+        for port in NGINX_PORTS:
+            take(port, None, "nginx")
+    if "web" in sections:
+        take(sections["web"]["port"], host_where(host, "web.port"), "web_port")
+    if "streaming" in sections:
+        for index, port in enumerate(sections["streaming"]["ports"]):
+            take(port, host_where(host, "streaming.ports[%d]" % index), "streaming_ports[%d]" % index)
+    if "redis" in sections:
+        for index, instance in enumerate(sections["redis"]["instances"]):
+            take(instance["port"], host_where(host, "redis.instances[%d].port" % index),
+                 "redis_instances[%d]" % index)
+        if sections["redis"]["sentinel"]:
+            take(sections["redis"]["sentinel_port"], host_where(host, "redis.sentinel_port"), "redis_sentinel_port")
 
 
 def _address(host: str, sections: Dict[str, Any]) -> str:
@@ -57,11 +88,27 @@ def _database_servers(hosts: Dict[str, Dict[str, Any]]) -> Dict[str, Dict[str, A
         if section["limits_from"] == "live" and live is not None and "error" not in live:
             section["inventory_limits"] = {key: section[key] for key in LIVE_LIMITS}
             section.update(live, limits_source="live")
+        where = host_where(host, "postgresql")
         if role in servers:
-            raise PlanInputError("host %s, postgresql_role" % host,
+            raise PlanInputError(where + ".role",
                                  "%s is already %s; the plan takes one primary and at most one replica"
                                  % (servers[role]["host"], role),
                                  "set postgresql_role: replica on the replica, or remove the second host from db")
+        reserved = section["superuser_reserved_connections"] + section["reserved_connections"]
+        if reserved >= section["max_connections"]:
+            raise PlanInputError(where + ".superuser_reserved_connections",
+                                 "%d reserved slots (superuser_reserved_connections %d + reserved_connections %d) "
+                                 "leave none of max_connections %d: PostgreSQL refuses to start"
+                                 % (reserved, section["superuser_reserved_connections"],
+                                    section["reserved_connections"], section["max_connections"]),
+                                 "raise postgresql_max_connections or lower the reserved slots")
+        if pgtune.work_mem_limit_kb(section["ram"], section["max_connections"]) < WORK_MEM_MINIMUM_KB:
+            raise PlanInputError(where + ".ram",
+                                 "%s is too small for max_connections %d: even PostgreSQL's smallest work_mem "
+                                 "(%dkB) per connection would pass twice the RAM"
+                                 % (format_size_kb(section["ram"]), section["max_connections"], WORK_MEM_MINIMUM_KB),
+                                 "give the host's real RAM, or lower postgresql_max_connections to %d or less"
+                                 % (2 * section["ram"] // WORK_MEM_MINIMUM_KB))
         tuning = pgtune.tuning_kb(section["ram"], section["cpus"], section["max_connections"],
                                   section["disk_type"], section["database_size"], section["version"])
         # An explicit work_mem is kept as given, so the 2 x RAM rule can judge it.
@@ -70,13 +117,14 @@ def _database_servers(hosts: Dict[str, Dict[str, Any]]) -> Dict[str, Dict[str, A
         servers[role] = dict(section, host=host, address=_address(host, sections), tuning=tuning,
                              work_mem_kb=tuning["work_mem"], work_mem=format_size_kb(tuning["work_mem"]))
     if "primary" not in servers:
-        raise PlanInputError("inventory group db", "has no PostgreSQL primary",
+        raise PlanInputError("group db, postgresql.role", "no host is the PostgreSQL primary",
                              "put the database host in group db (postgresql_role defaults to primary)")
     return servers
 
 
 def _process_groups(cluster: Dict[str, Any], host: str, sections: Dict[str, Any]) -> List[Dict[str, Any]]:
     version = cluster["version"]
+    mastodon_where = host_where(host, "mastodon")
     host_env = sections["mastodon"]["environment"]
     env_production = sections["mastodon"]["env_production"]
     groups: List[Dict[str, Any]] = []
@@ -95,8 +143,7 @@ def _process_groups(cluster: Dict[str, Any], host: str, sections: Dict[str, Any]
             unit["MAX_THREADS"] = str(web["max_threads"])
         if web["db_pool"] is not None:
             unit["DB_POOL"] = str(web["db_pool"])
-        where = "host %s, web" % host
-        add("web", "mastodon-web.service", mastodon.web_sizing(unit, env_production, where), 1, True,
+        add("web", "mastodon-web.service", mastodon.web_sizing(unit, env_production, mastodon_where), 1, True,
             port=web["port"], unit_environment=unit)
     streaming = sections.get("streaming")
     if streaming is not None:
@@ -104,20 +151,28 @@ def _process_groups(cluster: Dict[str, Any], host: str, sections: Dict[str, Any]
         if streaming["db_pool"] is not None:
             unit["DB_POOL"] = str(streaming["db_pool"])
         for port in streaming["ports"]:
-            where = "host %s, streaming %d" % (host, port)
             add("streaming", "mastodon-streaming@%d.service" % port,
-                mastodon.streaming_sizing(unit, env_production, where), 1, False, port=port, unit_environment=unit)
+                mastodon.streaming_sizing(unit, env_production, mastodon_where), 1, False, port=port,
+                unit_environment=unit)
     sidekiq = sections.get("sidekiq")
     if sidekiq is not None:
+        seen: Dict[str, int] = {}
         for index, item in enumerate(sidekiq["queues"]):
-            where = "host %s, sidekiq_queues[%d]" % (host, index)
+            where = "%s.queues[%d]" % (host_where(host, "sidekiq"), index)
             queues = list(item["queues"] or []) + ([item["queue"]] if item["queue"] else [])
             if not queues:
                 raise PlanInputError(where, "names no queue", "give it queue: NAME, e.g. queue: pull")
+            for queue in queues:
+                if queue in seen:
+                    raise PlanInputError(where + ".queue", "queue %s is already sidekiq_queues[%d] on %s: both "
+                                         "would write the unit mastodon-sidekiq-%s@.service" % (queue, seen[queue],
+                                                                                                 host, queue),
+                                         "keep one entry per queue and raise its instances")
+                seen[queue] = index
             unit = dict(host_env)
             if item["db_pool"] is not None:
                 unit["DB_POOL"] = str(item["db_pool"])
-            sizing = mastodon.sidekiq_sizing(version, item["concurrency"], unit, env_production, where)
+            sizing = mastodon.sidekiq_sizing(version, item["concurrency"], unit, env_production, mastodon_where)
             add("sidekiq", "mastodon-sidekiq-%s@.service" % "-".join(queues), sizing, item["instances"], True,
                 queues=queues, unit_environment=unit)
     return groups
@@ -146,7 +201,7 @@ def _allocate_pgbouncers(hosts: Dict[str, Any], clients: Dict[str, Dict[str, int
                 if section["default_pool_size"] == AUTO:
                     weights[host] = clients[host][role]
                 else:
-                    fixed += _server_connections(section, section["default_pool_size"])
+                    fixed += _server_connections(section, section["default_pool_size"], clients[host][role])
             else:
                 fixed += clients[host][role]
         weights = {host: weight for host, weight in weights.items() if weight}
@@ -171,15 +226,15 @@ def _allocate_pgbouncers(hosts: Dict[str, Any], clients: Dict[str, Dict[str, int
             max_client_conn=sized["max_client_conn"], limit_nofile=sized["limit_nofile"],
             fd_need=sized["fd_need"], pool_size_auto=section["default_pool_size"] == AUTO,
             primary_connections=sized["server_connections"],
-            replica_connections=sized["server_connections"] if databases == 2 else 0,
+            replica_connections=_server_connections(section, pool, clients[host]["replica"]) if databases == 2 else 0,
             nofile_hard_limit=hosts[host]["mastodon"]["nofile_hard_limit"],
         )
     return result
 
 
-def _server_connections(section: Dict[str, Any], pool: int) -> int:
+def _server_connections(section: Dict[str, Any], pool: int, clients: int) -> int:
     return pgbouncer_server_connections(section["processes"], section["users"], pool, section["reserve_pool_size"],
-                                        section["max_db_connections"])
+                                        section["max_db_connections"], clients)
 
 
 def _server_report(role: str, server: Dict[str, Any], sources: List[Dict[str, Any]],
@@ -265,7 +320,7 @@ def _redis_instances(hosts: Dict[str, Dict[str, Any]]) -> List[Dict[str, Any]]:
     instances = []
     for host, sections in sorted(hosts.items()):
         items = (sections.get("redis") or {}).get("instances", [])
-        for instance in redis_instance_settings(items, "hosts.%s.redis.instances" % host):
+        for instance in redis_instance_settings(items, host_where(host, "redis") + ".instances"):
             instance.update(host=host, address=_address(host, sections))
             instances.append(instance)
     return instances
@@ -453,16 +508,14 @@ def _upstreams(proxy: str, processes: List[Dict[str, Any]], binds: Dict[str, str
     return servers
 
 
-def app_units(host: str, processes: List[Dict[str, Any]]) -> Dict[str, Any]:
-    """The units the app roles write on a host, each with the sizing environment of its processes.
+def app_units(processes: List[Dict[str, Any]]) -> Dict[str, Any]:
+    """The units the app roles write on one host (its ``processes``), each with its sizing environment.
 
     Every sizing variable is written out, never left to Mastodon's defaults
     or to .env.production (Puma ignores some of them there: mastodon issue 28440).
     """
     units: Dict[str, Any] = {"web": None, "streaming": [], "sidekiq": []}
     for row in processes:
-        if row["host"] != host:
-            continue
         if row["service"] == "web":
             units["web"] = {"unit": row["unit"], "port": row["port"], "environment": {
                 "WEB_CONCURRENCY": str(row["processes"]), "MAX_THREADS": str(row["threads"]),
@@ -517,6 +570,13 @@ def compute(description: Any) -> Dict[str, Any]:
     """The budget report of a cluster description, without findings."""
     parsed = parse_description(description)
     cluster, hosts = parsed["mastodon"], parsed["hosts"]
+    if mastodon.version_outside_model(cluster["version"]) < 0:
+        raise PlanInputError("mastodon.version", "Mastodon %s is older than %s, the oldest release the plan models: "
+                             "its pools and processes differ (streaming ran STREAMING_CLUSTER_NUM workers)"
+                             % (cluster["version"], mastodon.OLDEST_MODELLED),
+                             "upgrade Mastodon to %s or later first" % mastodon.OLDEST_MODELLED)
+    for host in sorted(hosts):
+        check_ports(host, hosts[host])
     servers = _database_servers(hosts)
     processes: List[Dict[str, Any]] = []
     clients: Dict[str, Dict[str, int]] = {}
@@ -527,7 +587,8 @@ def compute(description: Any) -> Dict[str, Any]:
             "primary": sum(row["connections"] for row in rows),
             "replica": sum(row["connections"] for row in rows if row["rails"]) if "replica" in servers else 0,
         }
-    direct = cluster["direct_connections"]
+    direct = mastodon.direct_connections(cluster["direct_connections"], cluster["tootctl_concurrency"],
+                                         "mastodon.direct_connections")
     direct_total = sum(direct.values())
     bouncers = _allocate_pgbouncers(hosts, clients, servers, direct_total)
     concurrency = _headroom_concurrency(processes)
@@ -567,6 +628,9 @@ def compute(description: Any) -> Dict[str, Any]:
                                nofile_hard_limit=sections["mastodon"]["nofile_hard_limit"])
 
     app_hosts = [host for host in sorted(hosts) if any(s in hosts[host] for s in ("web", "streaming", "sidekiq"))]
+    processes_by_host: Dict[str, List[Dict[str, Any]]] = {}
+    for row in processes:
+        processes_by_host.setdefault(row["host"], []).append(row)
     binds = {host: _bind_address(host, hosts, nginx) for host in app_hosts}
     for host in nginx:
         nginx[host].update(_upstreams(host, processes, binds))
@@ -587,7 +651,8 @@ def compute(description: Any) -> Dict[str, Any]:
         "environment": {host: _environment(host, hosts[host], cluster, servers, bouncers.get(host), redis["settings"],
                                            binds[host])
                         for host in app_hosts},
-        "units": {host: app_units(host, processes) for host in app_hosts},
+        "units": {host: app_units(processes_by_host.get(host, [])) for host in app_hosts},
         "hosts": {host: sorted(section for section in hosts[host] if section != "mastodon") for host in sorted(hosts)},
         "env_production": {host: hosts[host]["mastodon"]["env_production"] for host in sorted(hosts)},
+        "inventory": parsed["inventory"],
     }

@@ -12,7 +12,13 @@ from __future__ import annotations
 from typing import Dict, List, Mapping, Optional, Tuple
 from urllib.parse import quote
 
-from ansible_collections.fediscale.mastodon.plugins.module_utils.schema import parse_int, version_tuple
+from ansible_collections.fediscale.mastodon.plugins.module_utils.schema import (
+    PlanInputError, parse_int, version_tuple,
+)
+
+# The releases whose pools, queues and settings this file models.
+OLDEST_MODELLED = "4.2"
+NEWEST_MODELLED = "4.6"
 
 PUMA_DEFAULT_WORKERS = 2
 PUMA_DEFAULT_THREADS = 5
@@ -23,6 +29,53 @@ SIDEKIQ_DEFAULT_CONCURRENCY = 5
 # Variables that size a process; placed in .env.production they reach every
 # process on the host that does not set them itself.
 SIZING_VARIABLES = ("DB_POOL", "MAX_THREADS", "WEB_CONCURRENCY", "SIDEKIQ_CONCURRENCY")
+
+# rails db:migrate: Rails takes its migration advisory lock on a connection of
+# its own (activerecord/lib/active_record/migration.rb,
+# with_advisory_lock_connection), beside the one that runs the migrations.
+MIGRATION_CONNECTIONS = 2
+TOOTCTL_DEFAULT_CONCURRENCY = 5
+
+
+def tootctl_connections(concurrency: int) -> int:
+    """tootctl resets its pool to --concurrency + 1 (lib/mastodon/cli/base.rb, parallelize_with_progress)."""
+    return concurrency + 1
+
+
+def direct_connections(given: Mapping[str, object], tootctl_concurrency: int, where: str) -> Dict[str, int]:
+    """The direct users the plan counts: migrations and tootctl by what they open, then the named others.
+
+    ``given`` is mastodon_direct_connections: migrations and tootctl take auto
+    (their real count) or 0 (not counted: the room above the line covers
+    them); any other count for them is refused, since it would not be what
+    they open.
+    """
+    known = {"migrations": MIGRATION_CONNECTIONS, "tootctl": tootctl_connections(tootctl_concurrency)}
+    why = {"migrations": "rails db:migrate holds %d connections (one for Rails' migration advisory lock)"
+                         % MIGRATION_CONNECTIONS,
+           "tootctl": "tootctl opens --concurrency + 1 connections: %d at mastodon_tootctl_concurrency %d"
+                      % (known["tootctl"], tootctl_concurrency)}
+    result = dict(known)
+    for name, count in given.items():
+        if name in known:
+            if count not in ("auto", 0, known[name]):
+                raise PlanInputError("%s.%s" % (where, name), "%s is not what %s opens: %s" % (count, name, why[name]),
+                                     "write %s: auto (or 0 to leave it out of the count)%s"
+                                     % (name, ", and set mastodon_tootctl_concurrency" if name == "tootctl" else ""))
+            result[name] = known[name] if count == "auto" else count
+        elif count == "auto":
+            raise PlanInputError("%s.%s" % (where, name), "auto is known only for migrations and tootctl",
+                                 "give the number of connections %s opens" % name)
+        else:
+            result[name] = count
+    return result
+
+
+def version_outside_model(version: str) -> int:
+    """-1 for a release older than the model knows, 1 for a newer one, 0 inside."""
+    if version_tuple(version) < version_tuple(OLDEST_MODELLED):
+        return -1
+    return 1 if version_tuple(version)[:2] > version_tuple(NEWEST_MODELLED) else 0
 
 
 def known_queues(version: str) -> List[str]:
@@ -40,10 +93,11 @@ def used_queues(version: str, experimental_features: List[str]) -> List[str]:
 
 def _from_env(name: str, unit: Mapping[str, str], env_production: Mapping[str, str],
               where: str) -> Tuple[Optional[int], str]:
+    """A sizing variable from the unit, else from .env.production; ``where`` is the host's mastodon section."""
     if name in unit:
-        return parse_int(unit[name], "%s: %s in the unit" % (where, name), 1), "%s in the unit" % name
+        return parse_int(unit[name], "%s.environment.%s" % (where, name), 1, 1000), "%s in the unit" % name
     if name in env_production:
-        return (parse_int(env_production[name], "%s: %s in .env.production" % (where, name), 1),
+        return (parse_int(env_production[name], "%s.env_production.%s" % (where, name), 1, 1000),
                 "%s from .env.production" % name)
     return None, ""
 
@@ -55,8 +109,9 @@ def web_sizing(unit: Mapping[str, str], env_production: Mapping[str, str], where
     unit's values count for them (mastodon issue 28440); database.yml is read
     after dotenv, so the pool sees .env.production.
     """
-    workers = parse_int(unit.get("WEB_CONCURRENCY", PUMA_DEFAULT_WORKERS), where + ": WEB_CONCURRENCY", 1)
-    threads = parse_int(unit.get("MAX_THREADS", PUMA_DEFAULT_THREADS), where + ": MAX_THREADS", 1)
+    workers = parse_int(unit.get("WEB_CONCURRENCY", PUMA_DEFAULT_WORKERS), where + ".environment.WEB_CONCURRENCY",
+                        1, 1000)
+    threads = parse_int(unit.get("MAX_THREADS", PUMA_DEFAULT_THREADS), where + ".environment.MAX_THREADS", 1, 1000)
     pool, source = _from_env("DB_POOL", unit, env_production, where)
     if pool is None:
         pool, source = _from_env("MAX_THREADS", unit, env_production, where)

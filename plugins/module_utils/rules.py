@@ -55,6 +55,33 @@ def _breakdown(server: Dict[str, Any]) -> str:
     return ", ".join("%s %d" % (via, count) for via, count in sorted(parts.items()))
 
 
+# --- the inventory and the model ---
+
+@rule("mastodon-version-newer-than-model")
+def mastodon_version_newer_than_model(report: Report) -> Iterator[Finding]:
+    version = report["mastodon"]["version"]
+    if mastodon.version_outside_model(version) > 0:
+        yield finding(
+            "mastodon-version-newer-than-model", WARNING, None, "mastodon",
+            "Mastodon %s is newer than %s, the newest release the plan models: pools, queues and settings are "
+            "counted as %s counts them" % (version, mastodon.NEWEST_MODELLED, mastodon.NEWEST_MODELLED),
+            "check the release notes for new queues or pool settings, or upgrade fediscale.mastodon",
+            version=version, newest=mastodon.NEWEST_MODELLED)
+
+
+@rule("inventory-variable-unknown")
+def inventory_variable_unknown(report: Report) -> Iterator[Finding]:
+    for entry in report["inventory"]["unknown_variables"]:
+        hosts = entry["hosts"]
+        yield finding(
+            "inventory-variable-unknown", WARNING, hosts[0] if len(hosts) == 1 else None, entry["variable"],
+            "%s, set in %s, looks like a variable of the plan but is none; %d host(s) have it (%s)"
+            % (entry["variable"], entry["origin"], len(hosts),
+               ", ".join(hosts) if len(hosts) <= 3 else "%s .. %s" % (hosts[0], hosts[-1])),
+            "did you mean %s? If another role reads it, list it in mastodon_foreign_variables"
+            % entry["suggestion"], hosts=len(hosts))
+
+
 # --- PostgreSQL capacity ---
 
 @rule("connections-over-usable-capacity")
@@ -76,12 +103,14 @@ def connections_over_usable_capacity(report: Report) -> Iterator[Finding]:
 @rule("connections-over-warning-line")
 def connections_over_warning_line(report: Report) -> Iterator[Finding]:
     for role, server in report["servers"].items():
-        if server["warning_line"] < server["total"] <= server["usable"]:
+        # Reported beside connections-over-usable-capacity too: both numbers matter to the fix.
+        if server["total"] > server["warning_line"]:
             yield finding(
                 "connections-over-warning-line", WARNING, server["host"], "postgresql %s" % role,
-                "the plan opens %d of %d connections on the %s (%.1f %%), over the 90 %% line of %d; %d are left"
+                "the plan opens %d of %d connections on the %s (%.1f %%), over the 90 %% line of %d; %s"
                 % (server["total"], server["max_connections"], role, server["utilisation_percent"],
-                   server["warning_line"], server["loose"]),
+                   server["warning_line"], "%d are left" % server["loose"] if server["loose"] >= 0
+                   else "%d more than max_connections" % -server["loose"]),
                 "keep room for migrations, tootctl and a deploy's overlap: remove %d connections or raise "
                 "postgresql_max_connections" % (server["total"] - server["warning_line"]),
                 total=server["total"], warning_line=server["warning_line"], max_connections=server["max_connections"])
@@ -359,8 +388,7 @@ def _env_settings(report: Report, name: str) -> Iterator[tuple]:
 
 @rule("streaming-cluster-num-ignored")
 def streaming_cluster_num_ignored(report: Report) -> Iterator[Finding]:
-    if version_tuple(report["mastodon"]["version"]) < (4, 2):
-        return
+    # Every release the plan models (4.2 and later) ignores it.
     for host, place in _env_settings(report, "STREAMING_CLUSTER_NUM"):
         yield finding(
             "streaming-cluster-num-ignored", ERROR, host, "streaming",
@@ -690,6 +718,18 @@ def nginx_proxy_timeout_below_request_timeout(report: Report) -> Iterator[Findin
                 % (nginx["proxy_read_timeout"], timeout),
                 "set nginx_proxy_read_timeout to %d or more" % timeout,
                 proxy_read_timeout=nginx["proxy_read_timeout"], request_timeout=timeout)
+
+
+@rule("nginx-upstream-empty")
+def nginx_upstream_empty(report: Report) -> Iterator[Finding]:
+    for host, nginx in sorted(report["nginx"].items()):
+        for name, group in (("web_upstream", "web"), ("streaming_upstream", "streaming")):
+            if not nginx[name]:
+                yield finding(
+                    "nginx-upstream-empty", ERROR, host, "nginx",
+                    "nginx on %s proxies to %s, but no host in group %s runs it: nginx refuses an empty upstream "
+                    "and the site would not load" % (host, group, group),
+                    "add a host to group %s, or remove %s from group proxy" % (group, host))
 
 
 @rule("trusted-proxy-ip-missing")

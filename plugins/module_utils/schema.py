@@ -40,19 +40,33 @@ def suggest(name: str, known: List[str]) -> str:
 
 # --- value parsers: each takes (value, where) and returns the clean value ---
 
+# A number no field accepts, so a string of thousands of digits is refused
+# before Python converts it (and a field without its own range still has one).
+INT_CEILING = 2 ** 31 - 1
+_INT_TEXT = re.compile(r"\s*-?[0-9]{1,12}\s*")
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+
+
+def _show(value: Any) -> str:
+    """A value for a message: short, on one line, whatever the input."""
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
 def parse_int(value: Any, where: str, minimum: int = 0, maximum: Optional[int] = None) -> int:
+    """A whole number in [minimum, maximum]; integer strings (INI inventories) count, digits in ASCII only."""
+    if maximum is None:
+        maximum = INT_CEILING
     if isinstance(value, bool):
         raise PlanInputError(where, "expected a whole number, got the boolean %r" % value)
-    if isinstance(value, str) and re.fullmatch(r"\s*-?\d+\s*", value):
+    if isinstance(value, str) and _INT_TEXT.fullmatch(value):
         value = int(value)
     if isinstance(value, float) and value.is_integer():
         value = int(value)
     if not isinstance(value, int):
-        raise PlanInputError(where, "expected a whole number, got %r" % (value,))
-    if value < minimum:
-        raise PlanInputError(where, "must be at least %d, got %d" % (minimum, value))
-    if maximum is not None and value > maximum:
-        raise PlanInputError(where, "must be at most %d, got %d" % (maximum, value))
+        raise PlanInputError(where, "expected a whole number from %d to %d, got %s" % (minimum, maximum, _show(value)))
+    if not minimum <= value <= maximum:
+        raise PlanInputError(where, "must be from %d to %d, got %s" % (minimum, maximum, _show(value)))
     return value
 
 
@@ -61,19 +75,55 @@ def parse_bool(value: Any, where: str) -> bool:
         return value
     if isinstance(value, str) and value.strip().lower() in ("yes", "true", "on", "1", "no", "false", "off", "0"):
         return value.strip().lower() in ("yes", "true", "on", "1")
-    raise PlanInputError(where, "expected true or false, got %r" % (value,))
+    raise PlanInputError(where, "expected true or false, got %s" % _show(value))
 
 
 def parse_str(value: Any, where: str) -> str:
-    if not isinstance(value, str) or not value:
-        raise PlanInputError(where, "expected a non-empty string, got %r" % (value,))
+    """A name or setting: not blank, no control characters (they end up in files and unit names)."""
+    if not isinstance(value, str) or not value.strip():
+        raise PlanInputError(where, "expected a non-empty string, got %s" % _show(value))
+    if _CONTROL.search(value):
+        raise PlanInputError(where, "has a control character: %s" % _show(value), "remove it")
     return value
+
+
+# PostgreSQL truncates identifiers to NAMEDATALEN - 1 bytes.
+POSTGRESQL_NAME_BYTES = 63
+
+
+def postgresql_name(value: Any, where: str) -> str:
+    """A database or role name as pgbouncer.ini, pg_hba.conf and DB_NAME/DB_USER carry it."""
+    text = parse_str(value, where)
+    if text != text.strip() or re.search(r"[\s,\"'=#;]", text):
+        raise PlanInputError(where, "%s has white space or a quote, comma, =, # or ;" % _show(text),
+                             "pg_hba.conf and pgbouncer.ini cannot hold it unquoted; use letters, digits and _")
+    if len(text.encode("utf-8")) > POSTGRESQL_NAME_BYTES:
+        raise PlanInputError(where, "%s is longer than PostgreSQL's %d bytes" % (_show(text), POSTGRESQL_NAME_BYTES))
+    return text
+
+
+_HOST_LABEL = re.compile(r"(?!-)[A-Za-z0-9-]{1,63}(?<!-)")
+
+
+def host_address(value: Any, where: str) -> str:
+    """An IP address or a DNS name, as other hosts, nginx upstreams and pg_hba.conf use it."""
+    text = parse_str(value, where)
+    try:
+        ipaddress.ip_address(text)
+        return text
+    except ValueError:
+        pass
+    if len(text) > 253 or not all(_HOST_LABEL.fullmatch(label) for label in text.rstrip(".").split(".")):
+        raise PlanInputError(where, "%s is neither an IP address nor a DNS name" % _show(text),
+                             "give the address other hosts reach this one at, e.g. 10.0.0.21")
+    return text
 
 
 _SIZE_UNITS = {"kb": 1, "mb": 1024, "gb": 1024 ** 2, "tb": 1024 ** 3}
 
 
-def parse_size_kb(value: Any, where: str, bare_unit: Optional[str] = "kB") -> int:
+def parse_size_kb(value: Any, where: str, bare_unit: Optional[str] = "kB", minimum_kb: int = 0,
+                  maximum_kb: int = 64 * 1024 ** 3) -> int:
     """A memory size as PostgreSQL writes it (``4MB``, ``16GB``), in kB.
 
     ``bare_unit`` is the unit of a bare number (PostgreSQL's ``work_mem`` takes
@@ -81,12 +131,21 @@ def parse_size_kb(value: Any, where: str, bare_unit: Optional[str] = "kB") -> in
     """
     if isinstance(value, (int, float)) and not isinstance(value, bool):
         if bare_unit is None:
-            raise PlanInputError(where, "a size needs a unit, got %r" % (value,), "write it like 16GB or 512MB")
-        return parse_int(value, where) * _SIZE_UNITS[bare_unit.lower()]
-    match = re.fullmatch(r"\s*(\d+)\s*([kKmMgGtT][bB])\s*", value) if isinstance(value, str) else None
-    if not match:
-        raise PlanInputError(where, "expected a size such as 4MB or 16GB, got %r" % (value,))
-    return int(match.group(1)) * _SIZE_UNITS[match.group(2).lower()]
+            raise PlanInputError(where, "a size needs a unit, got %s" % _show(value), "write it like 16GB or 512MB")
+        kb = parse_int(value, where, 0, maximum_kb) * _SIZE_UNITS[bare_unit.lower()]
+    else:
+        match = re.fullmatch(r"\s*([0-9]{1,12})\s*([kKmMgGtT][bB])\s*", value) if isinstance(value, str) else None
+        if not match:
+            raise PlanInputError(where, "expected a size such as 4MB or 16GB, got %s" % _show(value))
+        kb = int(match.group(1)) * _SIZE_UNITS[match.group(2).lower()]
+    if not minimum_kb <= kb <= maximum_kb:
+        raise PlanInputError(where, "must be from %s to %s, got %s" % (format_size_kb(minimum_kb),
+                                                                      format_size_kb(maximum_kb), _show(value)))
+    return kb
+
+
+def size_kb(minimum_kb: int, bare_unit: Optional[str] = None) -> Callable[[Any, str], int]:
+    return lambda value, where: parse_size_kb(value, where, bare_unit, minimum_kb)
 
 
 def format_size_kb(kb: int) -> str:
@@ -110,15 +169,15 @@ class Field:
         return self.default is MISSING
 
 
-def integer(minimum: int = 0, maximum: Optional[int] = None) -> Callable[[Any, str], int]:
+def integer(minimum: int = 0, maximum: int = INT_CEILING) -> Callable[[Any, str], int]:
     return lambda value, where: parse_int(value, where, minimum, maximum)
 
 
-def integer_or_auto(minimum: int = 0) -> Callable[[Any, str], Any]:
+def integer_or_auto(minimum: int = 0, maximum: int = INT_CEILING) -> Callable[[Any, str], Any]:
     def parse(value: Any, where: str) -> Any:
         if value == AUTO:
             return AUTO
-        return parse_int(value, where, minimum)
+        return parse_int(value, where, minimum, maximum)
     return parse
 
 
@@ -126,18 +185,25 @@ def optional(parse: Callable[[Any, str], Any]) -> Callable[[Any, str], Any]:
     return lambda value, where: None if value is None else parse(value, where)
 
 
-def choice(*choices: str) -> Callable[[Any, str], str]:
+def choice(*choices: str, refused: Optional[Dict[str, tuple]] = None) -> Callable[[Any, str], str]:
+    """One of ``choices``; ``refused`` maps a value the service knows but Mastodon cannot use to (why, fix)."""
     def parse(value: Any, where: str) -> str:
+        if refused and value in refused:
+            raise PlanInputError(where, "%s: %s" % (_show(value), refused[value][0]), refused[value][1])
         if value not in choices:
-            raise PlanInputError(where, "expected one of %s, got %r" % (", ".join(choices), value))
+            raise PlanInputError(where, "expected one of %s, got %s" % (", ".join(choices), _show(value)))
         return value
     return parse
 
 
 def version(value: Any, where: str) -> str:
-    text = str(value).strip() if isinstance(value, (str, int, float)) and not isinstance(value, bool) else ""
-    if not re.fullmatch(r"\d+\.\d+(\.\d+)?", text):
-        raise PlanInputError(where, "expected a version such as 4.5 or 1.18, got %r" % (value,))
+    """A version as a string. YAML reads an unquoted 4.10 as the number 4.1: a number is refused."""
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        raise PlanInputError(where, "the version is the number %s, not a string; YAML reads 4.10 as 4.1" % _show(value),
+                             "quote it: '%s'" % value)
+    text = value.strip() if isinstance(value, str) else ""
+    if not re.fullmatch(r"[0-9]{1,3}\.[0-9]{1,3}(\.[0-9]{1,3})?", text):
+        raise PlanInputError(where, "expected a version such as '4.6' or '1.24', got %s" % _show(value))
     return text
 
 
@@ -145,32 +211,118 @@ def version_tuple(text: str) -> tuple:
     return tuple(int(part) for part in text.split("."))
 
 
-def string_list(value: Any, where: str) -> List[str]:
+def string_list(value: Any, where: str, maximum: int = 100) -> List[str]:
     if isinstance(value, str) or not isinstance(value, (list, tuple)):
-        raise PlanInputError(where, "expected a list of strings, got %r" % (value,))
+        raise PlanInputError(where, "expected a list of strings, got %s" % _show(value))
+    if len(value) > maximum:
+        raise PlanInputError(where, "lists %d items; at most %d are accepted" % (len(value), maximum))
     return [parse_str(item, "%s[%d]" % (where, index)) for index, item in enumerate(value)]
+
+
+# Mastodon's Redis settings (lib/mastodon/redis_configuration.rb) by suffix, checked as Mastodon would parse them.
+REDIS_SETTING_PREFIXES = ("SIDEKIQ_REDIS_", "CACHE_REDIS_", "REDIS_")
+
+
+def _redis_url(value: str, where: str) -> str:
+    match = re.fullmatch(r"(redis|rediss|unix)://(.*)", value)
+    if not match:
+        raise PlanInputError(where, "%s is not a redis://, rediss:// or unix:// URL" % _show(value),
+                             "write it like redis://10.0.0.11:6379/0")
+    scheme, rest = match.groups()
+    if scheme == "unix":
+        return value
+    authority = rest.split("/", 1)[0].rsplit("@", 1)[-1]
+    host, colon, number = authority.rpartition(":") if not authority.endswith("]") else (authority, "", "")
+    if not colon:
+        host, number = authority, ""
+    if not host.strip("[]"):
+        raise PlanInputError(where, "%s names no host" % _show(value), "write it like redis://10.0.0.11:6379/0")
+    if number:
+        port(number, where + " (its port)")
+    database = rest.split("/", 1)[1] if "/" in rest else ""
+    if database:
+        parse_int(database, where + " (its database number)", 0, 1000000)
+    return value
+
+
+def _redis_sentinels(value: str, where: str) -> str:
+    for item in value.split(","):
+        host, colon, number = item.strip().rpartition(":")
+        host_address(host if colon else item.strip(), where)
+        if colon:
+            port(number, where)
+    return value
+
+
+REDIS_SETTING_CHECKS: Dict[str, Callable[[str, str], Any]] = {
+    "URL": _redis_url,
+    "HOST": lambda value, where: host_address(value, where),
+    "PORT": lambda value, where: port(value, where),
+    "DB": lambda value, where: parse_int(value, where, 0, 1000000),
+    "SENTINELS": _redis_sentinels,
+    "SENTINEL_PORT": lambda value, where: port(value, where),
+}
+
+
+def check_mastodon_setting(name: str, value: str, where: str) -> None:
+    """Settings Mastodon parses itself (Redis URLs, hosts, ports): refused here rather than at boot."""
+    for prefix in REDIS_SETTING_PREFIXES:
+        if name.startswith(prefix):
+            check = REDIS_SETTING_CHECKS.get(name[len(prefix):])
+            if check is not None:
+                check(value, where)
+            return
 
 
 def env_mapping(value: Any, where: str) -> Dict[str, str]:
     """Environment variables: names as written, values as strings (as a process sees them)."""
     if not isinstance(value, Mapping):
-        raise PlanInputError(where, "expected a mapping of environment variables, got %r" % (value,))
+        raise PlanInputError(where, "expected a mapping of environment variables, got %s" % _show(value))
     result = {}
     for name, item in value.items():
-        if not isinstance(name, str) or not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", name):
-            raise PlanInputError(where, "%r is not an environment variable name" % (name,))
+        if not isinstance(name, str) or not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]{0,127}", name):
+            raise PlanInputError(where, "%s is not an environment variable name" % _show(name))
         if isinstance(item, bool):
             item = "true" if item else "false"
-        if item is None or isinstance(item, (list, dict)):
-            raise PlanInputError("%s.%s" % (where, name), "expected a string or number, got %r" % (item,))
-        result[name] = str(item)
+        if item is None or isinstance(item, (list, dict)) or isinstance(item, float) and not item.is_integer():
+            raise PlanInputError("%s.%s" % (where, name), "expected a string or whole number, got %s" % _show(item))
+        text = str(int(item)) if isinstance(item, float) else str(item)
+        if _CONTROL.search(text) or len(text) > 4096:
+            raise PlanInputError("%s.%s" % (where, name), "a control character or more than 4096 characters: %s"
+                                 % _show(text), "an environment file holds one line per variable")
+        check_mastodon_setting(name, text, "%s.%s" % (where, name))
+        result[name] = text
     return result
 
 
-def count_mapping(value: Any, where: str) -> Dict[str, int]:
+# Variables that size a process. In mastodon_environment they would reach every
+# unit on the host, and systemd lets the environment file win over each unit's own.
+SIZING_VARIABLES = {"DB_POOL": "web_db_pool, streaming_db_pool or sidekiq_queues[].db_pool",
+                    "MAX_THREADS": "web_max_threads", "WEB_CONCURRENCY": "web_concurrency",
+                    "SIDEKIQ_CONCURRENCY": "sidekiq_queues[].concurrency"}
+
+
+def unit_environment(value: Any, where: str) -> Dict[str, str]:
+    """mastodon_environment: every unit's extra variables, sizing excepted."""
+    result = env_mapping(value, where)
+    for name, variable in SIZING_VARIABLES.items():
+        if name in result:
+            raise PlanInputError("%s.%s" % (where, name), "sizes every Mastodon unit on the host at once, and the "
+                                 "environment file would win over each unit's own value",
+                                 "remove it and set %s" % variable)
+    return result
+
+
+def count_mapping(value: Any, where: str) -> Dict[str, Any]:
+    """Named direct connections: a count each (0 to 1000), or auto where the model knows the count."""
     if not isinstance(value, Mapping):
-        raise PlanInputError(where, "expected a mapping of name to connection count, got %r" % (value,))
-    return {str(name): parse_int(item, "%s.%s" % (where, name)) for name, item in value.items()}
+        raise PlanInputError(where, "expected a mapping of name to connection count, got %s" % _show(value))
+    result = {}
+    for name, item in value.items():
+        if not isinstance(name, str) or not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}", name):
+            raise PlanInputError(where, "%s is not a name (letters, digits, _ . -)" % _show(name))
+        result[name] = integer_or_auto(0, 1000)(item, "%s.%s" % (where, name))
+    return result
 
 
 LIVE_LIMITS = ("max_connections", "superuser_reserved_connections", "reserved_connections")
@@ -179,7 +331,7 @@ LIVE_LIMITS = ("max_connections", "superuser_reserved_connections", "reserved_co
 def live_limits(value: Any, where: str) -> Dict[str, Any]:
     """What was read from a running server: its limits, or why they could not be read."""
     if not isinstance(value, Mapping) or not ("error" in value or all(key in value for key in LIVE_LIMITS)):
-        raise PlanInputError(where, "expected %s, or error, got %r" % (", ".join(LIVE_LIMITS), value))
+        raise PlanInputError(where, "expected %s, or error, got %s" % (", ".join(LIVE_LIMITS), _show(value)))
     if "error" in value:
         return {"error": parse_str(value["error"], where + ".error")}
     return {key: parse_int(value[key], "%s.%s" % (where, key)) for key in LIVE_LIMITS}
@@ -190,10 +342,13 @@ def address_list(value: Any, where: str) -> str:
     text = parse_str(value, where)
     for item in re.split(r"[\s,]+", text.strip()):
         try:
-            ipaddress.ip_network(item, strict=False)
+            network = ipaddress.ip_network(item, strict=False)
         except ValueError:
-            raise PlanInputError(where, "%r is not an IP address or network" % item,
+            raise PlanInputError(where, "%s is not an IP address or network" % _show(item),
                                  "Mastodon refuses to boot with it; give addresses such as 10.0.0.5 or 10.0.0.0/24")
+        if network.prefixlen == 0:
+            raise PlanInputError(where, "%s trusts every address: any client could set X-Forwarded-For and "
+                                 "pose as any other" % item, "list only your proxies' addresses, e.g. 10.0.0.5")
     return text
 
 
@@ -202,19 +357,44 @@ def port(value: Any, where: str) -> int:
 
 
 def port_list(value: Any, where: str) -> List[int]:
-    if isinstance(value, (str, bytes)) or not isinstance(value, (list, tuple)):
-        raise PlanInputError(where, "expected a list of ports, got %r" % (value,))
+    if isinstance(value, (str, bytes)) or not isinstance(value, (list, tuple)) or not value:
+        raise PlanInputError(where, "expected a list of ports, got %s" % _show(value))
+    if len(value) > 64:
+        raise PlanInputError(where, "lists %d ports; at most 64 are accepted" % len(value))
     ports = [port(item, "%s[%d]" % (where, index)) for index, item in enumerate(value)]
     if len(set(ports)) != len(ports):
         raise PlanInputError(where, "lists a port twice: %s" % ports)
     return ports
 
 
-def records(fields: Dict[str, Field], what: str) -> Callable[[Any, str], List[Dict[str, Any]]]:
+def named(pattern: str, what: str) -> Callable[[Any, str], str]:
+    """A name that becomes part of a unit name or path."""
+    def parse(value: Any, where: str) -> str:
+        text = parse_str(value, where)
+        if not re.fullmatch(pattern, text):
+            raise PlanInputError(where, "%s is not a valid %s" % (_show(text), what),
+                                 "use letters, digits, _ and -, starting with a letter or digit")
+        return text
+    return parse
+
+
+def redis_save(value: Any, where: str) -> str:
+    """Redis' save: "" (off) or pairs of seconds and changes, as a string or a list."""
+    text = value if isinstance(value, str) else " ".join(string_list(value, where))
+    numbers = text.split()
+    if len(numbers) % 2 or not all(re.fullmatch(r"[0-9]{1,9}", number) for number in numbers):
+        raise PlanInputError(where, "expected \"\" or pairs of seconds and changes such as \"3600 1 300 100\", got %s"
+                             % _show(value))
+    return " ".join(numbers)
+
+
+def records(fields: Dict[str, Field], what: str, maximum: int = 100) -> Callable[[Any, str], List[Dict[str, Any]]]:
     """A list of mappings, each checked against ``fields`` (typos are errors)."""
     def parse(value: Any, where: str) -> List[Dict[str, Any]]:
         if isinstance(value, (str, bytes)) or not isinstance(value, (list, tuple)):
-            raise PlanInputError(where, "expected a list of %s, got %r" % (what, value))
+            raise PlanInputError(where, "expected a list of %s, got %s" % (what, _show(value)))
+        if len(value) > maximum:
+            raise PlanInputError(where, "lists %d %s; at most %d are accepted" % (len(value), what, maximum))
         return [parse_section(item, fields, "%s[%d]" % (where, index)) for index, item in enumerate(value)]
     return parse
 
@@ -223,7 +403,7 @@ def parse_section(value: Any, fields: Dict[str, Field], where: str) -> Dict[str,
     if value is None:
         value = {}
     if not isinstance(value, Mapping):
-        raise PlanInputError(where, "expected a mapping, got %r" % (value,))
+        raise PlanInputError(where, "expected a mapping, got %s" % _show(value))
     known = list(fields)
     for key in value:
         if key not in fields:
@@ -242,41 +422,49 @@ def parse_section(value: Any, fields: Dict[str, Field], where: str) -> Dict[str,
 
 # --- the sections ---
 
+NOFILE_CEILING = 1073741816  # the kernel's largest fs.nr_open
+
 CLUSTER = {
-    "version": Field(version, "4.5", "Mastodon version"),
+    "version": Field(version, "4.6", "Mastodon version"),
     "experimental_features": Field(string_list, [], "EXPERIMENTAL_FEATURES, e.g. [fasp]"),
-    "request_timeout": Field(integer(1), 120, "seconds Mastodon works on a request"),
+    "request_timeout": Field(integer(1, 3600), 120, "seconds Mastodon works on a request"),
     "trusted_proxy_ip": Field(optional(address_list), None, "TRUSTED_PROXY_IP: the proxies' addresses"),
     "migrations_via": Field(choice("direct", "pgbouncer"), "direct", "how rails db:migrate reaches PostgreSQL"),
-    "db_name": Field(parse_str, "mastodon_production", "DB_NAME: Mastodon's database"),
-    "db_user": Field(parse_str, "mastodon", "DB_USER: the role Mastodon connects as"),
-    "direct_connections": Field(count_mapping, {"migrations": 1, "tootctl": 1},
-                                "connections that bypass pgbouncer"),
+    "db_name": Field(postgresql_name, "mastodon_production", "DB_NAME: Mastodon's database"),
+    "db_user": Field(postgresql_name, "mastodon", "DB_USER: the role Mastodon connects as"),
+    "direct_connections": Field(count_mapping, {},
+                                "connections that bypass pgbouncer, by name, added to migrations (auto: 2) and "
+                                "tootctl (auto: its concurrency + 1); 0 leaves one out"),
+    "tootctl_concurrency": Field(integer(1, 100), 5, "tootctl --concurrency; tootctl opens this + 1 connections"),
     "redis_settings": Field(optional(env_mapping), None, "Mastodon's REDIS_* settings, when not derived"),
-    "redis_sentinel_quorum": Field(integer_or_auto(1), AUTO,
+    "redis_sentinel_quorum": Field(integer_or_auto(1, 100), AUTO,
                                    "sentinels that must agree a master is down; default a majority"),
-    "redis_sentinel_down_after_ms": Field(integer(1000), 30000,
+    "redis_sentinel_down_after_ms": Field(integer(1000, 3600000), 30000,
                                           "milliseconds a master stays unreachable before it counts as down"),
 }
 
 HOST = {
-    "nofile_hard_limit": Field(integer(1), 524288, "the host's hard open-file limit"),
+    "nofile_hard_limit": Field(integer(1, NOFILE_CEILING), 524288, "the host's hard open-file limit"),
     "env_production": Field(env_mapping, {}, "sizing variables found in .env.production"),
-    "environment": Field(env_mapping, {}, "extra variables in every Mastodon unit's environment"),
-    "address": Field(optional(parse_str), None, "address other hosts use for this host"),
+    "environment": Field(unit_environment, {}, "extra variables in every Mastodon unit's environment"),
+    "address": Field(optional(host_address), None, "address other hosts use for this host"),
 }
+
+# Below 64kB PostgreSQL refuses work_mem.
+WORK_MEM_MINIMUM_KB = 64
 
 POSTGRESQL = {
     "role": Field(choice("primary", "replica"), "primary", "primary or replica"),
-    "max_connections": Field(integer(1), 200, "PostgreSQL max_connections"),
-    "superuser_reserved_connections": Field(integer(0), 3, ""),
-    "reserved_connections": Field(integer(0), 0, "PostgreSQL 16+"),
-    "work_mem": Field(optional(parse_size_kb), None, "default: the PGTune value for this host"),
-    "ram": Field(lambda v, w: parse_size_kb(v, w, None), MISSING, "RAM of the database host, e.g. 16GB"),
-    "cpus": Field(optional(integer(1)), None, "CPU count, for PGTune"),
+    "max_connections": Field(integer(1, 262143), 200, "PostgreSQL max_connections"),
+    "superuser_reserved_connections": Field(integer(0, 262142), 3, ""),
+    "reserved_connections": Field(integer(0, 262142), 0, "PostgreSQL 16+"),
+    "work_mem": Field(optional(lambda v, w: parse_size_kb(v, w, "kB", WORK_MEM_MINIMUM_KB, 2 * 1024 ** 3)), None,
+                      "default: the PGTune value for this host"),
+    "ram": Field(size_kb(128 * 1024), MISSING, "RAM of the database host, e.g. 16GB"),
+    "cpus": Field(optional(integer(1, 4096)), None, "CPU count, for PGTune"),
     "disk_type": Field(choice("ssd", "nvme", "san", "hdd"), "ssd", ""),
     "database_size": Field(choice("less_ram", "mid_ram", "greater_ram"), "mid_ram", "database size relative to RAM"),
-    "version": Field(integer(10), 15, "PostgreSQL major version"),
+    "version": Field(integer(10, 99), 15, "PostgreSQL major version"),
     "acknowledge_max_connections_over_1000": Field(parse_bool, False, ""),
     "limits_from": Field(choice("inventory", "live"), "inventory",
                          "where max_connections and the reserved slots come from: the inventory, or the running "
@@ -285,23 +473,23 @@ POSTGRESQL = {
 }
 
 WEB = {
-    "concurrency": Field(integer(1), 2, "WEB_CONCURRENCY: Puma workers"),
-    "max_threads": Field(optional(integer(1)), None, "MAX_THREADS: threads per worker"),
-    "db_pool": Field(optional(integer(1)), None, "DB_POOL of each worker"),
+    "concurrency": Field(integer(1, 512), 2, "WEB_CONCURRENCY: Puma workers"),
+    "max_threads": Field(optional(integer(1, 512)), None, "MAX_THREADS: threads per worker"),
+    "db_pool": Field(optional(integer(1, 1000)), None, "DB_POOL of each worker"),
     "port": Field(port, 3000, ""),
 }
 
 STREAMING = {
     "ports": Field(port_list, [4000], "one mastodon-streaming@PORT instance per port"),
-    "db_pool": Field(optional(integer(1)), None, "DB_POOL of each instance"),
+    "db_pool": Field(optional(integer(1, 1000)), None, "DB_POOL of each instance"),
 }
 
 SIDEKIQ_QUEUE = {
-    "queue": Field(optional(parse_str), None, "the one queue of this unit"),
+    "queue": Field(optional(named(r"[a-z][a-z0-9_]{0,63}", "queue name")), None, "the one queue of this unit"),
     "queues": Field(optional(string_list), None, "several queues (refused: one queue per unit)"),
-    "instances": Field(integer(0), 1, "processes of this unit"),
-    "concurrency": Field(optional(integer(1)), None, "sidekiq -c"),
-    "db_pool": Field(optional(integer(1)), None, "DB_POOL of each process"),
+    "instances": Field(integer(0, 1000), 1, "processes of this unit"),
+    "concurrency": Field(optional(integer(1, 1000)), None, "sidekiq -c"),
+    "db_pool": Field(optional(integer(1, 1000)), None, "DB_POOL of each process"),
 }
 
 SIDEKIQ = {
@@ -310,44 +498,51 @@ SIDEKIQ = {
 
 PGBOUNCER = {
     "enabled": Field(parse_bool, True, "pgbouncer in front of this host's processes"),
-    "pool_mode": Field(choice("transaction", "session", "statement"), "transaction", ""),
-    "default_pool_size": Field(integer_or_auto(1), AUTO, "server connections per database/user pair"),
-    "reserve_pool_size": Field(integer(0), 0, ""),
-    "max_client_conn": Field(integer_or_auto(1), AUTO, ""),
-    "max_db_connections": Field(integer(0), 0, "0: unlimited"),
-    "processes": Field(integer(1), 1, "pgbouncer processes on this host"),
-    "limit_nofile": Field(integer_or_auto(1), AUTO, "LimitNOFILE of each process"),
-    "users": Field(integer(1), 1, "database users that connect through it"),
+    "pool_mode": Field(choice("transaction", "session", refused={"statement": (
+        "Mastodon runs transactions of several statements, which statement pooling refuses",
+        "use pool_mode transaction")}), "transaction", ""),
+    "default_pool_size": Field(integer_or_auto(1, 10000), AUTO, "server connections per database/user pair"),
+    "reserve_pool_size": Field(integer(0, 10000), 0, ""),
+    "max_client_conn": Field(integer_or_auto(1, 1000000), AUTO, ""),
+    "max_db_connections": Field(integer(0, 100000), 0, "0: unlimited"),
+    "processes": Field(integer(1, 64), 1, "pgbouncer processes on this host"),
+    "limit_nofile": Field(integer_or_auto(1, NOFILE_CEILING), AUTO, "LimitNOFILE of each process"),
+    "users": Field(integer(1, 100), 1, "database users that connect through it"),
     "version": Field(version, "1.18", "pgbouncer version (Debian 12: 1.18)"),
 }
 
+REDIS_MAXMEMORY_POLICIES = ("noeviction", "allkeys-lru", "allkeys-lfu", "allkeys-random", "volatile-lru",
+                            "volatile-lfu", "volatile-random", "volatile-ttl")
+
 REDIS_INSTANCE = {
-    "name": Field(parse_str, MISSING, "instance name, e.g. cache"),
+    # The name goes into redis-server@NAME.service and /etc/redis/redis-NAME.conf.
+    "name": Field(named(r"[A-Za-z0-9][A-Za-z0-9_-]{0,31}", "Redis instance name"), MISSING,
+                  "instance name, e.g. cache"),
     "purpose": Field(choice("cache", "persistent", "sidekiq"), MISSING, "cache, persistent or sidekiq"),
     "port": Field(port, 6379, ""),
-    "maxmemory": Field(optional(lambda v, w: parse_size_kb(v, w, None)), None, "e.g. 2GB"),
-    "maxmemory_policy": Field(optional(parse_str), None, "default by purpose"),
+    "maxmemory": Field(optional(size_kb(1024)), None, "e.g. 2GB"),
+    "maxmemory_policy": Field(optional(choice(*REDIS_MAXMEMORY_POLICIES)), None, "default by purpose"),
     "appendonly": Field(optional(parse_bool), None, "default by purpose"),
     "appendfsync": Field(choice("always", "everysec", "no"), "everysec", ""),
-    "save": Field(optional(lambda v, w: v if isinstance(v, str) else " ".join(string_list(v, w))), None,
-                  "RDB schedule; \"\" disables it"),
-    "sentinel_master": Field(optional(parse_str), None,
+    "save": Field(optional(redis_save), None, "RDB schedule; \"\" disables it"),
+    "sentinel_master": Field(optional(named(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}", "Sentinel master name")), None,
                              "the name Sentinel monitors this instance's replicated set by; the instances of one "
                              "name on several hosts form the set"),
 }
 
 REDIS = {
-    "instances": Field(records(REDIS_INSTANCE, "Redis instances"), [], ""),
+    "instances": Field(records(REDIS_INSTANCE, "Redis instances", 32), [], ""),
     "sentinel": Field(parse_bool, False, "this host runs a Redis Sentinel that monitors every replicated set"),
     "sentinel_port": Field(port, 26379, ""),
 }
 
 NGINX = {
-    "expected_clients": Field(integer(1), 2048, "client connections nginx should hold at once"),
-    "worker_connections": Field(integer_or_auto(1), AUTO, "default 2 × expected_clients (a proxied client holds two)"),
-    "worker_rlimit_nofile": Field(integer_or_auto(1), AUTO, "default 2 × worker_connections"),
-    "limit_nofile": Field(integer_or_auto(1), AUTO, "systemd LimitNOFILE; default worker_rlimit_nofile"),
-    "proxy_read_timeout": Field(integer(1), 120, "seconds"),
+    "expected_clients": Field(integer(1, 10000000), 2048, "client connections nginx should hold at once"),
+    "worker_connections": Field(integer_or_auto(1, 10000000), AUTO,
+                                "default 2 × expected_clients (a proxied client holds two)"),
+    "worker_rlimit_nofile": Field(integer_or_auto(1, NOFILE_CEILING), AUTO, "default 2 × worker_connections"),
+    "limit_nofile": Field(integer_or_auto(1, NOFILE_CEILING), AUTO, "systemd LimitNOFILE; default worker_rlimit_nofile"),
+    "proxy_read_timeout": Field(integer(1, 86400), 120, "seconds"),
 }
 
 
@@ -369,6 +564,31 @@ HOST_SECTIONS = {
 }
 APP_SECTIONS = ("web", "streaming", "sidekiq")
 GROUPS = tuple(section.group for section in HOST_SECTIONS.values() if section.group)
+# Settings that would send a pgbouncer host's Mastodon processes around their pgbouncer.
+DATABASE_ENDPOINT_SETTINGS = ("DB_HOST", "DB_PORT", "DATABASE_URL", "REPLICA_DB_HOST", "REPLICA_DB_PORT",
+                              "REPLICA_DATABASE_URL")
+
+
+def host_where(host: str, section: str) -> str:
+    """Where a host's section sits, in the form inventory.inventory_wording turns into a variable name."""
+    return "host %s, %s" % (host, section)
+
+
+def _check_pgbouncer_not_bypassed(host: str, parsed: Dict[str, Any]) -> None:
+    bouncer = parsed.get("pgbouncer")
+    if not bouncer or not bouncer["enabled"]:
+        return
+    for key in ("environment", "env_production"):
+        # The units set DB_HOST and DB_PORT themselves (they win over .env.production); a URL there does not.
+        names = DATABASE_ENDPOINT_SETTINGS if key == "environment" else ("DATABASE_URL", "REPLICA_DATABASE_URL")
+        for name in names:
+            if name in parsed["mastodon"][key]:
+                raise PlanInputError(
+                    "%s.%s.%s" % (host_where(host, "mastodon"), key, name),
+                    "sends the Mastodon processes on %s around the planned pgbouncer, so the plan's count of "
+                    "their connections would be wrong" % host,
+                    "remove it: the collection points them at the local pgbouncer (or set pgbouncer_enabled: "
+                    "false on %s)" % host)
 
 
 def parse_description(description: Any) -> Dict[str, Any]:
@@ -377,26 +597,42 @@ def parse_description(description: Any) -> Dict[str, Any]:
         raise PlanInputError("cluster description", "expected a mapping with keys mastodon and hosts, got %r"
                              % (type(description).__name__,))
     for key in description:
-        if key not in ("mastodon", "hosts"):
+        if key not in ("mastodon", "hosts", "inventory"):
             raise PlanInputError(str(key), "unknown top-level key", suggest(str(key), ["mastodon", "hosts"]))
     hosts = description.get("hosts")
     if not isinstance(hosts, Mapping) or not hosts:
-        raise PlanInputError("hosts", "expected a mapping of host name to its sections, got %r" % (hosts,),
+        raise PlanInputError("hosts", "expected a mapping of host name to its sections, got %s" % _show(hosts),
                              "list at least the database host and one Mastodon host")
-    result = {"mastodon": parse_section(description.get("mastodon"), CLUSTER, "mastodon"), "hosts": {}}
+    result = {"mastodon": parse_section(description.get("mastodon"), CLUSTER, "mastodon"), "hosts": {},
+              "inventory": parse_section(description.get("inventory"), INVENTORY, "inventory")}
     for name, sections in hosts.items():
-        where = "hosts.%s" % name
+        name = str(name)
+        where = "host %s" % name
         if not isinstance(sections, Mapping):
-            raise PlanInputError(where, "expected a mapping of sections, got %r" % (sections,))
+            raise PlanInputError(where, "expected a mapping of sections, got %s" % _show(sections))
         for section in sections:
             if section not in HOST_SECTIONS:
-                raise PlanInputError("%s.%s" % (where, section), "unknown section", suggest(str(section),
-                                                                                            list(HOST_SECTIONS)))
-        parsed = {"mastodon": parse_section(sections.get("mastodon"), HOST, where + ".mastodon")}
+                raise PlanInputError(host_where(name, str(section)), "unknown section",
+                                     suggest(str(section), list(HOST_SECTIONS)))
+        parsed = {"mastodon": parse_section(sections.get("mastodon"), HOST, host_where(name, "mastodon"))}
         for section, spec in HOST_SECTIONS.items():
             if section != "mastodon" and section in sections:
-                parsed[section] = parse_section(sections[section], spec.fields, "%s.%s" % (where, section))
+                parsed[section] = parse_section(sections[section], spec.fields, host_where(name, section))
         if any(section in parsed for section in APP_SECTIONS) and "pgbouncer" not in parsed:
-            parsed["pgbouncer"] = parse_section({}, PGBOUNCER, where + ".pgbouncer")
+            parsed["pgbouncer"] = parse_section({}, PGBOUNCER, host_where(name, "pgbouncer"))
+        _check_pgbouncer_not_bypassed(name, parsed)
         result["hosts"][str(name)] = parsed
     return result
+
+
+# What reading the inventory noticed but did not refuse (inventory.description_from_inventory).
+UNKNOWN_VARIABLE = {
+    "variable": Field(parse_str, MISSING, ""),
+    "origin": Field(parse_str, MISSING, "where it is set: its host_vars, a group, or group all"),
+    "hosts": Field(lambda value, where: string_list(value, where, 1000000), MISSING, "the hosts that have it"),
+    "suggestion": Field(optional(parse_str), None, ""),
+}
+
+INVENTORY = {
+    "unknown_variables": Field(records(UNKNOWN_VARIABLE, "unknown variables", 100000), [], ""),
+}

@@ -37,16 +37,20 @@ def pgbouncer_fd_need(max_client_conn: int, pool_size: int, reserve_pool_size: i
 
 
 def pgbouncer_server_connections(processes: int, users: int, pool_size: int, reserve_pool_size: int,
-                                 max_db_connections: int = 0) -> int:
+                                 max_db_connections: int = 0, clients: Optional[int] = None) -> int:
     """Server connections of one host's pgbouncer processes to one database.
 
     Each process opens up to (pool + reserve) per user, or max_db_connections
-    per database when that is lower (0: no cap).
+    per database when that is lower (0: no cap). pgbouncer opens a server
+    connection only for a client that needs one (min_pool_size 0), so the
+    host never opens more than its ``clients`` (doc/config.md, default_pool_size
+    and min_pool_size).
     """
     per_process = users * (pool_size + reserve_pool_size)
     if max_db_connections:
         per_process = min(per_process, max_db_connections)
-    return processes * per_process
+    total = processes * per_process
+    return total if clients is None else min(total, clients)
 
 
 def pgbouncer_sizing(local_clients: int, server_share: Optional[int] = None, processes: int = 1,
@@ -66,7 +70,8 @@ def pgbouncer_sizing(local_clients: int, server_share: Optional[int] = None, pro
     reaches any one process (SO_REUSEPORT does not balance evenly) plus
     CLIENT_GROWTH_PERCENT, at least pgbouncer's default 100.
     ``limit_nofile`` (auto): the file-descriptor need plus FD_MARGIN.
-    ``server_connections``: to each database server.
+    ``server_connections``: to the database server the ``local_clients`` use,
+    never more than they are.
     """
     if default_pool_size == AUTO:
         pool = PGBOUNCER_DEFAULT_POOL_SIZE
@@ -87,7 +92,7 @@ def pgbouncer_sizing(local_clients: int, server_share: Optional[int] = None, pro
         "fd_need": fd_need,
         "limit_nofile": limit_nofile,
         "server_connections": pgbouncer_server_connections(processes, users, default_pool_size, reserve_pool_size,
-                                                           max_db_connections),
+                                                           max_db_connections, local_clients),
     }
 
 

@@ -5,7 +5,7 @@ import copy
 QUEUES = ["default", "push", "ingress", "mailers", "pull", "scheduler"]
 
 BASE = {
-    "mastodon": {"version": "4.5", "direct_connections": {"migrations": 1, "tootctl": 1}},
+    "mastodon": {"version": "4.5"},
     "hosts": {
         "db1": {"postgresql": {"max_connections": 200, "ram": "16GB"}},
         "redis1": {"redis": {"instances": [

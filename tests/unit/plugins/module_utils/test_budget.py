@@ -9,7 +9,7 @@ from ansible_collections.fediscale.mastodon.plugins.module_utils import budget, 
 from ...clusters import QUEUES, cluster
 
 NORA = {
-    "mastodon": {"version": "4.5", "direct_connections": {}},
+    "mastodon": {"version": "4.5", "direct_connections": {"migrations": 0, "tootctl": 0}},
     "hosts": {
         "db1": {"postgresql": {"max_connections": 200, "ram": "16GB"}, "redis": {"instances": [
             {"name": "persistent", "purpose": "persistent"},
@@ -22,6 +22,67 @@ NORA = {
                                    ("mailers", 5), ("scheduler", 5)]]}},
     },
 }
+
+
+# The base cluster's direct connections: migrations 2, tootctl at concurrency 5 opens 6.
+DIRECT = 2 + 6
+
+
+def test_direct_connections_count_what_migrations_and_tootctl_open():
+    """Migrations hold 2: Rails takes its migration advisory lock on a connection of its own
+    (activerecord/lib/active_record/migration.rb, with_advisory_lock_connection). tootctl resets its
+    pool to --concurrency + 1 (mastodon lib/mastodon/cli/base.rb); tootctl's default concurrency is 5."""
+    report = plan.connection_budget(cluster())
+    assert report["direct_connections"] == {"migrations": 2, "tootctl": 6}
+    report = plan.connection_budget(cluster(mastodon__tootctl_concurrency=16,
+                                            mastodon__direct_connections={"pghero": 2, "tootctl": "auto"}))
+    assert report["direct_connections"] == {"migrations": 2, "tootctl": 17, "pghero": 2}
+    sources = {item["host"]: item["connections"] for item in report["servers"]["primary"]["sources"]
+               if item["via"] == "direct connection"}
+    assert sources == {"migrations": 2, "tootctl": 17, "pghero": 2}
+
+
+def test_direct_connections_left_out_on_purpose():
+    report = plan.connection_budget(cluster(mastodon__direct_connections={"migrations": 0, "tootctl": 0}))
+    assert report["direct_connections"] == {"migrations": 0, "tootctl": 0}
+    assert report["servers"]["primary"]["total"] == 50
+
+
+def test_fixed_pgbouncer_pool_never_counts_more_than_its_clients():
+    """pgbouncer opens a server connection only for a client that needs one (min_pool_size 0: pgbouncer
+    doc/config.md), so a host running only the scheduler (5 clients) with pool 20 opens 5, not 20."""
+    description = cluster(hosts__worker1__sidekiq={"queues": [
+        {"queue": queue, "concurrency": 5} for queue in QUEUES if queue != "scheduler"]},
+        hosts__worker2={"sidekiq": {"queues": [{"queue": "scheduler", "concurrency": 5}]},
+                        "pgbouncer": {"default_pool_size": 20}})
+    report = plan.connection_budget(description)
+    assert report["pgbouncer"]["worker2"]["clients"] == 5
+    assert report["pgbouncer"]["worker2"]["primary_connections"] == 5
+    assert report["servers"]["primary"]["total"] == 20 + 25 + 5 + DIRECT
+
+
+def test_fixed_pool_cap_counts_in_the_share_of_auto_pools():
+    # Line 36 of 40 - direct 8 - web1's 20 = 8; worker2's fixed pool 20 serves 5 clients and takes 5, worker1 3.
+    description = cluster(hosts__db1={"postgresql": {"max_connections": 40, "ram": "16GB"}},
+                          hosts__worker1={"sidekiq": {"queues": [
+                              {"queue": queue, "concurrency": 5} for queue in QUEUES if queue != "scheduler"]}},
+                          hosts__worker2={"sidekiq": {"queues": [{"queue": "scheduler", "concurrency": 5}]},
+                                          "pgbouncer": {"default_pool_size": 20}})
+    report = plan.connection_budget(description)
+    assert report["pgbouncer"]["worker2"]["primary_connections"] == 5
+    assert report["pgbouncer"]["worker1"]["default_pool_size"] == 3
+    assert report["servers"]["primary"]["total"] == 36
+
+
+def test_replica_pool_counts_only_the_rails_clients():
+    """Streaming never uses the replica (streaming/database.js), so a pgbouncer's replica pool serves only the
+    host's web and sidekiq processes, and never counts more than they are."""
+    description = cluster(hosts__db2={"postgresql": {"role": "replica", "ram": "16GB"}},
+                          hosts__web1={"web": {"concurrency": 1, "max_threads": 3}, "streaming": {"ports": [4000]},
+                                       "pgbouncer": {"default_pool_size": 20}})
+    bouncer = plan.connection_budget(description)["pgbouncer"]["web1"]
+    assert (bouncer["clients"], bouncer["replica_clients"]) == (13, 3)
+    assert (bouncer["primary_connections"], bouncer["replica_connections"]) == (13, 3)
 
 
 def test_nora_tindall_185_of_200_with_15_loose():
@@ -57,7 +118,7 @@ def test_sidekiq_pool_before_4_3_falls_back_to_max_threads():
 def test_replica_counts_rails_processes_only():
     description = cluster(hosts__db2={"postgresql": {"role": "replica", "ram": "16GB"}})
     report = plan.connection_budget(description)
-    assert report["servers"]["primary"]["total"] == 52
+    assert report["servers"]["primary"]["total"] == 50 + DIRECT
     assert report["servers"]["replica"]["total"] == 40  # web 10 + sidekiq 30, no streaming, no direct
 
 
@@ -66,8 +127,8 @@ def test_pgbouncer_host_counts_its_pools_not_its_clients():
                                                                        "reserve_pool_size": 2, "processes": 1}))
     bouncer = report["pgbouncer"]["worker1"]
     assert (bouncer["clients"], bouncer["primary_connections"]) == (30, 10)
-    # web1's web and streaming 20 direct, worker1's pool 8 + reserve 2, 2 direct connections.
-    assert report["servers"]["primary"]["total"] == 20 + 10 + 2
+    # web1's web and streaming 20 direct, worker1's pool 8 + reserve 2, the direct connections.
+    assert report["servers"]["primary"]["total"] == 20 + 10 + DIRECT
 
 
 def test_max_db_connections_caps_each_process():
@@ -78,32 +139,32 @@ def test_max_db_connections_caps_each_process():
 
 
 def test_auto_pools_share_what_is_left_below_the_line():
-    # Line 45 of 50 - direct 2 - web1's 20 direct = 23 left for worker1 (30 clients): pool 20 fits.
-    report = plan.connection_budget(cluster(hosts__db1={"postgresql": {"max_connections": 50, "ram": "16GB"}},
+    # Line 54 of 60 - direct 8 - web1's 20 direct = 26 left for worker1 (30 clients): pool 20 fits.
+    report = plan.connection_budget(cluster(hosts__db1={"postgresql": {"max_connections": 60, "ram": "16GB"}},
                                             hosts__worker1__pgbouncer={}))
     assert report["pgbouncer"]["worker1"]["default_pool_size"] == 20
-    # Line 36 of 40: 14 left.
+    # Line 36 of 40: 8 left.
     report = plan.connection_budget(cluster(hosts__db1={"postgresql": {"max_connections": 40, "ram": "16GB"}},
                                             hosts__worker1__pgbouncer={}))
-    assert report["pgbouncer"]["worker1"]["default_pool_size"] == 14
+    assert report["pgbouncer"]["worker1"]["default_pool_size"] == 8
     assert report["servers"]["primary"]["total"] == 36
 
 
 def test_auto_pools_split_by_clients():
     report = plan.connection_budget(cluster(hosts__db1={"postgresql": {"max_connections": 40, "ram": "16GB"}},
                                             hosts__web1__pgbouncer={}, hosts__worker1__pgbouncer={}))
-    # 36 - 2 direct = 34; one each first, then 32 split 20:30 -> 1 + 12 and 1 + 19.
-    assert report["pgbouncer"]["web1"]["default_pool_size"] == 13
-    assert report["pgbouncer"]["worker1"]["default_pool_size"] == 20
+    # 36 - 8 direct = 28; one each first, then 26 split 20:30 -> 1 + 10 and 1 + 15.
+    assert report["pgbouncer"]["web1"]["default_pool_size"] == 11
+    assert report["pgbouncer"]["worker1"]["default_pool_size"] == 16
     assert report["servers"]["primary"]["total"] == 35
 
 
 def test_headroom_statement():
     report = plan.connection_budget(cluster())
-    # Line 180 - 52 = 128 connections; sidekiq runs at concurrency 5.
-    assert report["servers"]["primary"]["headroom"] == {"connections": 128, "concurrency": 5,
-                                                        "sidekiq_processes": 25}
-    assert report["headroom"].startswith("25 more sidekiq processes at concurrency 5 fit below the 90 % line")
+    # Line 180 - 58 = 122 connections; sidekiq runs at concurrency 5.
+    assert report["servers"]["primary"]["headroom"] == {"connections": 122, "concurrency": 5,
+                                                        "sidekiq_processes": 24}
+    assert report["headroom"].startswith("24 more sidekiq processes at concurrency 5 fit below the 90 % line")
 
 
 def test_environment_points_units_at_pgbouncer_and_migrations_at_the_primary():
@@ -204,7 +265,8 @@ host_entry = st.fixed_dictionaries({
     "streaming": st.one_of(st.none(), st.fixed_dictionaries({
         "ports": st.lists(st.integers(4000, 4010), min_size=1, max_size=4, unique=True),
         "db_pool": st.integers(1, 20)})),
-    "sidekiq": st.one_of(st.none(), st.fixed_dictionaries({"queues": st.lists(queue_entry, max_size=5)})),
+    "sidekiq": st.one_of(st.none(), st.fixed_dictionaries({"queues": st.lists(
+        queue_entry, max_size=5, unique_by=lambda entry: entry["queue"])})),
     # Plans whose server side is fixed: no pgbouncer, or a pgbouncer with a given pool.
     "pgbouncer": st.one_of(st.just({"enabled": False}), st.fixed_dictionaries({
         "default_pool_size": st.integers(1, 30), "reserve_pool_size": st.integers(0, 3)})),
@@ -221,8 +283,10 @@ def random_cluster(hosts, direct, max_connections):
     return description
 
 
-clusters = st.builds(random_cluster, st.lists(host_entry, min_size=1, max_size=5),
-                     st.dictionaries(st.sampled_from(["migrations", "tootctl", "pghero"]), st.integers(0, 5)),
+direct_users = st.fixed_dictionaries({}, optional={"migrations": st.sampled_from(["auto", 0, 2]),
+                                                   "tootctl": st.sampled_from(["auto", 0]),
+                                                   "pghero": st.integers(0, 5)})
+clusters = st.builds(random_cluster, st.lists(host_entry, min_size=1, max_size=5), direct_users,
                      st.integers(20, 2000))
 
 
@@ -251,7 +315,12 @@ def test_adding_a_process_never_lowers_the_total(description, host_index, concur
     grown = copy.deepcopy(description)
     hosts = sorted(name for name in grown["hosts"] if name.startswith("app"))
     host = grown["hosts"][hosts[host_index % len(hosts)]]
-    host.setdefault("sidekiq", {"queues": []})["queues"].append({"queue": "pull", "concurrency": concurrency})
+    queues = host.setdefault("sidekiq", {"queues": []})["queues"]
+    pull = [entry for entry in queues if entry["queue"] == "pull"]
+    if pull:
+        pull[0]["instances"] += 1
+    else:
+        queues.append({"queue": "pull", "concurrency": concurrency})
     assert budget.compute(grown)["servers"]["primary"]["total"] >= before
 
 
@@ -280,7 +349,7 @@ def test_headroom_is_exact(description, concurrency):
 def test_auto_pools_stay_below_the_line_when_they_can(client_counts, max_connections):
     description = cluster(hosts__db1={"postgresql": {"max_connections": max_connections, "ram": "64GB",
                                                      "acknowledge_max_connections_over_1000": True}},
-                          mastodon__direct_connections={})
+                          mastodon__direct_connections={"migrations": 0, "tootctl": 0})
     del description["hosts"]["web1"]
     for index, clients in enumerate(client_counts):
         description["hosts"]["app%d" % index] = {"streaming": {"ports": [4000], "db_pool": clients}}

@@ -33,33 +33,33 @@ def sidekiq(*entries):
 
 class TestConnectionsOverUsableCapacity:
     def test_over_usable_is_an_error_with_numbers(self):
-        # 52 in the base plan; 150 more sidekiq connections make 202 > 197.
+        # 58 in the base plan; 150 more sidekiq connections make 208 > 197.
         [item] = found(cluster(hosts__worker2={"sidekiq": {"queues": [
             {"queue": "pull", "instances": 6, "concurrency": 25}]}, "pgbouncer": {"enabled": False}}),
             "connections-over-usable-capacity")
         assert item["severity"] == "error"
         assert item["host"] == "db1"
-        assert item["numbers"] == {"total": 202, "usable": 197, "max_connections": 200}
-        assert "202 connections" in item["message"] and "197 are usable" in item["message"]
-        assert "remove 5 connections" in item["hint"]
+        assert item["numbers"] == {"total": 208, "usable": 197, "max_connections": 200}
+        assert "208 connections" in item["message"] and "197 are usable" in item["message"]
+        assert "remove 11 connections" in item["hint"]
 
     def test_reserved_connections_count(self):
         description = cluster(hosts__db1={"postgresql": {"max_connections": 60, "ram": "16GB",
                                                          "superuser_reserved_connections": 5,
                                                          "reserved_connections": 4}})
         [item] = found(description, "connections-over-usable-capacity")
-        assert item["numbers"]["usable"] == 51 and item["numbers"]["total"] == 52
+        assert item["numbers"]["usable"] == 51 and item["numbers"]["total"] == 58
 
     def test_pgbouncer_pools_count_instead_of_clients(self):
-        description = cluster(hosts__worker1__pgbouncer={"default_pool_size": 150},
-                              hosts__db1={"postgresql": {"max_connections": 170, "ram": "16GB"}})
+        description = cluster(hosts__worker1__pgbouncer={"default_pool_size": 10},
+                              hosts__db1={"postgresql": {"max_connections": 40, "ram": "16GB"}})
         [item] = found(description, "connections-over-usable-capacity")
-        # 150 server connections from worker1's pgbouncer (not its 30 clients) + web1's 20 + 2 direct.
-        assert item["numbers"] == {"total": 172, "usable": 167, "max_connections": 170}
-        assert "pgbouncer 150" in item["message"]
+        # 10 server connections from worker1's pgbouncer (not its 30 clients) + web1's 20 + 8 direct.
+        assert item["numbers"] == {"total": 38, "usable": 37, "max_connections": 40}
+        assert "pgbouncer 10" in item["message"] and "direct connection 8" in item["message"]
 
     def test_at_usable_is_no_error(self):
-        description = cluster(hosts__db1={"postgresql": {"max_connections": 55, "ram": "16GB"}})
+        description = cluster(hosts__db1={"postgresql": {"max_connections": 61, "ram": "16GB"}})
         assert found(description, "connections-over-usable-capacity") == []
 
     def test_replica_gets_its_own_sum(self):
@@ -71,15 +71,24 @@ class TestConnectionsOverUsableCapacity:
 
 class TestConnectionsOverWarningLine:
     def test_between_line_and_usable_is_a_warning(self):
-        [item] = found(cluster(hosts__db1={"postgresql": {"max_connections": 57, "ram": "16GB"}}),
+        [item] = found(cluster(hosts__db1={"postgresql": {"max_connections": 64, "ram": "16GB"}}),
                        "connections-over-warning-line")
         assert item["severity"] == "warning"
-        assert item["numbers"] == {"total": 52, "warning_line": 51, "max_connections": 57}
+        assert item["numbers"] == {"total": 58, "warning_line": 57, "max_connections": 64}
+        assert "6 are left" in item["message"]
 
     def test_at_the_line_is_fine(self):
-        # 90 % of 58 is 52.2: 52 connections stay below.
-        assert found(cluster(hosts__db1={"postgresql": {"max_connections": 58, "ram": "16GB"}}),
+        # 90 % of 65 is 58.5: 58 connections stay below.
+        assert found(cluster(hosts__db1={"postgresql": {"max_connections": 65, "ram": "16GB"}}),
                      "connections-over-warning-line") == []
+
+    def test_still_reported_when_over_capacity(self):
+        report = plan.connection_budget(cluster(hosts__db1={"postgresql": {"max_connections": 50, "ram": "16GB"}}))
+        rules_found = [item["rule"] for item in report["findings"]]
+        assert rules_found == ["connections-over-usable-capacity", "connections-over-warning-line"]
+        warning = report["findings"][1]
+        assert warning["numbers"] == {"total": 58, "warning_line": 45, "max_connections": 50}
+        assert "8 more than max_connections" in warning["message"]
 
 
 class TestMaxConnectionsOver512:
@@ -373,10 +382,8 @@ class TestStreamingClusterNumIgnored:
                        "streaming-cluster-num-ignored")
         assert item["host"] == "web1" and ".env.production" in item["message"]
 
-    def test_still_read_by_4_1(self):
-        assert found(cluster(mastodon__version="4.1",
-                             hosts__web1__mastodon={"env_production": {"STREAMING_CLUSTER_NUM": "4"}}),
-                     "streaming-cluster-num-ignored") == []
+    def test_not_set(self):
+        assert found(cluster(), "streaming-cluster-num-ignored") == []
 
 
 class TestRedisNamespaceAbortsBoot:
@@ -698,3 +705,42 @@ class TestTrustedProxyIpMissing:
 @pytest.mark.parametrize("rule_id", sorted(rules.RULES))
 def test_rule_ids_are_stable_slugs(rule_id):
     assert rule_id == rule_id.lower() and " " not in rule_id
+
+
+class TestMastodonVersionNewerThanModel:
+    def test_a_newer_release_is_planned_with_a_warning(self):
+        [item] = found(cluster(mastodon__version="4.7"), "mastodon-version-newer-than-model")
+        assert item["severity"] == "warning" and item["numbers"] == {"version": "4.7", "newest": "4.6"}
+        assert "counted as 4.6 counts them" in item["message"]
+        [item] = found(cluster(mastodon__version="5.0.1"), "mastodon-version-newer-than-model")
+
+    def test_the_newest_known_release_and_its_patch_releases_are_fine(self):
+        assert found(cluster(mastodon__version="4.6"), "mastodon-version-newer-than-model") == []
+        assert found(cluster(mastodon__version="4.6.3"), "mastodon-version-newer-than-model") == []
+
+
+class TestInventoryVariableUnknown:
+    def test_reports_what_reading_the_inventory_noticed(self):
+        description = cluster(inventory={"unknown_variables": [
+            {"variable": "nginx_vhosts", "origin": "group all", "hosts": ["db1", "web1", "worker1", "redis1"],
+             "suggestion": "nginx_worker_connections"}]})
+        [item] = found(description, "inventory-variable-unknown")
+        assert item["severity"] == "warning" and item["service"] == "nginx_vhosts" and item["host"] is None
+        assert "set in group all" in item["message"] and "4 host(s) have it (db1 .. redis1)" in item["message"]
+        assert "mastodon_foreign_variables" in item["hint"]
+
+    def test_nothing_noticed(self):
+        assert found(cluster(), "inventory-variable-unknown") == []
+
+
+class TestNginxUpstreamEmpty:
+    def test_a_proxy_without_streaming_anywhere(self):
+        description = cluster(hosts__lb1={"nginx": {}}, hosts__web1={"web": {}, "pgbouncer": {"enabled": False}},
+                              mastodon__trusted_proxy_ip="10.0.0.5")
+        [item] = found(description, "nginx-upstream-empty")
+        assert (item["severity"], item["host"], item["service"]) == ("error", "lb1", "nginx")
+        assert "no host in group streaming runs it" in item["message"]
+
+    def test_a_proxy_with_both(self):
+        assert found(cluster(hosts__lb1={"nginx": {}}, mastodon__trusted_proxy_ip="10.0.0.5"),
+                     "nginx-upstream-empty") == []
