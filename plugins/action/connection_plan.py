@@ -10,10 +10,11 @@ import os
 from ansible.errors import AnsibleActionFail
 from ansible.module_utils.common.text.converters import to_native
 from ansible.plugins.action import ActionBase
+from ansible.utils.display import Display
 
 from ansible_collections.fediscale.mastodon.plugins.module_utils import inventory, plan
 from ansible_collections.fediscale.mastodon.plugins.module_utils.schema import LIVE_LIMITS, PlanInputError
-from ansible_collections.fediscale.mastodon.plugins.plugin_utils.inputs import plain, role_variables, select
+from ansible_collections.fediscale.mastodon.plugins.plugin_utils.inputs import inventory_description, plain, select
 
 
 def _add_live_limits(description, results):
@@ -47,8 +48,7 @@ class ActionModule(ActionBase):
         from_inventory = args["cluster"] is None
         try:
             if from_inventory:
-                description = plain(inventory.description_from_inventory(
-                    task_vars["hostvars"], plain(task_vars["groups"]), role_variables()))
+                description = inventory_description(task_vars["hostvars"], task_vars["groups"])
             else:
                 description = select(plain(args["cluster"]), args["query"])
             _add_live_limits(description, plain(args["live_limits"]))
@@ -68,10 +68,12 @@ class ActionModule(ActionBase):
                     stream.write(text)
                 files.append(path)
 
+        table = plan.render_table(report)
         server_keys = ("host", "total", "max_connections", "usable", "warning_line", "loose", "utilisation_percent")
         result.update(
             changed=False,
-            msg=plan.render_table(report).splitlines(),
+            msg=plan.verdict(report),
+            table=table.splitlines(),
             summary={
                 "servers": {role: {key: server[key] for key in server_keys}
                             for role, server in report["servers"].items()},
@@ -81,13 +83,11 @@ class ActionModule(ActionBase):
             },
             files=files,
         )
+        # The table as people read it: plain lines on the console, not a JSON list of strings.
+        Display().display(table)
         if report["errors"] and args["fail_on_error"]:
             result["failed"] = True
-            result["msg"].append("The plan has %d error finding(s); nothing was deployed." % report["errors"])
         elif args["return_report"]:
-            # The caller shows what it needs; the whole report would flood the output.
+            # The caller uses the report; printing it would flood the output.
             result["report"] = report
-            return result
-        # Show the table like debug does, without -v.
-        result["_ansible_verbose_always"] = True
         return result

@@ -13,7 +13,7 @@ from ansible_collections.fediscale.mastodon.plugins.module_utils import budget, 
 from ansible_collections.fediscale.mastodon.plugins.module_utils.schema import (
     AUTO, POSTGRESQL, REDIS, PlanInputError, parse_int, parse_size_kb,
 )
-from ansible_collections.fediscale.mastodon.plugins.plugin_utils.inputs import plain, role_variables, select
+from ansible_collections.fediscale.mastodon.plugins.plugin_utils.inputs import inventory_description, plain, select
 
 
 def _model_errors(function):
@@ -40,13 +40,15 @@ def connection_budget(description, query=None):
 
 @_model_errors
 def cluster_from_inventory(hostvars, groups):
-    return plain(inventory.description_from_inventory(hostvars, plain(groups), role_variables()))
+    return plain(inventory_description(hostvars, groups))
 
 
 @_model_errors
 def redis_sentinel_plan(hostvars, groups):
-    description = inventory.description_from_inventory(hostvars, plain(groups), role_variables())
-    return plain(budget.redis_sentinel_of(description))
+    try:
+        return plain(budget.redis_sentinel_of(inventory_description(hostvars, groups)))
+    except PlanInputError as error:
+        raise inventory.inventory_wording(error)
 
 
 @_model_errors

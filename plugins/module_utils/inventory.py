@@ -27,8 +27,10 @@ PREFIXES = tuple(sorted({section.prefix for section in HOST_SECTIONS.values()}))
 CLUSTER_VARIABLES = {"mastodon_" + key: key for key in CLUSTER}
 # Names other roles in the inventory read although they carry one of the plan's prefixes.
 FOREIGN_VARIABLES = "mastodon_foreign_variables"
+# Read by the collection's playbooks, not by the plan.
+PLAYBOOK_VARIABLES = ("mastodon_plan_report_dir",)
 KNOWN_VARIABLES = sorted(
-    list(CLUSTER_VARIABLES) + [FOREIGN_VARIABLES]
+    list(CLUSTER_VARIABLES) + [FOREIGN_VARIABLES] + list(PLAYBOOK_VARIABLES)
     + [section.prefix + key for section in HOST_SECTIONS.values() for key in section.fields]
 )
 # Mastodon's own sizing names, written as inventory variables: Mastodon never sees them there.
@@ -37,14 +39,14 @@ MASTODON_NAMES = dict(SIZING_VARIABLES, STREAMING_CLUSTER_NUM="streaming_ports (
 ALIASES = {"sidekiq_concurrency": "sidekiq_queues[].concurrency", "sidekiq_db_pool": "sidekiq_queues[].db_pool",
            "sidekiq_instances": "sidekiq_queues[].instances", "web_threads": "web_max_threads",
            "web_workers": "web_concurrency", "streaming_port": "streaming_ports",
-           "redis_maxmemory": "redis_instances[].maxmemory"}
+           "redis_maxmemory": "redis_instances[].maxmemory", "pgbouncer_pool_size": "pgbouncer_default_pool_size"}
 OWN = "host"
 ALL = "all"
 
 
 def _section_of(name: str) -> Optional[str]:
     """The host section a known variable belongs to (None for cluster-wide ones)."""
-    if name in CLUSTER_VARIABLES or name == FOREIGN_VARIABLES:
+    if name in CLUSTER_VARIABLES or name == FOREIGN_VARIABLES or name in PLAYBOOK_VARIABLES:
         return None
     for section, spec in HOST_SECTIONS.items():
         if name.startswith(spec.prefix) and name[len(spec.prefix):] in spec.fields:
@@ -147,12 +149,11 @@ def description_from_inventory(hostvars: Mapping[str, Mapping[str, Any]], groups
         for name in sorted(name for name in variables if is_relevant(name)):
             origin = host_origins.get(name, OWN)
             where = "host %s, variable %s" % (host, name)
-            if name in role_variables or name in foreign:
-                continue
             if name not in KNOWN_VARIABLES:
-                _judge_unknown(host, name, origin, in_groups, role_variables, unknown)
+                if name not in role_variables and name not in foreign:
+                    _judge_unknown(host, name, origin, in_groups, role_variables, unknown)
                 continue
-            if name == FOREIGN_VARIABLES:
+            if name == FOREIGN_VARIABLES or name in PLAYBOOK_VARIABLES:
                 continue
             section = _section_of(name)
             if not in_groups:

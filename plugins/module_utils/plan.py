@@ -22,6 +22,20 @@ def connection_budget(description: Any) -> Dict[str, Any]:
     return report
 
 
+def verdict(report: Dict[str, Any]) -> str:
+    """The plan in one line: the first error when there is one, else the primary's numbers."""
+    primary = report["servers"]["primary"]
+    counts = "%d error(s), %d warning(s)" % (report["errors"], report["warnings"])
+    errors = [item for item in report["findings"] if item["severity"] == rules.ERROR]
+    if errors:
+        first = errors[0]
+        return "the plan is refused, nothing was deployed (%s); first: %s [%s%s]: %s; fix: %s" % (
+            counts, first["rule"], first["host"] + " " if first["host"] else "", first["service"], first["message"],
+            first["hint"])
+    return "the plan holds: %d of %d connections on the primary %s (%.1f %%), %s" % (
+        primary["total"], primary["max_connections"], primary["host"], primary["utilisation_percent"], counts)
+
+
 def headroom_statement(server: Dict[str, Any]) -> str:
     room = server["headroom"]
     if room["connections"] < 0:

@@ -8,8 +8,13 @@ short_description: Compute, show and check the Mastodon connection budget on the
 version_added: 0.1.0
 description:
   - Builds the cluster description from the inventory (or takes O(cluster)), computes the connection budget with
-    every rule, prints it as a table, writes it as JSON and Markdown to O(report_dir), and fails on any error
-    finding. It contacts no host; live limits come in through O(live_limits).
+    every rule, prints it as a table of plain lines on the controller's console, writes it as JSON and Markdown to
+    O(report_dir), and fails on any error finding with a one-line verdict. It contacts no host; live limits come
+    in through O(live_limits).
+  - From the inventory, it templates only the variables the plan reads or judges, one at a time; one that cannot
+    be resolved on the controller (for example a template over facts the play did not gather) is named in the
+    error. Variables that look like the plan's but are unknown are errors on the hosts they are meant for, and
+    warnings (C(inventory-variable-unknown)) where another role may read them.
   - This is the single task of the C(fediscale.mastodon.plan) playbook; one task keeps a 1000-host plan fast.
 options:
   cluster:
@@ -38,8 +43,7 @@ options:
   return_report:
     description:
       - Return the whole report (every process group, host and finding) in RV(report), not only the summary.
-      - Off by default so that the output stays the table. With it on, the task does not print the table
-        (the caller shows RV(msg) as it likes), and a failing plan returns no report.
+      - Off by default so that the output stays short. A failing plan returns no report.
     type: bool
     default: false
 attributes:
@@ -85,7 +89,14 @@ summary:
     warnings: 1
     headroom: the primary is 5 connections over the 90 % line (180 of 200)
 msg:
-  description: The budget as a table, a line per item, with the findings and their fixes.
+  description:
+    - The verdict in one line. When the plan has an error finding, the first error with its host, service,
+      numbers and fix.
+  returned: always
+  type: str
+  sample: "the plan holds: 185 of 200 connections on the primary db1 (92.5 %), 0 error(s), 1 warning(s)"
+table:
+  description: The budget as the console shows it, a line per item, with the findings and their fixes.
   returned: always
   type: list
   elements: str

@@ -12,6 +12,7 @@ import yaml
 from ansible.errors import AnsibleError
 from ansible.module_utils.common.text.converters import to_native
 
+from ansible_collections.fediscale.mastodon.plugins.module_utils import inventory
 from ansible_collections.fediscale.mastodon.plugins.module_utils.schema import PlanInputError
 
 try:
@@ -57,3 +58,80 @@ def role_variables():
         for entry in (specs.get("argument_specs") or {}).values():
             names.update((entry.get("options") or {}).keys())
     return names
+
+
+# Variables whose usual value is a template over facts, and how to give them in a play without facts.
+FACT_HINTS = {"mastodon_address": "set it to the host's address (e.g. 10.0.0.21) or a template over inventory "
+                                  "variables such as {{ ansible_host }}"}
+
+
+def _entity_variables(loader, sources, entity, cache):
+    """Names an inventory host or group sets itself: in the inventory file and in host_vars/group_vars."""
+    key = (type(entity).__name__, entity.name)
+    if key not in cache:
+        from ansible.vars.plugins import get_vars_from_inventory_sources
+        names = set(entity.get_vars())
+        # host_group_vars runs at the task stage by default, other vars plugins may run at either.
+        for stage in ("inventory", "task"):
+            names.update(get_vars_from_inventory_sources(loader, sources, [entity], stage))
+        cache[key] = names
+    return cache[key]
+
+
+def _origins(hostvars, hosts):
+    """Per host and relevant variable: ``host``, ``group NAME`` or ``all`` (see module_utils/inventory.py).
+
+    Needs Ansible's HostVars (the ``hostvars`` of a play); for anything else
+    the origins stay unknown and every variable counts as the host's own.
+    """
+    manager = getattr(hostvars, "_inventory", None)
+    loader = getattr(hostvars, "_loader", None)
+    if manager is None or loader is None:
+        return {}
+    sources = getattr(manager, "_sources", [])
+    cache = {}
+    result = {}
+    for name, variables in hosts.items():
+        host = manager.get_host(name)
+        if host is None:
+            continue
+        own = _entity_variables(loader, sources, host, cache)
+        groups = sorted((group for group in host.get_groups() if group.name != "all"),
+                        key=lambda group: (-group.depth, group.name))
+        places = {}
+        for variable in variables:
+            if variable in own:
+                places[variable] = inventory.OWN
+                continue
+            group = next((group for group in groups
+                          if variable in _entity_variables(loader, sources, group, cache)), None)
+            places[variable] = "group %s" % group.name if group is not None else inventory.ALL
+        result[name] = places
+    return result
+
+
+def inventory_description(hostvars, groups):
+    """The cluster description of a play's inventory, read as the plan reads it.
+
+    Only the variables the plan reads or judges are templated, one at a time,
+    so that another role's variable (or a fact the plan play does not gather)
+    never breaks the plan, and one that the plan needs but cannot resolve is
+    named.
+    """
+    hosts = {}
+    for host in hostvars:
+        variables = hostvars[host]
+        values = {}
+        for name in variables:
+            if not inventory.is_relevant(name):
+                continue
+            try:
+                values[name] = plain(variables[name])
+            except AnsibleError as error:
+                raise PlanInputError(
+                    "host %s, variable %s" % (host, name),
+                    "its template cannot be resolved where the plan runs: %s" % to_native(error).splitlines()[0],
+                    FACT_HINTS.get(name, "the plan play gathers no facts: give a value, or a template over "
+                                         "inventory variables only"))
+        hosts[str(host)] = values
+    return inventory.description_from_inventory(hosts, plain(groups), role_variables(), _origins(hostvars, hosts))

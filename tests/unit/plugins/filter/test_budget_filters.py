@@ -11,13 +11,13 @@ FILTERS = FilterModule().filters()
 
 
 def test_connection_budget():
-    assert FILTERS["connection_budget"](cluster())["servers"]["primary"]["total"] == 52
+    assert FILTERS["connection_budget"](cluster())["servers"]["primary"]["total"] == 58
 
 
 def test_query_pulls_the_description_out_of_a_foreign_shape():
     foreign = {"site": {"mastodon_cluster": cluster()}}
     report = FILTERS["connection_budget"](foreign, query="site.mastodon_cluster")
-    assert report["servers"]["primary"]["total"] == 52
+    assert report["servers"]["primary"]["total"] == 58
 
 
 def test_query_that_selects_nothing():
@@ -28,11 +28,11 @@ def test_query_that_selects_nothing():
 def test_model_error_becomes_a_filter_error():
     with pytest.raises(AnsibleFilterError) as caught:
         FILTERS["connection_budget"](cluster(hosts__web1__web={"concurrency": -1}))
-    assert str(caught.value).startswith("fediscale.mastodon.connection_budget: hosts.web1.web.concurrency")
+    assert str(caught.value).startswith("fediscale.mastodon.connection_budget: host web1, web.concurrency: ")
 
 
 def test_findings_by_severity_from_a_description_or_a_report():
-    description = cluster(hosts__db1={"postgresql": {"max_connections": 57, "ram": "16GB"}})
+    description = cluster(hosts__db1={"postgresql": {"max_connections": 64, "ram": "16GB"}})
     report = FILTERS["connection_budget"](description)
     assert FILTERS["budget_findings"](report, "error") == []
     assert [item["rule"] for item in FILTERS["budget_findings"](description, "warning")] == [
@@ -42,7 +42,7 @@ def test_findings_by_severity_from_a_description_or_a_report():
 
 
 def test_table_and_markdown():
-    assert "52 of 200 max_connections" in FILTERS["budget_table"](cluster())
+    assert "58 of 200 max_connections" in FILTERS["budget_table"](cluster())
     assert FILTERS["budget_markdown"](cluster()).startswith("# Connection budget for Mastodon 4.5")
 
 
@@ -63,7 +63,7 @@ def test_pgbouncer_sizing():
 
 
 def test_pgbouncer_sizing_bad_input():
-    with pytest.raises(AnsibleFilterError, match="local_clients: must be at least 0, got -1"):
+    with pytest.raises(AnsibleFilterError, match="local_clients: must be from 0 to 2147483647, got -1"):
         FILTERS["pgbouncer_sizing"](-1)
 
 
