@@ -164,10 +164,9 @@ def _process_groups(cluster: Dict[str, Any], host: str, sections: Dict[str, Any]
                 raise PlanInputError(where, "names no queue", "give it queue: NAME, e.g. queue: pull")
             for queue in queues:
                 if queue in seen:
-                    raise PlanInputError(where + ".queue", "queue %s is already sidekiq_queues[%d] on %s: both "
-                                         "would write the unit mastodon-sidekiq-%s@.service" % (queue, seen[queue],
-                                                                                                 host, queue),
-                                         "keep one entry per queue and raise its instances")
+                    problem = ("queue %s is already sidekiq_queues[%d] on %s: both would write the unit "
+                               "mastodon-sidekiq-%s@.service" % (queue, seen[queue], host, queue))
+                    raise PlanInputError(where + ".queue", problem, "keep one entry per queue and raise its instances")
                 seen[queue] = index
             unit = dict(host_env)
             if item["db_pool"] is not None:

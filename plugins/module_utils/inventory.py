@@ -70,7 +70,7 @@ def lookalike(name: str, known: Iterable[str] = ()) -> Optional[Tuple[str, str]]
         return _family(normal), normal
     if normal in ALIASES:
         return _family(normal), ALIASES[normal]
-    head, _, tail = normal.partition("_")
+    head, tail = normal.split("_", 1) if "_" in normal else (normal, "")
     family = next((prefix for prefix in PREFIXES if normal.startswith(prefix)), None)
     if family is None:
         close = difflib.get_close_matches(head + "_", PREFIXES, n=1, cutoff=0.75)
@@ -168,8 +168,8 @@ def description_from_inventory(hostvars: Mapping[str, Mapping[str, Any]], groups
                 key = CLUSTER_VARIABLES[name]
                 if key in cluster and cluster[key] != value:
                     raise PlanInputError(
-                        where, "differs between hosts %s (%r) and %s (%r)" % (cluster_source[key], cluster[key],
-                                                                             host, value),
+                        where, "differs between hosts %s (%r) and %s (%r)" % (
+                            cluster_source[key], cluster[key], host, value),
                         "it describes the whole cluster: set it once, in group_vars/all")
                 cluster[key] = value
                 cluster_source[key] = host

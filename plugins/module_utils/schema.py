@@ -139,8 +139,8 @@ def parse_size_kb(value: Any, where: str, bare_unit: Optional[str] = "kB", minim
             raise PlanInputError(where, "expected a size such as 4MB or 16GB, got %s" % _show(value))
         kb = int(match.group(1)) * _SIZE_UNITS[match.group(2).lower()]
     if not minimum_kb <= kb <= maximum_kb:
-        raise PlanInputError(where, "must be from %s to %s, got %s" % (format_size_kb(minimum_kb),
-                                                                      format_size_kb(maximum_kb), _show(value)))
+        raise PlanInputError(where, "must be from %s to %s, got %s" % (
+            format_size_kb(minimum_kb), format_size_kb(maximum_kb), _show(value)))
     return kb
 
 
@@ -219,6 +219,10 @@ def string_list(value: Any, where: str, maximum: int = 100) -> List[str]:
     return [parse_str(item, "%s[%d]" % (where, index)) for index, item in enumerate(value)]
 
 
+def port(value: Any, where: str) -> int:
+    return parse_int(value, where, 1, 65535)
+
+
 # Mastodon's Redis settings (lib/mastodon/redis_configuration.rb) by suffix, checked as Mastodon would parse them.
 REDIS_SETTING_PREFIXES = ("SIDEKIQ_REDIS_", "CACHE_REDIS_", "REDIS_")
 
@@ -256,11 +260,11 @@ def _redis_sentinels(value: str, where: str) -> str:
 
 REDIS_SETTING_CHECKS: Dict[str, Callable[[str, str], Any]] = {
     "URL": _redis_url,
-    "HOST": lambda value, where: host_address(value, where),
-    "PORT": lambda value, where: port(value, where),
+    "HOST": host_address,
+    "PORT": port,
     "DB": lambda value, where: parse_int(value, where, 0, 1000000),
     "SENTINELS": _redis_sentinels,
-    "SENTINEL_PORT": lambda value, where: port(value, where),
+    "SENTINEL_PORT": port,
 }
 
 
@@ -350,10 +354,6 @@ def address_list(value: Any, where: str) -> str:
             raise PlanInputError(where, "%s trusts every address: any client could set X-Forwarded-For and "
                                  "pose as any other" % item, "list only your proxies' addresses, e.g. 10.0.0.5")
     return text
-
-
-def port(value: Any, where: str) -> int:
-    return parse_int(value, where, 1, 65535)
 
 
 def port_list(value: Any, where: str) -> List[int]:

@@ -151,11 +151,13 @@ def snapshot(hosts):
 
 
 def test_over_commit_by_one_connection_fails_at_the_plan_and_changes_nothing(host, hosts):
-    # Direct connections up to one more than the pgbouncers' one-per-pool floors leave room for.
+    # Direct connections up to one more than the pgbouncers' one-per-pool floors leave room for
+    # (migrations and tootctl left out, so that one named user holds them all).
     floors = len(BOUNCERS)
     direct = PRIMARY["usable"] - floors + 1
     before = snapshot(hosts)
-    result = run_playbook(host, "-e", json.dumps({"mastodon_direct_connections": {"migrations": direct}}))
+    result = run_playbook(host, "-e", json.dumps({"mastodon_direct_connections": {
+        "migrations": 0, "tootctl": 0, "overcommit": direct}}))
     output = result.stdout + result.stderr
     assert result.returncode != 0
     assert "ERROR connections-over-usable-capacity [demo-db1 postgresql primary]" in output

@@ -336,8 +336,10 @@ def test_headroom_is_exact(description, concurrency):
 
     def with_extra(processes):
         grown = copy.deepcopy(description)
-        grown["hosts"]["extra"] = {"pgbouncer": {"enabled": False}, "sidekiq": {"queues": [
-            {"queue": "pull", "instances": processes, "concurrency": headroom_concurrency}]}}
+        # A queue entry takes at most 1000 instances: spread them over hosts.
+        for index, start in enumerate(range(0, processes, 1000)):
+            grown["hosts"]["extra%d" % index] = {"pgbouncer": {"enabled": False}, "sidekiq": {"queues": [
+                {"queue": "pull", "instances": min(1000, processes - start), "concurrency": headroom_concurrency}]}}
         return budget.compute(grown)["servers"]["primary"]
 
     assert with_extra(fits)["total"] <= primary["warning_line"]

@@ -11,9 +11,9 @@ from ansible_collections.fediscale.mastodon.plugins.module_utils.schema import P
 GROUPS = {"all": ["db1", "app1"], "ungrouped": [], "db": ["db1"], "web": ["app1"], "sidekiq": ["app1"]}
 
 
-def error_of(hostvars, groups=GROUPS, origins=None, role_variables=()):
+def error_of(hostvars, groups=None, origins=None, role_variables=()):
     with pytest.raises(PlanInputError) as caught:
-        description_from_inventory(hostvars, groups, role_variables, origins)
+        description_from_inventory(hostvars, groups or GROUPS, role_variables, origins)
     return str(caught.value)
 
 
