@@ -20,7 +20,7 @@ import re
 from typing import Any, Dict, Iterable, List, Mapping, Optional, Tuple
 
 from ansible_collections.fediscale.mastodon.plugins.module_utils.schema import (
-    APP_SECTIONS, CLUSTER, GROUPS, HOST_SECTIONS, SIZING_VARIABLES, PlanInputError,
+    APP_SECTIONS, CLUSTER, GROUPS, HOST_SECTIONS, SIZING_VARIABLES, PlanInputError, string_list,
 )
 
 PREFIXES = tuple(sorted({section.prefix for section in HOST_SECTIONS.values()}))
@@ -137,7 +137,8 @@ def description_from_inventory(hostvars: Mapping[str, Mapping[str, Any]], groups
     for host in all_hosts:
         variables = hostvars.get(host, {})
         host_origins = origins.get(host, {})
-        foreign = set(variables.get(FOREIGN_VARIABLES) or [])
+        foreign = set(string_list(variables.get(FOREIGN_VARIABLES) or [], "host %s, variable %s"
+                                  % (host, FOREIGN_VARIABLES), 10000))
         in_groups = members.get(host, [])
         wanted_sections = {"mastodon"} if in_groups else set()
         for section, spec in HOST_SECTIONS.items():

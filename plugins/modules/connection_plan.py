@@ -97,7 +97,7 @@ msg:
   sample: "the plan holds: 185 of 200 connections on the primary db1 (92.5 %), 0 error(s), 1 warning(s)"
 table:
   description: The budget as the console shows it, a line per item, with the findings and their fixes.
-  returned: always
+  returned: unless the task fails on an error finding (the console shows the table then)
   type: list
   elements: str
 report:

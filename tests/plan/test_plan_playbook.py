@@ -164,3 +164,30 @@ def test_two_sentinels_fail_naming_them(tmp_path):
     stdout = failing_plan(tmp_path, lambda inventory: add_sentinels(inventory, hosts=("redis1", "redis2")))
     assert "ERROR redis-sentinel-too-few-sentinels [redis sentinel mastodon]" in stdout
     assert "2 sentinel(s) (redis1, redis2)" in stdout
+
+
+def test_address_over_ungathered_facts_is_named_with_its_fix(tmp_path):
+    stdout = failing_plan(tmp_path, lambda inventory: (inventory / "host_vars" / "web1.yml").write_text(
+        'mastodon_address: "{{ ansible_default_ipv4.address }}"\n'))
+    line = next(line for line in stdout.splitlines() if "host web1, variable mastodon_address" in line)
+    assert "its template cannot be resolved where the plan runs" in line
+    assert "set it to the host's address (e.g. 10.0.0.21)" in line
+
+
+def test_another_roles_fact_templates_do_not_concern_the_plan(tmp_path):
+    inventory = copy_inventory("example", tmp_path)
+    (inventory / "host_vars" / "web1.yml").write_text(
+        'node_exporter_web_listen_address: "{{ ansible_default_ipv4.address }}:9100"\n')
+    result = run_plan(inventory, tmp_path)
+    assert result.returncode == 0, result.stdout
+
+
+def test_the_console_shows_plain_lines_and_a_one_line_verdict(tmp_path):
+    stdout = failing_plan(tmp_path, lambda inventory: edit_yaml(
+        inventory / "host_vars" / "sidekiq2.yml", lambda data: data["sidekiq_queues"][0].update(db_pool=4)))
+    assert "\nhost                service    unit" in stdout and '"msg": [' not in stdout
+    first_error = next(line for line in stdout.splitlines() if line.startswith(("[ERROR]", "fatal")))
+    assert first_error.startswith(
+        "[ERROR]: Task failed: Action failed: the plan is refused, nothing was deployed (1 error(s), 0 warning(s)); "
+        "first: sidekiq-db-pool-below-concurrency [sidekiq2 mastodon-sidekiq-pull@.service]: DB_POOL 4")
+    assert '"table"' not in stdout
