@@ -1,5 +1,8 @@
 """One class per rule in plugins/module_utils/rules.py: a plan that breaks it, and one that keeps it."""
 
+import re
+from pathlib import Path
+
 import pytest
 
 from ansible_collections.fediscale.mastodon.plugins.module_utils import plan, rules
@@ -744,3 +747,10 @@ class TestNginxUpstreamEmpty:
     def test_a_proxy_with_both(self):
         assert found(cluster(hosts__lb1={"nginx": {}}, mastodon__trusted_proxy_ip="10.0.0.5"),
                      "nginx-upstream-empty") == []
+
+
+def test_readme_rules_table_lists_exactly_the_rules():
+    readme = (Path(__file__).resolve().parents[4] / "README.md").read_text(encoding="utf-8")
+    table = readme.split("### Rules", 1)[1].split("\n## ", 1)[0]
+    listed = re.findall(r"^\| `([a-z0-9-]+)` \| (error|warning)", table, re.M)
+    assert sorted(rule_id for rule_id, _severity in listed) == sorted(rules.RULES)
