@@ -34,11 +34,10 @@ SIZING_VARIABLES = ("DB_POOL", "MAX_THREADS", "WEB_CONCURRENCY", "SIDEKIQ_CONCUR
 # its own (activerecord/lib/active_record/migration.rb,
 # with_advisory_lock_connection), beside the one that runs the migrations.
 MIGRATION_CONNECTIONS = 2
-TOOTCTL_DEFAULT_CONCURRENCY = 5
 
 
 def tootctl_connections(concurrency: int) -> int:
-    """tootctl resets its pool to --concurrency + 1 (lib/mastodon/cli/base.rb, parallelize_with_progress)."""
+    """tootctl resets its pool to --concurrency + 1 (lib/mastodon/cli/base.rb, reset_connection_pools!)."""
     return concurrency + 1
 
 

@@ -94,7 +94,7 @@ POSTGRESQL_NAME_BYTES = 63
 def postgresql_name(value: Any, where: str) -> str:
     """A database or role name as pgbouncer.ini, pg_hba.conf and DB_NAME/DB_USER carry it."""
     text = parse_str(value, where)
-    if text != text.strip() or re.search(r"[\s,\"'=#;]", text):
+    if re.search(r"[\s,\"'=#;]", text):
         raise PlanInputError(where, "%s has white space or a quote, comma, =, # or ;" % _show(text),
                              "pg_hba.conf and pgbouncer.ini cannot hold it unquoted; use letters, digits and _")
     if len(text.encode("utf-8")) > POSTGRESQL_NAME_BYTES:
@@ -102,7 +102,8 @@ def postgresql_name(value: Any, where: str) -> str:
     return text
 
 
-_HOST_LABEL = re.compile(r"(?!-)[A-Za-z0-9-]{1,63}(?<!-)")
+# Labels of a DNS name; _ too, which /etc/hosts and many inventories use.
+_HOST_LABEL = re.compile(r"(?!-)[A-Za-z0-9_-]{1,63}(?<!-)")
 
 
 def host_address(value: Any, where: str) -> str:

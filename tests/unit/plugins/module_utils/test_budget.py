@@ -31,7 +31,8 @@ DIRECT = 2 + 6
 def test_direct_connections_count_what_migrations_and_tootctl_open():
     """Migrations hold 2: Rails takes its migration advisory lock on a connection of its own
     (activerecord/lib/active_record/migration.rb, with_advisory_lock_connection). tootctl resets its
-    pool to --concurrency + 1 (mastodon lib/mastodon/cli/base.rb); tootctl's default concurrency is 5."""
+    pool to --concurrency + 1 (mastodon lib/mastodon/cli/base.rb, reset_connection_pools!, which
+    parallelize_with_progress calls); tootctl's default concurrency is 5."""
     report = plan.connection_budget(cluster())
     assert report["direct_connections"] == {"migrations": 2, "tootctl": 6}
     report = plan.connection_budget(cluster(mastodon__tootctl_concurrency=16,
@@ -95,6 +96,12 @@ def test_nora_tindall_185_of_200_with_15_loose():
     assert by_service == {"web": 30, "streaming": 45, "sidekiq": 110}
     assert report["errors"] == 0
     assert [item["rule"] for item in report["findings"]] == ["connections-over-warning-line"]
+
+
+def test_mastodon_4_6_is_the_default_release():
+    description = cluster()
+    del description["mastodon"]["version"]
+    assert plan.connection_budget(description)["mastodon"]["version"] == "4.6"
 
 
 def test_defaults_follow_mastodon():
