@@ -1,8 +1,9 @@
 # fediscale.mastodon: one entry point for tests, lint and the local cluster.
 #   make test                     lint, sanity, unit and plan tests, every Molecule scenario
 #   make unit                     the fast loop: model, filters, plan playbook
-#   make molecule SCENARIO=smoke  one Molecule scenario (default: all)
+#   make molecule SCENARIO=smoke  one Molecule scenario (default: all) on Debian 13; DEBIAN=12 for Debian 12
 #   make demo                     the local container cluster with site.yml on it
+#   make demo DEBIAN=12           the same cluster on Debian 12
 #   make bench                    the plan benchmark
 #   make bench-pooling            pgbench direct against through pgbouncer, on the demo cluster
 #   make clean                    remove containers, images and the engine the rig started
@@ -18,6 +19,9 @@ COLLECTIONS := $(ROOT)/.rig
 TIMINGS := $(ROOT)/.rig/timings
 SCENARIO ?=
 SCENARIOS := $(sort $(notdir $(patsubst %/molecule.yml,%,$(wildcard molecule/*/molecule.yml))))
+# The Debian release the scenarios run on; a full run adds these scenarios on Debian 12.
+DEBIAN ?= 13
+ALSO_ON_DEBIAN_12 := cluster
 export ANSIBLE_COLLECTIONS_PATH := $(COLLECTIONS)
 export PATH := $(BIN):$(PATH)
 
@@ -27,7 +31,7 @@ timed = start=$$(date +%s); $(2); echo "$(1) $$(( $$(date +%s) - start ))s" >> $
 .PHONY: help test unit lint sanity molecule demo bench bench-pooling clean venv collection image
 
 help:
-	@sed -n '2,9p' Makefile
+	@sed -n '2,10p' Makefile
 
 venv:
 	@$(RIG) venv
@@ -67,15 +71,20 @@ sanity: venv
 	  $(BIN)/ansible-test sanity --python 3.11 --color no
 
 molecule: image collection
-	@cd $(ROOT) && export FEDISCALE_RIG_IMAGE=$$($(RIG) image-name) && \
-	  for scenario in $(or $(SCENARIO),$(SCENARIOS)); do \
-	    echo "== molecule test -s $$scenario"; \
-	    $(BIN)/molecule test -s $$scenario || exit 1; \
+	@mkdir -p $(dir $(TIMINGS))
+	@cd $(ROOT) && export FEDISCALE_RIG_APT_PROXY=$$($(RIG) cache) && \
+	  runs="$(foreach scenario,$(or $(SCENARIO),$(SCENARIOS)),$(scenario):$(DEBIAN))"; \
+	  if [ -z "$(SCENARIO)" ] && [ "$(DEBIAN)" = 13 ]; then runs="$$runs $(ALSO_ON_DEBIAN_12:=:12)"; fi; \
+	  for run in $$runs; do \
+	    scenario=$${run%:*}; release=$${run#*:}; start=$$(date +%s); \
+	    echo "== molecule test -s $$scenario on Debian $$release"; \
+	    FEDISCALE_RIG_IMAGE=$$($(RIG) image-name $$release) $(BIN)/molecule test -s $$scenario || exit 1; \
+	    echo "molecule $$scenario (Debian $$release) $$(( $$(date +%s) - start ))s" >> $(TIMINGS); \
 	  done
 
 # The local container cluster, left running: molecule/cluster (make clean removes it).
 demo: image collection
-	@cd $(ROOT) && export FEDISCALE_RIG_IMAGE=$$($(RIG) image-name) && \
+	@cd $(ROOT) && export FEDISCALE_RIG_IMAGE=$$($(RIG) image-name $(DEBIAN)) FEDISCALE_RIG_APT_PROXY=$$($(RIG) cache) && \
 	  $(BIN)/molecule converge -s cluster && \
 	  echo "The cluster is up: molecule login -s cluster --host demo-web1; make clean removes it."
 
@@ -84,7 +93,7 @@ bench: venv collection
 
 # Brings the demo cluster up (or converges it) first; leaves it as the plan made it.
 bench-pooling: demo
-	@cd $(ROOT) && export FEDISCALE_RIG_IMAGE=$$($(RIG) image-name) && \
+	@cd $(ROOT) && export FEDISCALE_RIG_IMAGE=$$($(RIG) image-name $(DEBIAN)) && \
 	  $(BIN)/python benchmarks/pgbench_pooling.py
 
 clean:

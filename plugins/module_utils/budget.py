@@ -320,7 +320,7 @@ def _redis_instances(hosts: Dict[str, Dict[str, Any]]) -> List[Dict[str, Any]]:
     for host, sections in sorted(hosts.items()):
         items = (sections.get("redis") or {}).get("instances", [])
         for instance in redis_instance_settings(items, host_where(host, "redis") + ".instances"):
-            instance.update(host=host, address=_address(host, sections))
+            instance.update(host=host, address=_address(host, sections), version=sections["redis"]["version"])
             instances.append(instance)
     return instances
 
@@ -652,6 +652,7 @@ def compute(description: Any) -> Dict[str, Any]:
                         for host in app_hosts},
         "units": {host: app_units(processes_by_host.get(host, [])) for host in app_hosts},
         "hosts": {host: sorted(section for section in hosts[host] if section != "mastodon") for host in sorted(hosts)},
+        "debian": {host: hosts[host]["mastodon"]["debian_version"] for host in sorted(hosts)},
         "env_production": {host: hosts[host]["mastodon"]["env_production"] for host in sorted(hosts)},
         "inventory": parsed["inventory"],
     }

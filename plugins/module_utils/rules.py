@@ -13,7 +13,7 @@ from __future__ import annotations
 import ipaddress
 from typing import Any, Callable, Dict, Iterator, List, Optional
 
-from ansible_collections.fediscale.mastodon.plugins.module_utils import budget, mastodon
+from ansible_collections.fediscale.mastodon.plugins.module_utils import budget, debian, mastodon
 from ansible_collections.fediscale.mastodon.plugins.module_utils.pgtune import work_mem_limit_kb
 from ansible_collections.fediscale.mastodon.plugins.module_utils.schema import (
     LIVE_LIMITS, format_size_kb, version_tuple)
@@ -80,6 +80,47 @@ def inventory_variable_unknown(report: Report) -> Iterator[Finding]:
                ", ".join(hosts) if len(hosts) <= 3 else "%s .. %s" % (hosts[0], hosts[-1])),
             "did you mean %s? If another role reads it, list it in mastodon_foreign_variables"
             % entry["suggestion"], hosts=len(hosts))
+
+
+def _floors(report: Report, what: str) -> Iterator[tuple]:
+    """Mastodon's floors for ``what`` that this plan's Mastodon version has."""
+    mastodon_version = version_tuple(report["mastodon"]["version"])
+    for since, name, minimum, why in debian.FLOORS:
+        if name == what and mastodon_version >= version_tuple(since):
+            yield minimum, why
+
+
+@rule("postgresql-below-mastodon-floor")
+def postgresql_below_mastodon_floor(report: Report) -> Iterator[Finding]:
+    for role, server in sorted(report["servers"].items()):
+        for minimum, why in _floors(report, "postgresql"):
+            if server["version"] < int(minimum):
+                yield finding(
+                    "postgresql-below-mastodon-floor", ERROR, server["host"], "postgresql %s" % role,
+                    "PostgreSQL %d is below %s, the oldest Mastodon %s runs on (%s)"
+                    % (server["version"], minimum, report["mastodon"]["version"], why),
+                    "upgrade the cluster first (pg_upgradecluster %d main on Debian 13's PostgreSQL 17) and set "
+                    "postgresql_version, or stay on an older Mastodon" % server["version"],
+                    version=server["version"], minimum=int(minimum))
+                break
+
+
+@rule("redis-below-mastodon-floor")
+def redis_below_mastodon_floor(report: Report) -> Iterator[Finding]:
+    seen = set()
+    for instance in report["redis"]["instances"]:
+        if instance["host"] in seen:
+            continue
+        seen.add(instance["host"])
+        for minimum, why in _floors(report, "redis"):
+            if version_tuple(instance["version"]) < version_tuple(minimum):
+                yield finding(
+                    "redis-below-mastodon-floor", ERROR, instance["host"], "redis",
+                    "Redis %s is below %s, the oldest Mastodon %s runs on (%s)"
+                    % (instance["version"], minimum, report["mastodon"]["version"], why),
+                    "upgrade Redis on %s (Debian 13 ships 8.0) and set redis_version" % instance["host"],
+                    version=instance["version"], minimum=minimum)
+                break
 
 
 # --- PostgreSQL capacity ---

@@ -16,6 +16,8 @@ import re
 from collections.abc import Mapping
 from typing import Any, Callable, Dict, List, NamedTuple, Optional
 
+from ansible_collections.fediscale.mastodon.plugins.module_utils import debian
+
 MISSING = object()
 AUTO = "auto"
 
@@ -189,7 +191,7 @@ def optional(parse: Callable[[Any, str], Any]) -> Callable[[Any, str], Any]:
 def choice(*choices: str, refused: Optional[Dict[str, tuple]] = None) -> Callable[[Any, str], str]:
     """One of ``choices``; ``refused`` maps a value the service knows but Mastodon cannot use to (why, fix)."""
     def parse(value: Any, where: str) -> str:
-        if refused and value in refused:
+        if refused and isinstance(value, str) and value in refused:
             raise PlanInputError(where, "%s: %s" % (_show(value), refused[value][0]), refused[value][1])
         if value not in choices:
             raise PlanInputError(where, "expected one of %s, got %s" % (", ".join(choices), _show(value)))
@@ -444,7 +446,17 @@ CLUSTER = {
                                           "milliseconds a master stays unreachable before it counts as down"),
 }
 
+def debian_release(value: Any, where: str) -> int:
+    release = parse_int(value, where, 0, 99)
+    if release not in debian.RELEASES:
+        raise PlanInputError(where, "Debian %d is not a release the collection supports" % release,
+                             "use %s" % " or ".join(str(item) for item in debian.RELEASES))
+    return release
+
+
 HOST = {
+    "debian_version": Field(debian_release, debian.DEFAULT_RELEASE,
+                            "the host's Debian release; PostgreSQL's, pgbouncer's and Redis' versions follow it"),
     "nofile_hard_limit": Field(integer(1, NOFILE_CEILING), 524288, "the host's hard open-file limit"),
     "env_production": Field(env_mapping, {}, "sizing variables found in .env.production"),
     "environment": Field(unit_environment, {}, "extra variables in every Mastodon unit's environment"),
@@ -465,7 +477,7 @@ POSTGRESQL = {
     "cpus": Field(optional(integer(1, 4096)), None, "CPU count, for PGTune"),
     "disk_type": Field(choice("ssd", "nvme", "san", "hdd"), "ssd", ""),
     "database_size": Field(choice("less_ram", "mid_ram", "greater_ram"), "mid_ram", "database size relative to RAM"),
-    "version": Field(integer(10, 99), 15, "PostgreSQL major version"),
+    "version": Field(optional(integer(10, 99)), None, "PostgreSQL major version; default: the host's release's"),
     "acknowledge_max_connections_over_1000": Field(parse_bool, False, ""),
     "limits_from": Field(choice("inventory", "live"), "inventory",
                          "where max_connections and the reserved slots come from: the inventory, or the running "
@@ -509,7 +521,7 @@ PGBOUNCER = {
     "processes": Field(integer(1, 64), 1, "pgbouncer processes on this host"),
     "limit_nofile": Field(integer_or_auto(1, NOFILE_CEILING), AUTO, "LimitNOFILE of each process"),
     "users": Field(integer(1, 100), 1, "database users that connect through it"),
-    "version": Field(version, "1.18", "pgbouncer version (Debian 12: 1.18)"),
+    "version": Field(optional(version), None, "pgbouncer version; default: the host's release's"),
 }
 
 REDIS_MAXMEMORY_POLICIES = ("noeviction", "allkeys-lru", "allkeys-lfu", "allkeys-random", "volatile-lru",
@@ -535,6 +547,7 @@ REDIS = {
     "instances": Field(records(REDIS_INSTANCE, "Redis instances", 32), [], ""),
     "sentinel": Field(parse_bool, False, "this host runs a Redis Sentinel that monitors every replicated set"),
     "sentinel_port": Field(port, 26379, ""),
+    "version": Field(optional(version), None, "Redis version; default: the host's release's"),
 }
 
 NGINX = {
@@ -592,6 +605,14 @@ def _check_pgbouncer_not_bypassed(host: str, parsed: Dict[str, Any]) -> None:
                     "false on %s)" % host)
 
 
+def _versions_from_release(parsed: Dict[str, Any]) -> None:
+    """Versions the inventory leaves out are those the host's Debian release ships."""
+    release = parsed["mastodon"]["debian_version"]
+    for section, cast in (("postgresql", int), ("pgbouncer", str), ("redis", str)):
+        if parsed.get(section) is not None and parsed[section]["version"] is None:
+            parsed[section]["version"] = cast(debian.shipped(release, section))
+
+
 def parse_description(description: Any) -> Dict[str, Any]:
     """Check a cluster description and fill in every default."""
     if not isinstance(description, Mapping):
@@ -622,6 +643,7 @@ def parse_description(description: Any) -> Dict[str, Any]:
         if any(section in parsed for section in APP_SECTIONS) and "pgbouncer" not in parsed:
             parsed["pgbouncer"] = parse_section({}, PGBOUNCER, host_where(name, "pgbouncer"))
         _check_pgbouncer_not_bypassed(name, parsed)
+        _versions_from_release(parsed)
         result["hosts"][str(name)] = parsed
     return result
 

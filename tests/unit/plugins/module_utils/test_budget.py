@@ -208,7 +208,22 @@ def test_postgresql_hosts_get_their_settings_and_the_app_hosts_as_clients():
     settings = server["settings"]
     assert (settings["max_connections"], settings["superuser_reserved_connections"]) == (150, 5)
     assert settings["work_mem"] == report["servers"]["primary"]["work_mem"]
-    assert "reserved_connections" not in settings  # PostgreSQL 16+ only
+    assert settings["reserved_connections"] == 0  # Debian 13's PostgreSQL 17
+    on_debian_12 = plan.connection_budget(cluster(hosts__db1={"postgresql": {"ram": "16GB"},
+                                                               "mastodon": {"debian_version": 12}}))
+    assert on_debian_12["postgresql"]["db1"]["version"] == 15
+    assert "reserved_connections" not in on_debian_12["postgresql"]["db1"]["settings"]  # PostgreSQL 16+ only
+
+
+def test_versions_follow_the_hosts_debian_release():
+    report = plan.connection_budget(cluster(hosts__worker1__pgbouncer={}))
+    assert (report["servers"]["primary"]["version"], report["pgbouncer"]["worker1"]["version"]) == (17, "1.24")
+    assert {item["version"] for item in report["redis"]["instances"]} == {"8.0"}
+    assert report["debian"] == {"db1": 13, "redis1": 13, "web1": 13, "worker1": 13}
+    report = plan.connection_budget(cluster(hosts__worker1={"mastodon": {"debian_version": 12}, "pgbouncer": {},
+                                                            "sidekiq": {"queues": [{"queue": queue}
+                                                                                   for queue in QUEUES]}}))
+    assert report["pgbouncer"]["worker1"]["version"] == "1.18" and report["debian"]["worker1"] == 12
 
 
 def test_app_units_write_out_every_sizing_variable():

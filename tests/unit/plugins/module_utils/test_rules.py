@@ -232,7 +232,8 @@ class TestLimitNofileOverHardLimit:
 
 class TestPgbouncerProcessesNeedPeers:
     def test_error_names_the_version(self):
-        [item] = found(cluster(hosts__worker1__pgbouncer={"processes": 2}), "pgbouncer-processes-need-peers")
+        [item] = found(cluster(hosts__worker1__pgbouncer={"processes": 2},
+                               hosts__worker1__mastodon={"debian_version": 12}), "pgbouncer-processes-need-peers")
         assert "pgbouncer 1.18" in item["message"] and item["host"] == "worker1"
 
     def test_fine_from_1_19(self):
@@ -754,3 +755,35 @@ def test_readme_rules_table_lists_exactly_the_rules():
     table = readme.split("### Rules", 1)[1].split("\n## ", 1)[0]
     listed = re.findall(r"^\| `([a-z0-9-]+)` \| (error|warning)", table, re.M)
     assert sorted(rule_id for rule_id, _severity in listed) == sorted(rules.RULES)
+
+
+class TestPostgresqlBelowMastodonFloor:
+    def test_postgresql_13_for_mastodon_4_5(self):
+        [item] = found(cluster(hosts__db1={"postgresql": {"ram": "16GB", "version": 13}}),
+                       "postgresql-below-mastodon-floor")
+        assert (item["severity"], item["host"], item["numbers"]) == ("error", "db1", {"version": 13, "minimum": 14})
+        assert "Mastodon 4.5 dropped PostgreSQL 13" in item["message"] and "pg_upgradecluster 13 main" in item["hint"]
+
+    def test_fine_before_4_5_and_on_both_releases(self):
+        assert found(cluster(mastodon__version="4.4", hosts__db1={"postgresql": {"ram": "16GB", "version": 13}}),
+                     "postgresql-below-mastodon-floor") == []
+        for release in (12, 13):
+            assert found(cluster(hosts__db1={"postgresql": {"ram": "16GB"}, "mastodon": {"debian_version": release}}),
+                         "postgresql-below-mastodon-floor") == []
+
+
+class TestRedisBelowMastodonFloor:
+    def test_redis_6_2_for_sidekiq_8(self):
+        [item] = found(cluster(hosts__redis1__redis__version="6.2"), "redis-below-mastodon-floor")
+        assert (item["host"], item["numbers"]) == ("redis1", {"version": "6.2", "minimum": "7.0"})
+        assert "Sidekiq 8" in item["message"]
+
+    def test_redis_6_0_for_mastodon_4_4(self):
+        [item] = found(cluster(mastodon__version="4.4", hosts__redis1__redis__version="6.0"),
+                       "redis-below-mastodon-floor")
+        assert item["numbers"] == {"version": "6.0", "minimum": "6.2"}
+
+    def test_debian_12_and_13_redis_are_fine(self):
+        for release in (12, 13):
+            assert found(cluster(hosts__redis1__mastodon={"debian_version": release}),
+                         "redis-below-mastodon-floor") == []

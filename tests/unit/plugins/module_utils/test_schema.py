@@ -246,3 +246,10 @@ def test_two_services_on_one_port(changes, where, fragment):
 def test_accepted_before_but_broken_at_deploy_time(changes, where, fragment):
     message = error_of(cluster(**changes))
     assert message.startswith(where + ": ") and fragment in message, message
+
+
+@pytest.mark.parametrize("value, fragment", [(11, "Debian 11 is not a release the collection supports"),
+                                             ("trixie", "expected a whole number")])
+def test_debian_release_is_12_or_13(value, fragment):
+    message = error_of(cluster(hosts__web1__mastodon={"debian_version": value}))
+    assert message.startswith("host web1, mastodon.debian_version: ") and fragment in message

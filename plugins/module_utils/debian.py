@@ -1,0 +1,33 @@
+# Copyright (c) fediscale.mastodon contributors
+# GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
+"""What each Debian release the collection supports ships, and what Mastodon needs of it.
+
+The plan's PostgreSQL, pgbouncer and Redis versions default to the host's
+release (``mastodon_debian_version``); the roles check that the host runs that
+release before they write a file. Sources: Debian's archive (packages.debian.org,
+bookworm and trixie); Mastodon's release notes for 4.4 and 4.5.
+"""
+
+from __future__ import annotations
+
+from typing import Dict, Optional
+
+DEFAULT_RELEASE = 13
+RELEASES = (13, 12)
+
+SHIPPED: Dict[int, Dict[str, Optional[str]]] = {
+    12: {"codename": "bookworm", "postgresql": "15", "pgbouncer": "1.18", "redis": "7.0"},
+    13: {"codename": "trixie", "postgresql": "17", "pgbouncer": "1.24", "redis": "8.0"},
+}
+
+# Mastodon's floors, by the release that raised them: (Mastodon version, what, minimum, why).
+FLOORS = (
+    ("4.5", "postgresql", "14", "Mastodon 4.5 dropped PostgreSQL 13"),
+    ("4.5", "redis", "7.0", "Sidekiq 8 (Mastodon 4.5) needs Redis 7.0"),
+    ("4.4", "redis", "6.2", "Mastodon 4.4 dropped Redis before 6.2"),
+)
+
+
+def shipped(release: int, package: str) -> Optional[str]:
+    """The version of ``package`` a Debian release ships."""
+    return SHIPPED[release][package]
