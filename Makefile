@@ -78,13 +78,15 @@ molecule: image collection
 	  for run in $$runs; do \
 	    scenario=$${run%:*}; release=$${run#*:}; start=$$(date +%s); \
 	    echo "== molecule test -s $$scenario on Debian $$release"; \
-	    FEDISCALE_RIG_IMAGE=$$($(RIG) image-name $$release) $(BIN)/molecule test -s $$scenario || exit 1; \
+	    FEDISCALE_RIG_DEBIAN=$$release FEDISCALE_RIG_IMAGE=$$($(RIG) image-name $$release) \
+	      $(BIN)/molecule test -s $$scenario || exit 1; \
 	    echo "molecule $$scenario (Debian $$release) $$(( $$(date +%s) - start ))s" >> $(TIMINGS); \
 	  done
 
 # The local container cluster, left running: molecule/cluster (make clean removes it).
 demo: image collection
-	@cd $(ROOT) && export FEDISCALE_RIG_IMAGE=$$($(RIG) image-name $(DEBIAN)) FEDISCALE_RIG_APT_PROXY=$$($(RIG) cache) && \
+	@cd $(ROOT) && export FEDISCALE_RIG_DEBIAN=$(DEBIAN) FEDISCALE_RIG_IMAGE=$$($(RIG) image-name $(DEBIAN)) \
+	    FEDISCALE_RIG_APT_PROXY=$$($(RIG) cache) && \
 	  $(BIN)/molecule converge -s cluster && \
 	  echo "The cluster is up: molecule login -s cluster --host demo-web1; make clean removes it."
 
