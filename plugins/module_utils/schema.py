@@ -340,7 +340,8 @@ def live_limits(value: Any, where: str) -> Dict[str, Any]:
     if not isinstance(value, Mapping) or not ("error" in value or all(key in value for key in LIVE_LIMITS)):
         raise PlanInputError(where, "expected %s, or error, got %s" % (", ".join(LIVE_LIMITS), _show(value)))
     if "error" in value:
-        return {"error": parse_str(value["error"], where + ".error")}
+        # A driver's message may span lines: one line here, since findings are one line each.
+        return {"error": parse_str(" ".join(str(value["error"]).split()), where + ".error")}
     return {key: parse_int(value[key], "%s.%s" % (where, key)) for key in LIVE_LIMITS}
 
 
