@@ -284,3 +284,28 @@ def test_an_unreadable_server_leaves_the_inventorys_limits_and_a_warning(db, tmp
     assert (server["limits_source"], server["max_connections"]) == ("inventory", 60)
     item = findings["postgresql-live-limits-unread"]
     assert item["severity"] == "warning" and "5999" in item["message"]
+
+
+# --- A host upgraded from Debian 12 keeps its old cluster ---
+
+def test_a_cluster_of_another_version_stops_the_role_before_it_changes_anything(db):
+    """As after a Debian upgrade: the old major's cluster (binaries gone) beside the plan's version."""
+    old = "14" if db.file("/etc/postgresql/15").exists else "15"
+    db.run("mkdir -p /etc/postgresql/%s/main /var/lib/postgresql/%s/main" % (old, old))
+    db.run("echo %s > /var/lib/postgresql/%s/main/PG_VERSION" % (old, old))
+    db.run("printf \"data_directory = '/var/lib/postgresql/%s/main'\\nport = 5433\\n\" "
+           "> /etc/postgresql/%s/main/postgresql.conf" % (old, old))
+    before = db.run("find /etc/postgresql -type f -exec sha256sum {} + | sort").stdout
+    try:
+        env = dict(os.environ, ANSIBLE_NOCOLOR="1", ANSIBLE_FORCE_COLOR="0")
+        playbook = Path(__file__).resolve().parents[1] / "converge.yml"
+        run = subprocess.run([str(Path(sys.executable).with_name("ansible-playbook")), str(playbook),
+                              "-i", db.backend.ansible_inventory, "--limit", "database-db"],
+                             env=env, capture_output=True, text=True, timeout=600, check=False)
+        output = run.stdout + run.stderr
+        assert run.returncode != 0
+        assert "the PostgreSQL %s cluster main (/var/lib/postgresql/%s/main) is on this host" % (old, old) in output
+        assert "pg_upgradecluster %s main" % old in output and "Nothing was changed" in output
+        assert db.run("find /etc/postgresql -type f -exec sha256sum {} + | sort").stdout == before
+    finally:
+        db.run("rm -rf /etc/postgresql/%s /var/lib/postgresql/%s" % (old, old))
