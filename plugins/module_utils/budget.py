@@ -21,9 +21,10 @@ from ansible_collections.fediscale.mastodon.plugins.module_utils import mastodon
 from ansible_collections.fediscale.mastodon.plugins.module_utils import pgtune
 from ansible_collections.fediscale.mastodon.plugins.module_utils.schema import (
     AUTO, LIVE_LIMITS, WORK_MEM_MINIMUM_KB, PlanInputError, format_size_kb, host_where, parse_description,
+    version_tuple,
 )
 from ansible_collections.fediscale.mastodon.plugins.module_utils.sizing import (
-    nginx_sizing, pgbouncer_server_connections, pgbouncer_sizing,
+    PGBOUNCER_PREPARED_STATEMENTS_SINCE, nginx_sizing, pgbouncer_server_connections, pgbouncer_sizing,
 )
 
 PGBOUNCER_PORT = 6432
@@ -227,6 +228,9 @@ def _allocate_pgbouncers(hosts: Dict[str, Any], clients: Dict[str, Dict[str, int
             primary_connections=sized["server_connections"],
             replica_connections=_server_connections(section, pool, clients[host]["replica"]) if databases == 2 else 0,
             nofile_hard_limit=hosts[host]["mastodon"]["nofile_hard_limit"],
+            # Written out where pgbouncer knows the setting, since its default there is not 0.
+            max_prepared_statements=0 if version_tuple(section["version"]) >= PGBOUNCER_PREPARED_STATEMENTS_SINCE
+            else None,
         )
     return result
 

@@ -226,6 +226,13 @@ def test_versions_follow_the_hosts_debian_release():
     assert report["pgbouncer"]["worker1"]["version"] == "1.18" and report["debian"]["worker1"] == 12
 
 
+def test_pgbouncer_prepared_statements_written_out_as_0_where_pgbouncer_knows_them():
+    on_13 = plan.connection_budget(cluster(hosts__worker1__pgbouncer={}))["pgbouncer"]["worker1"]
+    assert on_13["max_prepared_statements"] == 0
+    on_12 = plan.connection_budget(cluster(hosts__worker1__pgbouncer={"version": "1.18"}))["pgbouncer"]["worker1"]
+    assert on_12["max_prepared_statements"] is None
+
+
 def test_app_units_write_out_every_sizing_variable():
     units = plan.connection_budget(cluster())["units"]
     assert units["web1"]["web"]["environment"] == {"WEB_CONCURRENCY": "2", "MAX_THREADS": "5", "DB_POOL": "5",
