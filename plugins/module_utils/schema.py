@@ -447,6 +447,7 @@ CLUSTER = {
                                           "milliseconds a master stays unreachable before it counts as down"),
 }
 
+
 def debian_release(value: Any, where: str) -> int:
     release = parse_int(value, where, 0, 99)
     if release not in debian.RELEASES:

@@ -210,7 +210,7 @@ def test_postgresql_hosts_get_their_settings_and_the_app_hosts_as_clients():
     assert settings["work_mem"] == report["servers"]["primary"]["work_mem"]
     assert settings["reserved_connections"] == 0  # Debian 13's PostgreSQL 17
     on_debian_12 = plan.connection_budget(cluster(hosts__db1={"postgresql": {"ram": "16GB"},
-                                                               "mastodon": {"debian_version": 12}}))
+                                                              "mastodon": {"debian_version": 12}}))
     assert on_debian_12["postgresql"]["db1"]["version"] == 15
     assert "reserved_connections" not in on_debian_12["postgresql"]["db1"]["settings"]  # PostgreSQL 16+ only
 

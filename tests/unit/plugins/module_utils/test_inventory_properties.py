@@ -96,12 +96,12 @@ def mutated_inventories(draw):
     hostvars = {host: dict(variables, mastodon_trusted_proxy_ip="10.0.0.5")
                 for host, variables in BASE_VARIABLES.items()}
     origins = {host: {} for host in hostvars}
-    for _ in range(draw(st.integers(0, 4))):
+    for _change in range(draw(st.integers(0, 4))):
         host = draw(st.sampled_from(sorted(hostvars)))
         name = draw(st.sampled_from(KNOWN_VARIABLES + TYPOS))
         hostvars[host][name] = draw(st.one_of(plausible, value_for(name)))
         origins[host][name] = draw(st.sampled_from(["host", "group web", "all"]))
-    for _ in range(draw(st.integers(0, 2))):
+    for _added in range(draw(st.integers(0, 2))):
         host = draw(st.sampled_from(sorted(hostvars) + ["extra.example.org"]))
         hostvars.setdefault(host, {})
         origins.setdefault(host, {})
