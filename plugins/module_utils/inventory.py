@@ -33,6 +33,10 @@ KNOWN_VARIABLES = sorted(
     list(CLUSTER_VARIABLES) + [FOREIGN_VARIABLES] + list(PLAYBOOK_VARIABLES)
     + [section.prefix + key for section in HOST_SECTIONS.values() for key in section.fields]
 )
+KNOWN = frozenset(KNOWN_VARIABLES)
+# Filled in by site.yml's plan play from the running server, never by the inventory.
+SET_BY_THE_PLAY = {"postgresql_live_limits": "site.yml's plan play reads them from the running server "
+                                             "(postgresql_limits_from: live)"}
 # Mastodon's own sizing names, written as inventory variables: Mastodon never sees them there.
 MASTODON_NAMES = dict(SIZING_VARIABLES, STREAMING_CLUSTER_NUM="streaming_ports (one instance per port)")
 # Keys whose right name is not a near miss of the wrong one.
@@ -150,7 +154,10 @@ def description_from_inventory(hostvars: Mapping[str, Mapping[str, Any]], groups
         for name in sorted(name for name in variables if is_relevant(name)):
             origin = host_origins.get(name, OWN)
             where = "host %s, variable %s" % (host, name)
-            if name not in KNOWN_VARIABLES:
+            if name in SET_BY_THE_PLAY:
+                raise PlanInputError(where, "is not an inventory variable: %s" % SET_BY_THE_PLAY[name],
+                                     "remove it")
+            if name not in KNOWN:
                 if name not in role_variables and name not in foreign:
                     _judge_unknown(host, name, origin, in_groups, role_variables, unknown)
                 continue

@@ -122,6 +122,12 @@ def test_role_options_are_not_typos():
     description_from_inventory(hostvars, groups, role_variables=["redis_instance"])
 
 
+def test_live_limits_come_from_the_server_not_the_inventory():
+    message = error_of({"db1": {"postgresql_live_limits": {"max_connections": 9000}}, "app1": {}})
+    assert message.startswith("host db1, variable postgresql_live_limits: is not an inventory variable: site.yml's "
+                              "plan play reads them from the running server")
+
+
 def test_cluster_variable_must_agree():
     message = error_of({"db1": {"mastodon_version": "4.4"}, "app1": {"mastodon_version": "4.5"}})
     assert "differs between hosts app1 ('4.5') and db1 ('4.4')" in message
