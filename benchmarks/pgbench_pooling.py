@@ -18,7 +18,7 @@ Set-up, undone at the end (also on failure):
   pool sizes included, unless ``--pool-size`` names one;
 - pgbench's tables are created in Mastodon's database (the demo has no
   Mastodon data) and dropped afterwards;
-- pgbench comes with Debian's ``postgresql-15`` package, which the benchmark
+- pgbench comes with Debian's ``postgresql-NN`` package, which the benchmark
   installs on the client host without creating a cluster there (it stays).
 
     make demo
@@ -43,7 +43,11 @@ SCENARIO = ROOT / "molecule" / "cluster"
 CLIENT_HOST = "demo-web1"
 DB_HOST = "demo-db1"
 WORKLOADS = {"read-only": ["-S"], "mixed": []}
-POSTGRESQL_SERVICE = "postgresql@15-main"
+
+
+def postgresql_version() -> str:
+    """The PostgreSQL major version the site put on the database host (it follows the host's Debian release)."""
+    return docker(DB_HOST, "ls /usr/lib/postgresql").stdout.split()[-1]
 
 
 def cluster_vars() -> Dict[str, str]:
@@ -85,7 +89,7 @@ def pgbouncer_settings() -> Dict[str, str]:
 def set_max_connections(value: Optional[int]) -> None:
     statement = ("ALTER SYSTEM SET max_connections = %d" % value) if value else "ALTER SYSTEM RESET max_connections"
     docker(DB_HOST, "psql -qc '%s'" % statement, user="postgres")
-    docker(DB_HOST, "systemctl restart %s" % POSTGRESQL_SERVICE)
+    docker(DB_HOST, "systemctl restart postgresql@%s-main" % postgresql_version())
 
 
 def pgbench(arm: str, workload: str, clients: int, duration: int, settings: Dict[str, str]) -> Dict[str, float]:
@@ -155,11 +159,12 @@ def main() -> None:
     connect = "-h %s -U %s %s" % (settings["db_address"], settings["user"], settings["database"])
 
     # Debian ships pgbench in the server package; install it without creating a cluster on the app host.
-    if docker(CLIENT_HOST, "test -x /usr/lib/postgresql/15/bin/pgbench", check=False).returncode:
+    version = postgresql_version()
+    if docker(CLIENT_HOST, "test -x /usr/lib/postgresql/%s/bin/pgbench" % version, check=False).returncode:
         docker(CLIENT_HOST, "mkdir -p /etc/postgresql-common && "
                "sed -i '/^#* *create_main_cluster/d' /etc/postgresql-common/createcluster.conf 2>/dev/null; "
                "echo 'create_main_cluster = false' >> /etc/postgresql-common/createcluster.conf && "
-               "DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql-15 >/dev/null")
+               "DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql-%s >/dev/null" % version)
     samples: Dict[tuple, List[Dict[str, float]]] = {}
     arms = ["direct"]
     try:

@@ -16,6 +16,8 @@ import yaml
 
 REPORT = json.load(open(os.path.join(os.environ["MOLECULE_EPHEMERAL_DIRECTORY"], "plan", "budget.json")))
 PRIMARY = REPORT["servers"]["primary"]
+# The cluster of the PostgreSQL version the plan chose for the host's Debian release.
+POSTGRESQL_UNIT = "postgresql@%d-main.service" % PRIMARY["version"]
 SECRETS = yaml.safe_load((Path(__file__).resolve().parents[1] / "group_vars" / "all.yml").read_text())
 DATABASE_PASSWORD = SECRETS["postgresql_mastodon_password"]
 REDIS_PASSWORD = SECRETS["redis_password"]
@@ -39,7 +41,7 @@ def managed_units(name):
     sections = REPORT["hosts"][name]
     units = []
     if "postgresql" in sections:
-        units.append("postgresql@15-main.service")
+        units.append(POSTGRESQL_UNIT)
     if "redis" in sections:
         units += ["redis-server@%s.service" % item["name"] for item in REPORT["redis"]["instances"]
                   if item["host"] == name]
@@ -228,7 +230,7 @@ def test_clients_behind_pgbouncer_recover_from_a_postgresql_restart(hosts):
     app.run("rm -f /tmp/resilient.json; echo %s | base64 -d > /tmp/resilient.py; "
             "nohup timeout 90 python3 /tmp/resilient.py >/dev/null 2>&1 &" % encoded)
     time.sleep(3)
-    assert hosts["demo-db1"].run("systemctl restart postgresql@15-main.service").rc == 0
+    assert hosts["demo-db1"].run("systemctl restart %s" % POSTGRESQL_UNIT).rc == 0
     log = None
     for _attempt in range(90):
         content = app.run("cat /tmp/resilient.json 2>/dev/null").stdout
