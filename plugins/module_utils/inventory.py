@@ -16,6 +16,7 @@ anyone else, and a warning (``inventory-variable-unknown``) where it may.
 from __future__ import annotations
 
 import difflib
+import functools
 import re
 from typing import Any, Dict, Iterable, List, Mapping, Optional, Tuple
 
@@ -97,8 +98,13 @@ def _family(name: str) -> str:
 
 def is_relevant(name: Any) -> bool:
     """Whether the plan reads or judges a variable: only these are templated by the plugins."""
-    return isinstance(name, str) and (name.startswith(PREFIXES) or name in MASTODON_NAMES
-                                      or lookalike(name) is not None)
+    return isinstance(name, str) and _is_relevant_name(name)
+
+
+@functools.lru_cache(maxsize=4096)
+def _is_relevant_name(name: str) -> bool:
+    # Every host repeats the same names (Ansible's own among them): judge each once.
+    return name.startswith(PREFIXES) or name in MASTODON_NAMES or lookalike(name) is not None
 
 
 def _groups_of_family(family: str) -> Tuple[str, ...]:
