@@ -12,6 +12,7 @@ from __future__ import annotations
 from typing import Dict, List, Mapping, Optional, Tuple
 from urllib.parse import quote
 
+from ansible_collections.fediscale.mastodon.plugins.module_utils import schema
 from ansible_collections.fediscale.mastodon.plugins.module_utils.schema import (
     PlanInputError, parse_int, version_tuple,
 )
@@ -26,9 +27,10 @@ RAILS_DEFAULT_POOL = 5
 STREAMING_DEFAULT_POOL = 10
 SIDEKIQ_DEFAULT_CONCURRENCY = 5
 
-# Variables that size a process; placed in .env.production they reach every
-# process on the host that does not set them itself.
-SIZING_VARIABLES = ("DB_POOL", "MAX_THREADS", "WEB_CONCURRENCY", "SIDEKIQ_CONCURRENCY")
+# Variables that size a process (schema.SIZING_VARIABLES, with the inventory
+# variable for each); placed in .env.production they reach every process on
+# the host that does not set them itself.
+SIZING_VARIABLES = tuple(schema.SIZING_VARIABLES)
 
 # rails db:migrate: Rails takes its migration advisory lock on a connection of
 # its own (activerecord/lib/active_record/migration.rb,
