@@ -10,14 +10,14 @@ bookworm and trixie); Mastodon's release notes for 4.4 and 4.5.
 
 from __future__ import annotations
 
-from typing import Dict, Optional
+from typing import Dict
 
 DEFAULT_RELEASE = 13
 RELEASES = (13, 12)
 
-SHIPPED: Dict[int, Dict[str, Optional[str]]] = {
-    12: {"codename": "bookworm", "postgresql": "15", "pgbouncer": "1.18", "redis": "7.0"},
-    13: {"codename": "trixie", "postgresql": "17", "pgbouncer": "1.24", "redis": "8.0"},
+SHIPPED: Dict[int, Dict[str, str]] = {
+    12: {"postgresql": "15", "pgbouncer": "1.18", "redis": "7.0"},
+    13: {"postgresql": "17", "pgbouncer": "1.24", "redis": "8.0"},
 }
 
 # Mastodon's floors, by the release that raised them: (Mastodon version, what, minimum, why).
@@ -28,6 +28,6 @@ FLOORS = (
 )
 
 
-def shipped(release: int, package: str) -> Optional[str]:
+def shipped(release: int, package: str) -> str:
     """The version of ``package`` a Debian release ships."""
     return SHIPPED[release][package]

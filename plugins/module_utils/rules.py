@@ -99,8 +99,9 @@ def postgresql_below_mastodon_floor(report: Report) -> Iterator[Finding]:
                     "postgresql-below-mastodon-floor", ERROR, server["host"], "postgresql %s" % role,
                     "PostgreSQL %d is below %s, the oldest Mastodon %s runs on (%s)"
                     % (server["version"], minimum, report["mastodon"]["version"], why),
-                    "upgrade the cluster first (pg_upgradecluster %d main on Debian 13's PostgreSQL 17) and set "
-                    "postgresql_version, or stay on an older Mastodon" % server["version"],
+                    "upgrade the cluster first (pg_upgradecluster %d main; Debian %d ships PostgreSQL %s) and set "
+                    "postgresql_version, or stay on an older Mastodon"
+                    % (server["version"], debian.DEFAULT_RELEASE, debian.shipped(debian.DEFAULT_RELEASE, "postgresql")),
                     version=server["version"], minimum=int(minimum))
                 break
 
@@ -118,7 +119,8 @@ def redis_below_mastodon_floor(report: Report) -> Iterator[Finding]:
                     "redis-below-mastodon-floor", ERROR, instance["host"], "redis",
                     "Redis %s is below %s, the oldest Mastodon %s runs on (%s)"
                     % (instance["version"], minimum, report["mastodon"]["version"], why),
-                    "upgrade Redis on %s (Debian 13 ships 8.0) and set redis_version" % instance["host"],
+                    "upgrade Redis on %s (Debian %d ships %s) and set redis_version"
+                    % (instance["host"], debian.DEFAULT_RELEASE, debian.shipped(debian.DEFAULT_RELEASE, "redis")),
                     version=instance["version"], minimum=minimum)
                 break
 
