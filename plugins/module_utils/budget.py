@@ -32,6 +32,8 @@ POSTGRESQL_PORT = 5432
 NGINX_PORTS = (80, 443)
 WARNING_LINE_PERCENT = 90
 DEFAULT_HEADROOM_CONCURRENCY = 10
+PGBOUNCER_SINGLE_PROCESS = {"peer_id": None, "unit": "pgbouncer.service", "config": "/etc/pgbouncer/pgbouncer.ini",
+                            "socket_dir": "/run/pgbouncer"}
 
 
 def warning_line(max_connections: int) -> int:
@@ -229,10 +231,27 @@ def _allocate_pgbouncers(hosts: Dict[str, Any], clients: Dict[str, Dict[str, int
             replica_connections=_server_connections(section, pool, clients[host]["replica"]) if databases == 2 else 0,
             nofile_hard_limit=hosts[host]["mastodon"]["nofile_hard_limit"],
             # Written out where pgbouncer knows the setting, since its default there is not 0.
-            max_prepared_statements=0 if version_tuple(section["version"]) >= PGBOUNCER_PREPARED_STATEMENTS_SINCE
-            else None,
+            # A version without the setting keeps a request above 0, which the rules refuse.
+            max_prepared_statements=section["max_prepared_statements"]
+            if section["max_prepared_statements"]
+            or version_tuple(section["version"]) >= PGBOUNCER_PREPARED_STATEMENTS_SINCE else None,
+            process_units=pgbouncer_process_units(section["processes"]),
         )
     return result
+
+
+def pgbouncer_process_units(processes: int) -> List[Dict[str, Any]]:
+    """How a host runs its pgbouncer processes: Debian's unit for one; for several, one instance of a template
+    unit each, with its own ``peer_id``, configuration file and socket directory.
+
+    The processes share 127.0.0.1:6432 with ``so_reuseport``, so a TCP connection (the console's too) reaches
+    any one of them: each process's own figures are read through its socket directory.
+    """
+    if processes == 1:
+        return [dict(PGBOUNCER_SINGLE_PROCESS)]
+    return [{"peer_id": number, "unit": "pgbouncer@%d.service" % number,
+             "config": "/etc/pgbouncer/pgbouncer-%d.ini" % number, "socket_dir": "/run/pgbouncer/%d" % number}
+            for number in range(1, processes + 1)]
 
 
 def _server_connections(section: Dict[str, Any], pool: int, clients: int) -> int:
@@ -511,13 +530,15 @@ def _upstreams(proxy: str, processes: List[Dict[str, Any]], binds: Dict[str, str
     return servers
 
 
-def app_units(processes: List[Dict[str, Any]]) -> Dict[str, Any]:
-    """The units the app roles write on one host (its ``processes``), each with its sizing environment.
+def app_units(processes: List[Dict[str, Any]], bouncer: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
+    """The units the app roles write on one host (its ``processes``), each with its sizing environment, and
+    the units they start after (the host's pgbouncer processes).
 
     Every sizing variable is written out, never left to Mastodon's defaults
     or to .env.production (Puma ignores some of them there: mastodon issue 28440).
     """
-    units: Dict[str, Any] = {"web": None, "streaming": [], "sidekiq": []}
+    after = ["network.target"] + [process["unit"] for process in (bouncer or {}).get("process_units", [])]
+    units: Dict[str, Any] = {"web": None, "streaming": [], "sidekiq": [], "after": after}
     for row in processes:
         if row["service"] == "web":
             units["web"] = {"unit": row["unit"], "port": row["port"], "environment": {
@@ -546,16 +567,18 @@ def _environment(host: str, sections: Dict[str, Any], cluster: Dict[str, Any], s
     primary = servers["primary"]
     direct = {"DB_HOST": primary["address"], "DB_PORT": str(POSTGRESQL_PORT)}
     env = dict(direct, DB_NAME=cluster["db_name"], DB_USER=cluster["db_user"], BIND=bind)
+    # Behind transaction pooling Mastodon prepares statements only where pgbouncer tracks them (an opt-in).
+    prepared = "true" if bouncer is not None and bouncer["max_prepared_statements"] else "false"
     if bouncer is not None:
         env.update(DB_HOST="127.0.0.1", DB_PORT=str(PGBOUNCER_PORT))
         if bouncer["pool_mode"] != "session":
-            env["PREPARED_STATEMENTS"] = "false"
+            env["PREPARED_STATEMENTS"] = prepared
     if "replica" in servers:
         if bouncer is not None:
             env.update(REPLICA_DB_HOST="127.0.0.1", REPLICA_DB_PORT=str(PGBOUNCER_PORT),
                        REPLICA_DB_NAME=replica_alias(cluster["db_name"]))
             if bouncer["pool_mode"] != "session":
-                env["REPLICA_PREPARED_STATEMENTS"] = "false"
+                env["REPLICA_PREPARED_STATEMENTS"] = prepared
         else:
             env.update(REPLICA_DB_HOST=servers["replica"]["address"], REPLICA_DB_PORT=str(POSTGRESQL_PORT))
     env.update(redis_settings)
@@ -654,7 +677,7 @@ def compute(description: Any) -> Dict[str, Any]:
         "environment": {host: _environment(host, hosts[host], cluster, servers, bouncers.get(host), redis["settings"],
                                            binds[host])
                         for host in app_hosts},
-        "units": {host: app_units(processes_by_host.get(host, [])) for host in app_hosts},
+        "units": {host: app_units(processes_by_host.get(host, []), bouncers.get(host)) for host in app_hosts},
         "hosts": {host: sorted(section for section in hosts[host] if section != "mastodon") for host in sorted(hosts)},
         "debian": {host: hosts[host]["mastodon"]["debian_version"] for host in sorted(hosts)},
         "env_production": {host: hosts[host]["mastodon"]["env_production"] for host in sorted(hosts)},

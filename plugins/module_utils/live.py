@@ -81,14 +81,42 @@ def postgres_findings(stats: Dict[str, Any], planned_max_connections: Optional[i
     return findings
 
 
+def _maxwait_seconds(pool: Dict[str, Any]) -> float:
+    return int(pool["maxwait"]) + int(pool.get("maxwait_us", 0)) / 1000000.0
+
+
+def add_up_pools(rows: List[Dict[str, Any]]) -> List[Dict[str, Any]]:
+    """One row per database/user pair from the SHOW POOLS rows of several pgbouncer processes.
+
+    Client and server counts add up; the longest wait (``maxwait``, ``maxwait_us``) is the longest of any
+    process; other columns (``pool_mode``) are the first process's.
+    """
+    totals: Dict[tuple, Dict[str, Any]] = {}
+    for row in rows:
+        key = (row["database"], row["user"])
+        if key not in totals:
+            totals[key] = {name: value for name, value in row.items() if name != "process"}
+            continue
+        total = totals[key]
+        if _maxwait_seconds(row) > _maxwait_seconds(total):
+            total["maxwait"], total["maxwait_us"] = row["maxwait"], row.get("maxwait_us", 0)
+        for name, value in row.items():
+            if name.startswith(("cl_", "sv_")) and isinstance(value, int):
+                total[name] = total.get(name, 0) + value
+    return list(totals.values())
+
+
 def pgbouncer_findings(pools: List[Dict[str, Any]],
                        maxwait_warning_seconds: float = MAXWAIT_WARNING_SECONDS) -> List[Dict[str, Any]]:
-    """Findings from SHOW POOLS rows (the admin console's own pool is left out)."""
+    """Findings from SHOW POOLS rows (the admin console's own pool is left out); a row with a ``process``
+    (the socket directory of one of several processes) names it."""
     findings = []
     for pool in pools:
         if pool["database"] == "pgbouncer":
             continue
         where = "%s/%s" % (pool["database"], pool["user"])
+        if pool.get("process"):
+            where += " (process at %s)" % pool["process"]
         if int(pool["cl_waiting"]) > 0:
             findings.append(_finding(
                 "pgbouncer-clients-waiting", "warning",
@@ -96,7 +124,7 @@ def pgbouncer_findings(pools: List[Dict[str, Any]],
                 % (where, int(pool["cl_waiting"]), int(pool["cl_active"])),
                 "the pool is too small for the load: raise the pool sizes if the plan has room, or lower "
                 "the processes' concurrency", pool=where, cl_waiting=int(pool["cl_waiting"])))
-        maxwait = int(pool["maxwait"]) + int(pool.get("maxwait_us", 0)) / 1000000.0
+        maxwait = _maxwait_seconds(pool)
         if maxwait > maxwait_warning_seconds:
             findings.append(_finding(
                 "pgbouncer-maxwait-over-threshold", "warning",

@@ -18,7 +18,8 @@ from ansible_collections.fediscale.mastodon.plugins.module_utils.pgtune import w
 from ansible_collections.fediscale.mastodon.plugins.module_utils.schema import (
     LIVE_LIMITS, format_size_kb, version_tuple)
 from ansible_collections.fediscale.mastodon.plugins.module_utils.sizing import (
-    PGBOUNCER_ADMIN_POOL, PGBOUNCER_EXTRA_USERS, PGBOUNCER_FD_SPARE)
+    PGBOUNCER_ADMIN_POOL, PGBOUNCER_EXTRA_USERS, PGBOUNCER_FD_SPARE, PGBOUNCER_PEERS_SINCE,
+    PGBOUNCER_PREPARED_STATEMENTS_SINCE)
 
 ERROR = "error"
 WARNING = "warning"
@@ -285,7 +286,7 @@ def limit_nofile_over_hard_limit(report: Report) -> Iterator[Finding]:
 @rule("pgbouncer-processes-need-peers")
 def pgbouncer_processes_need_peers(report: Report) -> Iterator[Finding]:
     for host, bouncer in sorted(report["pgbouncer"].items()):
-        if bouncer["processes"] > 1 and version_tuple(bouncer["version"]) < (1, 19):
+        if bouncer["processes"] > 1 and version_tuple(bouncer["version"]) < PGBOUNCER_PEERS_SINCE:
             yield finding(
                 "pgbouncer-processes-need-peers", ERROR, host, "pgbouncer",
                 "%d pgbouncer processes share a port with so_reuseport, but pgbouncer %s has no [peers] section "
@@ -295,10 +296,43 @@ def pgbouncer_processes_need_peers(report: Report) -> Iterator[Finding]:
                 processes=bouncer["processes"], version=bouncer["version"])
 
 
+# What a client that prepares as Rails does met through pgbouncer 1.24 with
+# max_prepared_statements 200 (molecule/database,
+# test_rails_like_prepared_statements_through_pgbouncer; README, "Prepared statements").
+PREPARED_STATEMENTS_MEASURED = (
+    "measured on pgbouncer 1.24 with a client that prepares as Rails does, every transaction in which a "
+    "connection's full statement cache (statement_limit, 1000 by default) evicts a statement fails with "
+    "'current transaction is aborted'")
+
+
 @rule("prepared-statements-with-transaction-pooling")
 def prepared_statements_with_transaction_pooling(report: Report) -> Iterator[Finding]:
+    """Off unless pgbouncer tracks them (1.21+) and the admin has accepted what Rails' SQL DEALLOCATE does."""
     for host, bouncer in sorted(report["pgbouncer"].items()):
         if bouncer["pool_mode"] == "session":
+            continue
+        tracked = bouncer["max_prepared_statements"] or 0
+        if tracked and version_tuple(bouncer["version"]) < PGBOUNCER_PREPARED_STATEMENTS_SINCE:
+            yield finding(
+                "prepared-statements-with-transaction-pooling", ERROR, host, "pgbouncer",
+                "pgbouncer_max_prepared_statements is %d but pgbouncer %s does not track prepared statements "
+                "(1.21+): behind pool_mode = %s they break when a transaction lands on another server connection"
+                % (tracked, bouncer["version"], bouncer["pool_mode"]),
+                "set pgbouncer_max_prepared_statements: 0, or install pgbouncer 1.21 or newer and set "
+                "pgbouncer_version", max_prepared_statements=tracked, version=bouncer["version"])
+            continue
+        if tracked:
+            acknowledged = bouncer["acknowledge_prepared_statements"]
+            yield finding(
+                "prepared-statements-with-transaction-pooling", WARNING if acknowledged else ERROR, host,
+                "pgbouncer",
+                "Mastodon would prepare statements through pgbouncer (max_prepared_statements %d): pgbouncer "
+                "tracks the protocol's prepare and close, not the SQL DEALLOCATE with which Rails evicts its "
+                "statement cache; %s" % (tracked, PREPARED_STATEMENTS_MEASURED),
+                "acknowledged by pgbouncer_acknowledge_prepared_statements" if acknowledged else
+                "set pgbouncer_max_prepared_statements: 0 (the default), or accept it with "
+                "pgbouncer_acknowledge_prepared_statements: true",
+                max_prepared_statements=tracked, version=bouncer["version"])
             continue
         units = report["environment"][host]["units"]
         names = ["PREPARED_STATEMENTS"] + (["REPLICA_PREPARED_STATEMENTS"] if "replica" in report["servers"] else [])
@@ -309,7 +343,8 @@ def prepared_statements_with_transaction_pooling(report: Report) -> Iterator[Fin
                     "pgbouncer runs pool_mode = %s but Mastodon's units get %s=%s: prepared statements break "
                     "when a transaction lands on another server connection" % (bouncer["pool_mode"], name,
                                                                                units.get(name, "(unset)")),
-                    "remove %s from mastodon_environment (the collection sets it to false)" % name,
+                    "remove %s from mastodon_environment (the collection sets it to false), or see "
+                    "pgbouncer_max_prepared_statements" % name,
                     pool_mode=bouncer["pool_mode"])
 
 

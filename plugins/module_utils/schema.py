@@ -524,6 +524,10 @@ PGBOUNCER = {
     "limit_nofile": Field(integer_or_auto(1, NOFILE_CEILING), AUTO, "LimitNOFILE of each process"),
     "users": Field(integer(1, 100), 1, "database users that connect through it"),
     "version": Field(optional(version), None, "pgbouncer version; default: the host's release's"),
+    "max_prepared_statements": Field(integer(0, 100000), 0,
+                                     "protocol-level prepared statements tracked per connection (1.21+); "
+                                     "above 0 Mastodon prepares statements (an opt-in)"),
+    "acknowledge_prepared_statements": Field(parse_bool, False, ""),
 }
 
 REDIS_MAXMEMORY_POLICIES = ("noeviction", "allkeys-lru", "allkeys-lfu", "allkeys-random", "volatile-lru",

@@ -12,8 +12,11 @@ PGBOUNCER_DEFAULT_POOL_SIZE = 20
 # pgbouncer tracks protocol-level prepared statements in transaction mode from
 # 1.21 (max_prepared_statements; 1.24's default is 200). Rails evicts its
 # statement cache with SQL DEALLOCATE, which pgbouncer does not track, so the
-# plan writes 0 and Mastodon gets PREPARED_STATEMENTS=false.
+# plan writes 0 and Mastodon gets PREPARED_STATEMENTS=false unless the admin
+# opts in (pgbouncer_max_prepared_statements with its acknowledgement).
 PGBOUNCER_PREPARED_STATEMENTS_SINCE = (1, 21)
+# Several processes on one port need [peers] to route query cancellations.
+PGBOUNCER_PEERS_SINCE = (1, 19)
 PGBOUNCER_DEFAULT_MAX_CLIENT_CONN = 100
 # Room for clients beyond today's plan (a deploy that briefly runs old and new
 # processes side by side), and for sockets beyond clients and servers: listen

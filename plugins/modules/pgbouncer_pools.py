@@ -9,6 +9,8 @@ description:
   - Runs C(SHOW POOLS), C(SHOW STATS) and C(SHOW DATABASES) on pgbouncer's C(pgbouncer) console, over the simple
     query protocol the console speaks (psycopg's C(ClientCursor), autocommit, no C(SET)). Columns are read by
     name, as they change between pgbouncer versions.
+  - Several processes sharing one port (C(so_reuseport)) are read one by one through their socket directories,
+    since a TCP connection to the port reaches any one of them; their figures are added up.
   - Returns findings (warnings) for a pool with clients waiting (C(cl_waiting) above 0) and for a C(maxwait) above
     O(maxwait_warning_seconds).
   - Changes nothing; runs on the pgbouncer host.
@@ -16,9 +18,13 @@ requirements:
   - psycopg 3 (Debian's C(python3-psycopg)) on the host it runs on
 options:
   login_host:
-    description: Address or socket directory pgbouncer listens on.
-    type: str
-    default: 127.0.0.1
+    description:
+      - Address or socket directory pgbouncer listens on.
+      - A list reads several processes of one pgbouncer, each through its own socket directory (the plan's
+        C(process_units)).
+    type: list
+    elements: str
+    default: [127.0.0.1]
   login_port:
     description: Port of pgbouncer.
     type: int
@@ -50,26 +56,44 @@ EXAMPLES = r"""
   fediscale.mastodon.pgbouncer_pools:
     login_password: "{{ pgbouncer_stats_password }}"
   register: pools
+
+- name: Read every process of this host's pgbouncer, as the plan runs them
+  fediscale.mastodon.pgbouncer_pools:
+    login_host: "{{ plan_budget.pgbouncer[inventory_hostname].process_units | map(attribute='socket_dir') }}"
+    login_password: "{{ pgbouncer_stats_password }}"
+  register: pools
 """
 
 RETURN = r"""
 pools:
-  description: C(SHOW POOLS) rows, numbers as integers.
+  description: C(SHOW POOLS) rows of every process, numbers as integers; C(process) is the O(login_host) read.
+  returned: success
+  type: list
+  elements: dict
+pool_totals:
+  description:
+    - One row per database and user, added up over the processes; C(maxwait) is the longest of any process.
   returned: success
   type: list
   elements: dict
 stats:
-  description: C(SHOW STATS) rows, numbers as integers.
+  description: C(SHOW STATS) rows of every process, numbers as integers, with C(process).
   returned: success
   type: list
   elements: dict
 databases:
-  description: C(SHOW DATABASES) rows, numbers as integers.
+  description: C(SHOW DATABASES) rows of every process, numbers as integers, with C(process).
   returned: success
   type: list
   elements: dict
+processes:
+  description: How many processes were read (the length of O(login_host)).
+  returned: success
+  type: int
 clients:
-  description: Client connections of all pools together (C(cl_active) plus C(cl_waiting)), the console's left out.
+  description:
+    - Client connections of all pools and processes together (C(cl_active) plus C(cl_waiting)), the console's
+      left out.
   returned: success
   type: int
 findings:
@@ -83,7 +107,7 @@ from decimal import Decimal
 
 from ansible.module_utils.basic import AnsibleModule, missing_required_lib
 
-from ansible_collections.fediscale.mastodon.plugins.module_utils.live import pgbouncer_findings
+from ansible_collections.fediscale.mastodon.plugins.module_utils.live import add_up_pools, pgbouncer_findings
 
 try:
     import psycopg
@@ -100,16 +124,17 @@ def _plain(value):
     return value
 
 
-def _rows(conn, command):
+def _rows(conn, command, process):
     cursor = conn.execute(command)
     names = [column.name for column in cursor.description]
-    return [{name: _plain(value) for name, value in zip(names, values)} for values in cursor.fetchall()]
+    return [dict({name: _plain(value) for name, value in zip(names, values)}, process=process)
+            for values in cursor.fetchall()]
 
 
 def main():
     module = AnsibleModule(
         argument_spec=dict(
-            login_host=dict(type="str", default="127.0.0.1"),
+            login_host=dict(type="list", elements="str", default=["127.0.0.1"]),
             login_port=dict(type="int", default=6432),
             login_user=dict(type="str", default="pgbouncer_stats"),
             login_password=dict(type="str", no_log=True),
@@ -120,19 +145,26 @@ def main():
     if psycopg is None:
         module.fail_json(msg=missing_required_lib("psycopg (Debian: python3-psycopg)"))
     params = module.params
-    try:
-        # The console speaks only the simple query protocol and takes no SET.
-        with psycopg.connect(host=params["login_host"], port=params["login_port"], user=params["login_user"],
-                             password=params["login_password"], dbname="pgbouncer", autocommit=True,
-                             cursor_factory=psycopg.ClientCursor, connect_timeout=10) as conn:
-            pools = _rows(conn, "SHOW POOLS")
-            stats = _rows(conn, "SHOW STATS")
-            databases = _rows(conn, "SHOW DATABASES")
-    except psycopg.Error as error:
-        module.fail_json(msg="cannot read pgbouncer's console at %s:%s as %s: %s" % (
-            params["login_host"], params["login_port"], params["login_user"], error))
+    if not params["login_host"]:
+        module.fail_json(msg="login_host is empty: give the address or the socket directory of each process")
+    several = len(params["login_host"]) > 1
+    pools, stats, databases = [], [], []
+    for login_host in params["login_host"]:
+        process = login_host if several else None
+        try:
+            # The console speaks only the simple query protocol and takes no SET.
+            with psycopg.connect(host=login_host, port=params["login_port"], user=params["login_user"],
+                                 password=params["login_password"], dbname="pgbouncer", autocommit=True,
+                                 cursor_factory=psycopg.ClientCursor, connect_timeout=10) as conn:
+                pools += _rows(conn, "SHOW POOLS", process)
+                stats += _rows(conn, "SHOW STATS", process)
+                databases += _rows(conn, "SHOW DATABASES", process)
+        except psycopg.Error as error:
+            module.fail_json(msg="cannot read pgbouncer's console at %s:%s as %s: %s" % (
+                login_host, params["login_port"], params["login_user"], error))
     clients = sum(int(pool["cl_active"]) + int(pool["cl_waiting"]) for pool in pools if pool["database"] != "pgbouncer")
-    module.exit_json(changed=False, pools=pools, stats=stats, databases=databases, clients=clients,
+    module.exit_json(changed=False, pools=pools, pool_totals=add_up_pools(pools), stats=stats, databases=databases,
+                     processes=len(params["login_host"]), clients=clients,
                      findings=pgbouncer_findings(pools, params["maxwait_warning_seconds"]))
 
 

@@ -46,7 +46,7 @@ def managed_units(name):
         units += ["redis-server@%s.service" % item["name"] for item in REPORT["redis"]["instances"]
                   if item["host"] == name]
     if name in REPORT["pgbouncer"]:
-        units.append("pgbouncer.service")
+        units += [process["unit"] for process in REPORT["pgbouncer"][name]["process_units"]]
     app = REPORT["units"].get(name, {})
     if app.get("web"):
         units.append(app["web"]["unit"])
@@ -121,9 +121,10 @@ def test_load_probe_holds_the_planned_connections_and_the_server_stays_within_th
             "WHERE backend_type = 'client backend' AND usename = 'mastodon'\"").stdout.strip()
         server_counts.append(int(count))
     for name in BOUNCERS:
-        pools = hosts[name].ansible("fediscale.mastodon.pgbouncer_pools", "login_password=%s" % STATS_PASSWORD,
-                                    check=True)
-        row = next(row for row in pools["pools"] if row["database"] == "mastodon_production")
+        sockets = ",".join(process["socket_dir"] for process in REPORT["pgbouncer"][name]["process_units"])
+        pools = hosts[name].ansible("fediscale.mastodon.pgbouncer_pools", "login_password=%s login_host=%s"
+                                    % (STATS_PASSWORD, sockets), check=True)
+        row = next(row for row in pools["pool_totals"] if row["database"] == "mastodon_production")
         measured[name] = (row["cl_active"] + row["cl_waiting"], row["sv_active"] + row["sv_idle"] + row["sv_used"])
     for name in BOUNCERS:
         planned = REPORT["pgbouncer"][name]
@@ -248,13 +249,14 @@ def test_clients_behind_pgbouncer_recover_from_a_postgresql_restart(hosts):
 
 def test_systemd_brings_a_killed_pgbouncer_back(hosts):
     app = hosts["demo-sidekiq1"]
-    before = app.run("systemctl show -P MainPID pgbouncer.service").stdout.strip()
-    app.run("systemctl kill -s KILL pgbouncer.service")
+    unit = REPORT["pgbouncer"]["demo-sidekiq1"]["process_units"][0]["unit"]
+    before = app.run("systemctl show -P MainPID %s" % unit).stdout.strip()
+    app.run("systemctl kill -s KILL %s" % unit)
     after = before
     for _attempt in range(20):
         time.sleep(1)
-        after = app.run("systemctl show -P MainPID pgbouncer.service").stdout.strip()
-        if after not in ("0", before) and app.service("pgbouncer.service").is_running:
+        after = app.run("systemctl show -P MainPID %s" % unit).stdout.strip()
+        if after not in ("0", before) and app.service(unit).is_running:
             break
     assert after not in ("0", before)
     result = python(app, "import psycopg\nprint(psycopg.connect('host=127.0.0.1 port=6432 user=mastodon "

@@ -120,44 +120,84 @@ def test_wrong_password_is_refused_by_pgbouncer(app):
     assert result.rc != 0 and "SASL authentication failed" in result.stderr
 
 
-def test_pgbouncer_listens_on_loopback_only(app):
+PROCESSES = BOUNCER["process_units"]
+UNITS = [process["unit"] for process in PROCESSES]
+
+
+def test_pgbouncer_listens_on_loopback_only_once_per_process(app):
     local_addresses = [line.split()[3] for line in app.run("ss -Hltn 'sport = :6432'").stdout.splitlines()]
-    assert local_addresses == ["127.0.0.1:6432"]
+    assert local_addresses == ["127.0.0.1:6432"] * BOUNCER["processes"]
+
+
+def test_each_process_has_its_own_console_socket(app):
+    listening = app.run("ss -Hlx").stdout
+    for process in PROCESSES:
+        assert "%s/.s.PGSQL.6432" % process["socket_dir"] in listening
 
 
 ADMIN_QUERY = """
 import json, sys, psycopg
-conn = psycopg.connect("host=127.0.0.1 port=6432 dbname=pgbouncer user=pgbouncer_stats password=%s",
-                       autocommit=True, cursor_factory=psycopg.ClientCursor)
+# Connections to the shared port first: the kernel hands them to the processes, so each shows the pool.
+for _ in range(20):
+    psycopg.connect("host=127.0.0.1 port=6432 dbname=mastodon_production user=mastodon password=%r").close()
 out = {}
-for command in ("SHOW POOLS", "SHOW CONFIG", "SHOW DATABASES"):
-    cur = conn.execute(command)
-    names = [column.name for column in cur.description]
-    out[command] = [dict(zip(names, row)) for row in cur.fetchall()]
+for host in sys.argv[1:]:
+    conn = psycopg.connect(host=host, port=6432, dbname="pgbouncer", user="pgbouncer_stats", password=%r,
+                           autocommit=True, cursor_factory=psycopg.ClientCursor)
+    out[host] = {}
+    for command in ("SHOW POOLS", "SHOW CONFIG", "SHOW DATABASES", "SHOW PEERS"):
+        cur = conn.execute(command)
+        names = [column.name for column in cur.description]
+        out[host][command] = [dict(zip(names, row)) for row in cur.fetchall()]
 print(json.dumps(out, default=str))
-""" % STATS_PASSWORD
+""" % (PASSWORD, STATS_PASSWORD)
+
+
+def python(host, script, *args):
+    encoded = base64.b64encode(script.encode()).decode()
+    result = host.run("echo %s | base64 -d | python3 - %s" % (encoded, " ".join(args)))
+    assert result.rc == 0, result.stderr
+    return result.stdout
 
 
 @pytest.fixture(scope="module")
-def console(app):
-    script = base64.b64encode(ADMIN_QUERY.encode()).decode()
-    result = app.run("echo %s | base64 -d | python3 -" % script)
-    assert result.rc == 0, result.stderr
-    return json.loads(result.stdout)
+def consoles(app):
+    """Each process's console, read through its own socket directory."""
+    return json.loads(python(app, ADMIN_QUERY, *[process["socket_dir"] for process in PROCESSES]))
 
 
-def test_show_config_is_the_plans(console):
-    config = {row["key"]: row["value"] for row in console["SHOW CONFIG"]}
-    for key in ("pool_mode", "default_pool_size", "reserve_pool_size", "max_client_conn", "max_db_connections"):
-        assert config[key] == str(BOUNCER[key]), key
-    assert config["auth_type"] == "scram-sha-256"
-    # pgbouncer 1.21+ (Debian 13's 1.24 defaults to 200): written out as 0; 1.18 does not know the setting.
-    assert config.get("max_prepared_statements") == (None if BOUNCER["max_prepared_statements"] is None else "0")
+@pytest.fixture(scope="module")
+def console(consoles):
+    return consoles[PROCESSES[0]["socket_dir"]]
 
 
-def test_show_pools_has_the_mastodon_pool_in_transaction_mode(console):
-    pools = {(row["database"], row["user"]): row for row in console["SHOW POOLS"]}
-    assert pools[("mastodon_production", "mastodon")]["pool_mode"] == "transaction"
+def test_show_config_is_the_plans_in_every_process(consoles):
+    for process in PROCESSES:
+        config = {row["key"]: row["value"] for row in consoles[process["socket_dir"]]["SHOW CONFIG"]}
+        for key in ("pool_mode", "default_pool_size", "reserve_pool_size", "max_client_conn", "max_db_connections"):
+            assert config[key] == str(BOUNCER[key]), key
+        assert config["auth_type"] == "scram-sha-256"
+        assert config["unix_socket_dir"] == process["socket_dir"]
+        # pgbouncer 1.21+ (Debian 13's 1.24 defaults to 200): written out as 0; 1.18 does not know the setting.
+        assert config.get("max_prepared_statements") == (None if BOUNCER["max_prepared_statements"] is None else "0")
+        if BOUNCER["processes"] > 1:
+            assert (config["peer_id"], config["so_reuseport"]) == (str(process["peer_id"]), "1")
+
+
+def test_every_process_knows_its_peers(consoles):
+    if BOUNCER["processes"] == 1:
+        pytest.skip("one pgbouncer process has no peers")
+    expected = sorted((process["peer_id"], process["socket_dir"]) for process in PROCESSES)
+    for process in PROCESSES:
+        peers = consoles[process["socket_dir"]]["SHOW PEERS"]
+        assert sorted((int(row["peer_id"]), row["host"]) for row in peers) == expected
+
+
+def test_every_process_serves_the_mastodon_pool_in_transaction_mode(consoles):
+    # A process shows a pool once a client has reached it: the 20 connections reached every one.
+    modes = [row["pool_mode"] for console in consoles.values() for row in console["SHOW POOLS"]
+             if (row["database"], row["user"]) == ("mastodon_production", "mastodon")]
+    assert modes == ["transaction"] * BOUNCER["processes"]
 
 
 def test_show_databases_points_at_the_primary(console):
@@ -175,24 +215,36 @@ def test_auth_file_holds_secrets_not_passwords(app):
     assert content.count('"SCRAM-SHA-256$4096:') == 2
 
 
+def start_up_logs(app):
+    logs = {}
+    for unit in UNITS:
+        logs[unit] = app.run("journalctl -u %s -o cat --no-pager" % unit).stdout
+    return logs
+
+
 def test_start_up_log_shows_the_plans_file_descriptor_limit(app):
-    log = app.run("journalctl -u pgbouncer.service -o cat --no-pager").stdout
-    limits = re.findall(r"kernel file descriptor limit: (\d+) \(hard: (\d+)\); max_client_conn: (\d+)", log)
-    assert limits, log[-2000:]
-    assert limits[-1] == (str(BOUNCER["limit_nofile"]), str(BOUNCER["limit_nofile"]), str(BOUNCER["max_client_conn"]))
+    for unit, log in start_up_logs(app).items():
+        limits = re.findall(r"kernel file descriptor limit: (\d+) \(hard: (\d+)\); max_client_conn: (\d+)", log)
+        assert limits, (unit, log[-2000:])
+        assert limits[-1] == (str(BOUNCER["limit_nofile"]), str(BOUNCER["limit_nofile"]),
+                              str(BOUNCER["max_client_conn"]))
 
 
 def test_plans_fd_need_is_pgbouncers_own_estimate(app):
-    log = app.run("journalctl -u pgbouncer.service -o cat --no-pager").stdout
-    expected = re.findall(r"max expected fd use: (\d+)", log)
-    assert expected, log[-2000:]
-    # No reserve pool here, so the plan's figure is pgbouncer's exactly.
-    assert BOUNCER["reserve_pool_size"] == 0 and int(expected[-1]) == BOUNCER["fd_need"]
+    for unit, log in start_up_logs(app).items():
+        expected = re.findall(r"max expected fd use: (\d+)", log)
+        assert expected, (unit, log[-2000:])
+        # No reserve pool here, so the plan's figure is pgbouncer's exactly.
+        assert BOUNCER["reserve_pool_size"] == 0 and int(expected[-1]) == BOUNCER["fd_need"]
 
 
-def test_pgbouncer_is_enabled_and_restarts_with_systemd(app):
-    service = app.service("pgbouncer.service")
-    assert service.is_running and service.is_enabled
+def test_pgbouncer_processes_are_enabled_and_debians_unit_is_masked_beside_several(app):
+    for unit in UNITS:
+        service = app.service(unit)
+        assert service.is_running and service.is_enabled, unit
+    if BOUNCER["processes"] > 1:
+        assert app.run("systemctl is-enabled pgbouncer.service").stdout.strip() == "masked"
+        assert "Not read" in app.run("cat /etc/pgbouncer/pgbouncer.ini").stdout
 
 
 def exposure(host, path):
@@ -200,14 +252,38 @@ def exposure(host, path):
     return float(re.search(r"Overall exposure level for \S+: ([0-9.]+)", out).group(1))
 
 
-def test_production_unit_scores_below_2(app):
-    # Debian's unit with the hardening and limits drop-ins, without the container one, under another name:
+def test_production_units_score_below_2(app):
+    # Each unit with the hardening and limits drop-ins, without the container one, under another name:
     # offline scoring still applies the drop-ins of the unit's own name.
-    app.run("cat /lib/systemd/system/pgbouncer.service /etc/systemd/system/pgbouncer.service.d/hardening.conf "
-            "/etc/systemd/system/pgbouncer.service.d/limits.conf > /tmp/score-ours.service")
+    dropins = "/etc/systemd/system/%s.d" % ("pgbouncer@.service" if BOUNCER["processes"] > 1 else "pgbouncer.service")
+    unit = "/etc/systemd/system/pgbouncer@.service" if BOUNCER["processes"] > 1 else "/lib/systemd/system/pgbouncer.service"
+    app.run("cat %s %s/hardening.conf %s/limits.conf > /tmp/score-ours.service" % (unit, dropins, dropins))
     app.run("cp /lib/systemd/system/pgbouncer.service /tmp/score-debian.service")
     ours, debian = exposure(app, "/tmp/score-ours.service"), exposure(app, "/tmp/score-debian.service")
     assert ours < 2.0 < debian
+
+
+CANCEL = """
+import sys, threading, time, psycopg
+from psycopg import errors
+cancelled = 0
+for attempt in range(int(sys.argv[1])):
+    conn = psycopg.connect("host=127.0.0.1 port=6432 dbname=mastodon_production user=mastodon password=%s")
+    threading.Timer(0.5, conn.cancel).start()
+    started = time.monotonic()
+    try:
+        conn.execute("SELECT pg_sleep(10)")
+    except errors.QueryCanceled:
+        cancelled += time.monotonic() - started < 5
+    conn.close()
+print(cancelled)
+""" % PASSWORD
+
+
+def test_a_cancellation_reaches_the_process_that_runs_the_query(app):
+    """A cancel request is a new TCP connection, which the kernel may hand to another process: [peers] forwards it."""
+    attempts = 12
+    assert int(python(app, CANCEL, str(attempts))) == attempts
 
 
 # --- the live-check modules, against the real servers ---
@@ -236,23 +312,32 @@ def test_postgres_connections_flags_a_plan_that_assumed_another_max_connections(
     assert failed["msg"] == "the server runs with max_connections 40, the plan assumed 41"
 
 
-def test_under_load_pgbouncer_queues_clients_and_postgres_sees_only_the_pool(app, db):
-    """More clients than the pool: pgbouncer makes them wait, the server never sees more than the pool."""
+def test_under_load_pgbouncer_queues_clients_and_postgres_sees_only_the_pools(app, db):
+    """More clients than all processes' pools: pgbouncer makes them wait, the server sees only the pools.
+
+    The kernel spreads the clients over the processes unevenly, so the figures are read per process (each
+    through its socket) and added up.
+    """
     pool = BOUNCER["default_pool_size"]
-    clients = pool + 5
+    clients = pool * BOUNCER["processes"] + 5
     app.run("for i in $(seq %d); do PGPASSWORD=%s psql -XAtq 'host=127.0.0.1 port=6432 user=mastodon "
             "dbname=mastodon_production' -c 'SELECT pg_sleep(6)' >/dev/null 2>&1 & done; sleep 2"
             % (clients, PASSWORD))
-    pools = app.ansible("fediscale.mastodon.pgbouncer_pools", "login_password=%s" % STATS_PASSWORD, check=True)
+    pools = app.ansible("fediscale.mastodon.pgbouncer_pools", "login_password=%s login_host=%s" % (
+        STATS_PASSWORD, ",".join(process["socket_dir"] for process in PROCESSES)), check=True)
     live = postgres_connections(db, behind_pgbouncer="true")
     app.run("sleep 5")
-    row = next(row for row in pools["pools"] if row["database"] == "mastodon_production")
-    assert row["cl_active"] + row["cl_waiting"] == clients and row["sv_active"] == pool
-    assert row["cl_waiting"] == clients - pool
-    assert pools["clients"] == clients
+    assert pools["processes"] == BOUNCER["processes"]
+    per_process = [row for row in pools["pools"] if row["database"] == "mastodon_production"]
+    assert len(per_process) == BOUNCER["processes"]
+    assert all(row["sv_active"] <= pool for row in per_process)
+    total = next(row for row in pools["pool_totals"] if row["database"] == "mastodon_production")
+    assert total["cl_active"] + total["cl_waiting"] == clients == pools["clients"]
+    assert total["sv_active"] == sum(min(row["cl_active"] + row["cl_waiting"], pool) for row in per_process)
+    assert total["cl_waiting"] >= clients - pool * BOUNCER["processes"] > 0
     assert "pgbouncer-clients-waiting" in [finding["id"] for finding in pools["findings"]]
     from_pgbouncer = sum(item["count"] for item in live["by_client"] if item["client_addr"] == "172.30.42.202")
-    assert from_pgbouncer == pool
+    assert from_pgbouncer == total["sv_active"] <= BOUNCER["primary_connections"]
     assert "live-no-idle-behind-pgbouncer" in [finding["id"] for finding in live["findings"]]
 
 
@@ -311,3 +396,83 @@ def test_a_cluster_of_another_version_stops_the_role_before_it_changes_anything(
         assert db.run("find /etc/postgresql -type f -exec sha256sum {} + | sort").stdout == before
     finally:
         db.run("rm -rf /etc/postgresql/%s /var/lib/postgresql/%s" % (old, old))
+
+
+# --- Switching between one pgbouncer process and several ---
+
+def converge_app(host, *extra):
+    env = dict(os.environ, ANSIBLE_NOCOLOR="1", ANSIBLE_FORCE_COLOR="0")
+    playbook = Path(__file__).resolve().parents[1] / "converge.yml"
+    run = subprocess.run([str(Path(sys.executable).with_name("ansible-playbook")), str(playbook),
+                          "-i", host.backend.ansible_inventory, "--limit", "database-app"] + list(extra),
+                         env=env, capture_output=True, text=True, timeout=600, check=False)
+    assert run.returncode == 0, run.stdout[-3000:]
+    return run.stdout
+
+
+def serves(app):
+    return connect(app, "127.0.0.1", 6432, "mastodon", PASSWORD, sql="SELECT current_user").stdout.strip()
+
+
+def test_going_to_one_process_and_back_leaves_only_the_plans_units(app):
+    if BOUNCER["processes"] == 1:
+        pytest.skip("this release's pgbouncer runs one process only")
+    try:
+        converge_app(app, "-e", "pgbouncer_processes=1")
+        assert app.service("pgbouncer.service").is_running and app.service("pgbouncer.service").is_enabled
+        for unit in UNITS:
+            # The template is gone, so systemd no longer knows its instances.
+            assert app.run("systemctl is-active %s" % unit).stdout.strip() == "inactive", unit
+            assert app.run("systemctl is-enabled %s" % unit).stdout.strip() == "not-found", unit
+        assert not app.file("/etc/systemd/system/pgbouncer@.service").exists
+        assert app.run("ls /etc/pgbouncer").stdout.split() == ["pgbouncer.ini", "userlist.txt"]
+        assert "so_reuseport" not in app.run("cat /etc/pgbouncer/pgbouncer.ini").stdout
+        assert serves(app) == "mastodon"
+    finally:
+        converge_app(app)
+    for unit in UNITS:
+        assert app.service(unit).is_running and app.service(unit).is_enabled, unit
+    assert app.run("systemctl is-enabled pgbouncer.service").stdout.strip() == "masked"
+    assert serves(app) == "mastodon"
+
+
+# --- Prepared statements through pgbouncer, with a client that prepares as Rails does ---
+
+RAILS_LIKE_CLIENT = (Path(__file__).resolve().parents[1] / "rails_like_client.py").read_text()
+PGBOUNCER_DSN = "host=127.0.0.1 port=6432 dbname=mastodon_production user=mastodon password=%s" % PASSWORD
+
+
+def rails_like(app, conninfo, statement_limit=8):
+    return json.loads(python(app, RAILS_LIKE_CLIENT, "'%s'" % conninfo, "--clients", "30", "--seconds", "8",
+                             "--statement-limit", str(statement_limit)))
+
+
+def test_rails_like_prepared_statements_through_pgbouncer(app):
+    """What Mastodon would meet with PREPARED_STATEMENTS on behind transaction pooling, without and with
+    pgbouncer's tracking (the opt-in). README's "Prepared statements" section has the numbers."""
+    direct = rails_like(app, "host=%s port=5432 dbname=mastodon_production user=mastodon password=%s"
+                        % (SERVER["address"], PASSWORD))
+    untracked = rails_like(app, PGBOUNCER_DSN)
+    results = {"direct": direct, "pgbouncer, max_prepared_statements 0": untracked}
+    if BOUNCER["max_prepared_statements"] is not None:
+        try:
+            converge_app(app, "-e", "pgbouncer_max_prepared_statements=200",
+                         "-e", "pgbouncer_acknowledge_prepared_statements=true")
+            results["pgbouncer, max_prepared_statements 200"] = rails_like(app, PGBOUNCER_DSN)
+            results["the same, no cache eviction"] = rails_like(app, PGBOUNCER_DSN, statement_limit=1000)
+        finally:
+            converge_app(app)
+    print(json.dumps(results, indent=2))
+    # The client itself is right: straight to PostgreSQL every statement works.
+    assert direct["failed"] == 0 and direct["ok"] > 0
+    # Untracked, a statement prepared on one server connection is missing (or already there) on the next.
+    assert untracked["failed"] > 0 and any("does not exist" in kind for kind in untracked["errors"])
+    if BOUNCER["max_prepared_statements"] is None:
+        return
+    # Tracked, prepare and execute work until the cache evicts: Rails' SQL DEALLOCATE names a statement the
+    # server does not know (pgbouncer renamed it), and the transaction it runs in is aborted.
+    tracked = results["pgbouncer, max_prepared_statements 200"]
+    assert tracked["ok"] > 0 and tracked["failed"] > 0
+    assert list(tracked["errors"]) == [
+        "ERROR:  current transaction is aborted, commands ignored until end of transaction block"]
+    assert results["the same, no cache eviction"]["failed"] == 0

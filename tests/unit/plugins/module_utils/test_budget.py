@@ -233,6 +233,30 @@ def test_pgbouncer_prepared_statements_written_out_as_0_where_pgbouncer_knows_th
     assert on_12["max_prepared_statements"] is None
 
 
+def test_one_pgbouncer_process_is_debians_unit_several_are_template_instances_with_own_sockets():
+    one = plan.connection_budget(cluster(hosts__worker1__pgbouncer={}))
+    assert one["pgbouncer"]["worker1"]["process_units"] == [
+        {"peer_id": None, "unit": "pgbouncer.service", "config": "/etc/pgbouncer/pgbouncer.ini",
+         "socket_dir": "/run/pgbouncer"}]
+    assert one["units"]["worker1"]["after"] == ["network.target", "pgbouncer.service"]
+    two = plan.connection_budget(cluster(hosts__worker1__pgbouncer={"processes": 2}))
+    assert two["pgbouncer"]["worker1"]["process_units"] == [
+        {"peer_id": number, "unit": "pgbouncer@%d.service" % number,
+         "config": "/etc/pgbouncer/pgbouncer-%d.ini" % number, "socket_dir": "/run/pgbouncer/%d" % number}
+        for number in (1, 2)]
+    assert two["units"]["worker1"]["after"] == ["network.target", "pgbouncer@1.service", "pgbouncer@2.service"]
+    # A host without pgbouncer orders its units after the network only.
+    assert two["units"]["web1"]["after"] == ["network.target"]
+
+
+def test_several_pgbouncer_processes_count_each_ones_pools():
+    one = plan.connection_budget(cluster(hosts__worker1__pgbouncer={"default_pool_size": 4}))
+    two = plan.connection_budget(cluster(hosts__worker1__pgbouncer={"default_pool_size": 4, "processes": 2}))
+    assert one["pgbouncer"]["worker1"]["primary_connections"] == 4
+    assert two["pgbouncer"]["worker1"]["primary_connections"] == 8
+    assert two["servers"]["primary"]["total"] - one["servers"]["primary"]["total"] == 4
+
+
 def test_app_units_write_out_every_sizing_variable():
     units = plan.connection_budget(cluster())["units"]
     assert units["web1"]["web"]["environment"] == {"WEB_CONCURRENCY": "2", "MAX_THREADS": "5", "DB_POOL": "5",

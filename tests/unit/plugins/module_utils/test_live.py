@@ -2,7 +2,8 @@
 
 import pytest
 
-from ansible_collections.fediscale.mastodon.plugins.module_utils.live import pgbouncer_findings, postgres_findings
+from ansible_collections.fediscale.mastodon.plugins.module_utils.live import (
+    add_up_pools, pgbouncer_findings, postgres_findings)
 
 
 def stats(states, waits=(), max_connections=100):
@@ -65,3 +66,20 @@ def test_waiting_clients_and_long_waits():
     [slow] = pgbouncer_findings([pool(maxwait=1, maxwait_us=500000)])
     assert slow["id"] == "pgbouncer-maxwait-over-threshold" and slow["numbers"]["maxwait"] == pytest.approx(1.5)
     assert pgbouncer_findings([pool(database="pgbouncer", user="pgbouncer", cl_waiting=1)]) == []
+
+
+def test_a_finding_of_one_of_several_processes_names_it():
+    [waiting] = pgbouncer_findings([pool(cl_waiting=2, process="/run/pgbouncer/2")])
+    assert "mastodon_production/mastodon (process at /run/pgbouncer/2): 2 clients" in waiting["message"]
+
+
+def test_several_processes_add_up_and_keep_the_longest_wait():
+    rows = [pool(cl_active=4, cl_waiting=1, sv_active=3, maxwait=0, maxwait_us=200, pool_mode="transaction",
+                 process="/run/pgbouncer/1"),
+            pool(cl_active=6, cl_waiting=0, sv_active=5, maxwait=2, maxwait_us=10, pool_mode="transaction",
+                 process="/run/pgbouncer/2"),
+            pool(database="pgbouncer", user="pgbouncer", cl_active=1, process="/run/pgbouncer/1")]
+    mastodon, console = add_up_pools(rows)
+    assert (mastodon["cl_active"], mastodon["cl_waiting"], mastodon["sv_active"]) == (10, 1, 8)
+    assert (mastodon["maxwait"], mastodon["maxwait_us"], mastodon["pool_mode"]) == (2, 10, "transaction")
+    assert "process" not in mastodon and console["database"] == "pgbouncer"

@@ -262,6 +262,35 @@ class TestPreparedStatementsWithTransactionPooling:
         env = plan.connection_budget(description)["environment"]["worker1"]["units"]
         assert env["PREPARED_STATEMENTS"] == "false" and env["REPLICA_PREPARED_STATEMENTS"] == "false"
 
+    def test_opt_in_without_the_acknowledgement_is_an_error_that_says_what_breaks(self):
+        [item] = found(cluster(hosts__worker1__pgbouncer={"max_prepared_statements": 200}),
+                       "prepared-statements-with-transaction-pooling")
+        assert (item["severity"], item["host"], item["service"]) == ("error", "worker1", "pgbouncer")
+        assert "max_prepared_statements 200" in item["message"] and "DEALLOCATE" in item["message"]
+        assert rules.PREPARED_STATEMENTS_MEASURED in item["message"]
+        assert "pgbouncer_acknowledge_prepared_statements: true" in item["hint"]
+
+    def test_acknowledged_opt_in_is_a_warning_and_mastodon_prepares(self):
+        description = cluster(hosts__worker1__pgbouncer={"max_prepared_statements": 200,
+                                                         "acknowledge_prepared_statements": True},
+                              hosts__web1__pgbouncer={},
+                              hosts__db2={"postgresql": {"role": "replica", "ram": "16GB"}})
+        [item] = found(description, "prepared-statements-with-transaction-pooling")
+        assert item["severity"] == "warning" and "acknowledged" in item["hint"]
+        report = plan.connection_budget(description)
+        env = report["environment"]["worker1"]["units"]
+        assert env["PREPARED_STATEMENTS"] == "true" and env["REPLICA_PREPARED_STATEMENTS"] == "true"
+        assert report["pgbouncer"]["worker1"]["max_prepared_statements"] == 200
+        # Only that host's Mastodon prepares; the others' pgbouncers track nothing.
+        assert report["environment"]["web1"]["units"]["PREPARED_STATEMENTS"] == "false"
+
+    def test_opt_in_on_a_pgbouncer_that_cannot_track_them_is_an_error_even_acknowledged(self):
+        [item] = found(cluster(hosts__worker1__pgbouncer={"max_prepared_statements": 100, "version": "1.18",
+                                                          "acknowledge_prepared_statements": True}),
+                       "prepared-statements-with-transaction-pooling")
+        assert item["severity"] == "error" and "pgbouncer 1.18 does not track" in item["message"]
+        assert "pgbouncer_max_prepared_statements: 0" in item["hint"]
+
     def test_session_pooling_keeps_them(self):
         assert found(cluster(hosts__worker1__pgbouncer={"pool_mode": "session"},
                              hosts__worker1__mastodon={"environment": {"PREPARED_STATEMENTS": "true"}}),
