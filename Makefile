@@ -1,7 +1,8 @@
 # fediscale.mastodon: one entry point for tests, lint and the local cluster.
 #   make test                     lint, sanity, unit and plan tests, every Molecule scenario
 #   make unit                     the fast loop: model, filters, plan playbook
-#   make molecule SCENARIO=smoke  one Molecule scenario (default: all) on Debian 13; DEBIAN=12 for Debian 12
+#   make molecule SCENARIO=smoke  one Molecule scenario (default: all) on Debian 13; DEBIAN=12 for Debian 12,
+#                                 REDIS_SERVER=valkey for Valkey instead of Redis
 #   make demo                     the local container cluster with site.yml on it
 #   make demo DEBIAN=12           the same cluster on Debian 12
 #   make bench                    the plan benchmark
@@ -22,6 +23,9 @@ SCENARIOS := $(sort $(notdir $(patsubst %/molecule.yml,%,$(wildcard molecule/*/m
 # The Debian release the scenarios run on; a full run adds these scenarios on Debian 12.
 DEBIAN ?= 13
 ALSO_ON_DEBIAN_12 := cluster
+# The Redis package family (redis or valkey); a full run adds these scenarios with Valkey.
+REDIS_SERVER ?= redis
+ALSO_WITH_VALKEY := redis sentinel
 export ANSIBLE_COLLECTIONS_PATH := $(COLLECTIONS)
 export PATH := $(BIN):$(PATH)
 
@@ -31,7 +35,7 @@ timed = start=$$(date +%s); $(2); echo "$(1) $$(( $$(date +%s) - start ))s" >> $
 .PHONY: help test unit lint sanity molecule demo bench bench-pooling clean venv collection image
 
 help:
-	@sed -n '2,10p' Makefile
+	@sed -n '2,11p' Makefile
 
 venv:
 	@$(RIG) venv
@@ -73,14 +77,15 @@ sanity: venv
 molecule: image collection
 	@mkdir -p $(dir $(TIMINGS))
 	@cd $(ROOT) && export FEDISCALE_RIG_APT_PROXY=$$($(RIG) cache) && \
-	  runs="$(foreach scenario,$(or $(SCENARIO),$(SCENARIOS)),$(scenario):$(DEBIAN))"; \
-	  if [ -z "$(SCENARIO)" ] && [ "$(DEBIAN)" = 13 ]; then runs="$$runs $(ALSO_ON_DEBIAN_12:=:12)"; fi; \
+	  runs="$(foreach scenario,$(or $(SCENARIO),$(SCENARIOS)),$(scenario):$(DEBIAN):$(REDIS_SERVER))"; \
+	  if [ -z "$(SCENARIO)" ] && [ "$(DEBIAN)" = 13 ] && [ "$(REDIS_SERVER)" = redis ]; then \
+	    runs="$$runs $(ALSO_ON_DEBIAN_12:=:12:redis) $(ALSO_WITH_VALKEY:=:13:valkey)"; fi; \
 	  for run in $$runs; do \
-	    scenario=$${run%:*}; release=$${run#*:}; start=$$(date +%s); \
-	    echo "== molecule test -s $$scenario on Debian $$release"; \
+	    IFS=: read -r scenario release server <<< "$$run"; start=$$(date +%s); \
+	    echo "== molecule test -s $$scenario on Debian $$release with $$server"; \
 	    FEDISCALE_RIG_DEBIAN=$$release FEDISCALE_RIG_IMAGE=$$($(RIG) image-name $$release) \
-	      $(BIN)/molecule test -s $$scenario || exit 1; \
-	    echo "molecule $$scenario (Debian $$release) $$(( $$(date +%s) - start ))s" >> $(TIMINGS); \
+	      FEDISCALE_RIG_REDIS_SERVER=$$server $(BIN)/molecule test -s $$scenario || exit 1; \
+	    echo "molecule $$scenario (Debian $$release, $$server) $$(( $$(date +%s) - start ))s" >> $(TIMINGS); \
 	  done
 
 # The local container cluster, left running: molecule/cluster (make clean removes it).

@@ -7,15 +7,24 @@ as Mastodon's processes do. Workloads: pgbench's read-only (``-S``) and its
 default TPC-B-like mix, at 20, 200 and 800 clients; arms alternate inside each
 round so both see the same machine.
 
+Each pgbouncer configuration is one arm, measured beside a direct arm of the
+same protocol: pool sizes (``--pool-size``), process counts (``--processes``;
+several need pgbouncer 1.19+) and prepared statements (``--prepared``: off is
+pgbench's simple protocol, what Mastodon sends behind transaction pooling; on
+is ``-M prepared`` with the plan's opt-in ``pgbouncer_max_prepared_statements``,
+pgbouncer 1.21+). Every sample also records where the CPU went: pgbench's own
+(user + system), pgbouncer's (all its processes), PostgreSQL's (the database
+container's cgroup), and how many server backends waited on a lock halfway.
+
 Set-up, undone at the end (also on failure):
 
 - ``max_connections`` on the primary is raised with ``ALTER SYSTEM`` so the
   direct arm can admit 800 clients (the plan's own value stays in the
   collection's ``conf.d`` file and is back after ``ALTER SYSTEM RESET``);
-- ``site.yml --tags pgbouncer`` re-plans the app hosts' pgbouncers with
-  ``pgbouncer_max_client_conn`` high enough for 800 clients (the plan then
-  raises ``LimitNOFILE`` to match); everything else stays as the plan chose,
-  pool sizes included, unless ``--pool-size`` names one;
+- ``site.yml --tags pgbouncer`` re-plans the app hosts' pgbouncers for each
+  configuration with ``pgbouncer_max_client_conn`` high enough for 800 clients
+  (the plan then raises ``LimitNOFILE`` to match); everything else stays as the
+  plan chose, pool sizes included, unless ``--pool-size`` names one;
 - pgbench's tables are created in Mastodon's database (the demo has no
   Mastodon data) and dropped afterwards;
 - pgbench comes with Debian's ``postgresql-NN`` package, which the benchmark
@@ -23,15 +32,18 @@ Set-up, undone at the end (also on failure):
 
     make demo
     .venv/bin/python benchmarks/pgbench_pooling.py [--rounds 3] [--duration 20] [--pool-size auto,8]
+        [--processes 1,2] [--prepared off,on]
 """
 
 import argparse
+import itertools
 import json
 import os
 import re
 import statistics
 import subprocess
 import sys
+import threading
 from pathlib import Path
 from typing import Dict, List, Optional
 
@@ -82,8 +94,28 @@ def converge_pgbouncer(extra_vars: Dict[str, object]) -> None:
 
 
 def pgbouncer_settings() -> Dict[str, str]:
-    text = docker(CLIENT_HOST, "cat /etc/pgbouncer/pgbouncer.ini").stdout
-    return dict(re.findall(r"^(default_pool_size|max_client_conn|pool_mode) = (\S+)", text, re.M))
+    """The first process's settings (with one process its file is pgbouncer.ini)."""
+    text = docker(CLIENT_HOST, "cat /etc/pgbouncer/pgbouncer-1.ini 2>/dev/null || cat /etc/pgbouncer/pgbouncer.ini").stdout
+    return dict(re.findall(r"^(default_pool_size|max_client_conn|pool_mode|max_prepared_statements) = (\S+)",
+                           text, re.M))
+
+
+def pgbouncer_cpu_seconds() -> float:
+    """CPU time of every pgbouncer process on the client host so far (they live through the runs)."""
+    out = docker(CLIENT_HOST, "ps -C pgbouncer -o times=", check=False).stdout
+    return float(sum(int(value) for value in out.split()))
+
+
+def postgresql_cpu_seconds() -> float:
+    """CPU time of the database container so far (its backends come and go; the cgroup keeps the sum)."""
+    out = docker(DB_HOST, "cat /sys/fs/cgroup/cpu.stat").stdout
+    return int(re.search(r"^usage_usec (\d+)", out, re.M).group(1)) / 1e6
+
+
+def lock_waiters() -> int:
+    out = docker(DB_HOST, "psql -XAtqc \"SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock'\"",
+                 user="postgres", check=False).stdout.strip()
+    return int(out) if out.isdigit() else 0
 
 
 def set_max_connections(value: Optional[int]) -> None:
@@ -92,52 +124,75 @@ def set_max_connections(value: Optional[int]) -> None:
     docker(DB_HOST, "systemctl restart postgresql@%s-main" % postgresql_version())
 
 
-def pgbench(arm: str, workload: str, clients: int, duration: int, settings: Dict[str, str]) -> Dict[str, float]:
-    host, port = (settings["db_address"], 5432) if arm == "direct" else ("127.0.0.1", 6432)
-    # Simple query protocol (pgbench's default): what transaction pooling serves.
-    command = "pgbench -n %s -c %d -j 2 -T %d -h %s -p %d -U %s %s" % (
-        " ".join(WORKLOADS[workload]), clients, duration, host, port, settings["user"], settings["database"])
-    result = docker(CLIENT_HOST, command, check=False, env={"PGPASSWORD": settings["password"]})
+def pgbench(arm: str, workload: str, clients: int, duration: int, settings: Dict[str, str],
+            protocol: str) -> Dict[str, float]:
+    host, port = (settings["db_address"], 5432) if arm.startswith("direct") else ("127.0.0.1", 6432)
+    # bash's time reports pgbench's own CPU; TIMEFORMAT keeps it to user and system seconds.
+    command = "TIMEFORMAT='cpu %%U %%S'; time pgbench -n %s -M %s -c %d -j 2 -T %d -h %s -p %d -U %s %s" % (
+        " ".join(WORKLOADS[workload]), protocol, clients, duration, host, port, settings["user"],
+        settings["database"])
+    bouncer_before, server_before = pgbouncer_cpu_seconds(), postgresql_cpu_seconds()
+    waiting: List[int] = []
+    probe = threading.Timer(duration / 2.0, lambda: waiting.append(lock_waiters()))
+    probe.start()
+    result = docker(CLIENT_HOST, "bash -c %s" % json.dumps(command), check=False,
+                    env={"PGPASSWORD": settings["password"]})
+    probe.join()
+    bouncer_cpu = pgbouncer_cpu_seconds() - bouncer_before
+    server_cpu = postgresql_cpu_seconds() - server_before
     output = result.stdout + result.stderr
     tps = re.search(r"^tps = ([\d.]+) \(without initial connection time\)", output, re.M)
     failed = re.search(r"^number of failed transactions: (\d+)", output, re.M)
     aborted = len(re.findall(r"client \d+ aborted", output))
+    cpu = re.search(r"^cpu ([\d.]+) ([\d.]+)$", output, re.M)
     return {"tps": float(tps.group(1)) if tps else 0.0, "failed": int(failed.group(1)) if failed else 0,
-            "aborted": aborted, "exit": result.returncode}
+            "aborted": aborted, "exit": result.returncode,
+            # Cores busy on average over the run.
+            "pgbench_cores": (float(cpu.group(1)) + float(cpu.group(2))) / duration if cpu else 0.0,
+            "pgbouncer_cores": 0.0 if arm.startswith("direct") else bouncer_cpu / duration,
+            "postgresql_cores": server_cpu / duration, "lock_waiters": waiting[0] if waiting else 0}
 
 
 def measure(rounds: int, duration: int, client_counts: List[int], settings: Dict[str, str],
-            arms: List[str]) -> Dict[tuple, List[Dict[str, float]]]:
+            arms: List[str], protocol: str) -> Dict[tuple, List[Dict[str, float]]]:
     samples: Dict[tuple, List[Dict[str, float]]] = {}
     for round_index in range(rounds):
         for workload in WORKLOADS:
             for clients in client_counts:
                 order = arms if round_index % 2 == 0 else list(reversed(arms))
                 for arm in order:
-                    sample = pgbench(arm, workload, clients, duration, settings)
+                    sample = pgbench(arm, workload, clients, duration, settings, protocol)
                     samples.setdefault((arm, workload, clients), []).append(sample)
-                    print("round %d %-9s %-22s %4d clients: %8.0f tps, %d failed, %d aborted"
+                    print("round %d %-9s %-36s %4d clients: %8.0f tps, %d failed, %d aborted; cores: pgbench %.2f, "
+                          "pgbouncer %.2f, postgresql %.2f; %d lock waiters"
                           % (round_index + 1, workload, arm, clients, sample["tps"], sample["failed"],
-                             sample["aborted"]), file=sys.stderr)
+                             sample["aborted"], sample["pgbench_cores"], sample["pgbouncer_cores"],
+                             sample["postgresql_cores"], sample["lock_waiters"]), file=sys.stderr)
     return samples
 
 
 def summarise(samples, client_counts: List[int], arms: List[str]) -> str:
-    median = {key: statistics.median(s["tps"] for s in values) for key, values in samples.items()}
-    failed = {key: sum(s["failed"] + s["aborted"] for s in values) for key, values in samples.items()}
-    best_direct = {workload: max(median[("direct", workload, clients)] for clients in client_counts)
+    """One row per workload, client count and arm: medians, and the ratio to the best direct median."""
+    def median(key, field):
+        return statistics.median(sample[field] for sample in samples[key])
+
+    best_direct = {workload: max(median(key, "tps") for key in samples
+                                 if key[0].startswith("direct") and key[1] == workload)
                    for workload in WORKLOADS}
-    header = "| workload | clients | " + " | ".join("%s tps" % arm for arm in arms) + " | " + \
-        " | ".join("%s failed" % arm for arm in arms) + " | " + \
-        " | ".join("%s / best direct" % arm for arm in arms) + " |"
-    lines = [header, "| --- | ---: |" + " ---: |" * (3 * len(arms))]
+    lines = ["| workload | clients | arm | tps | / best direct | failed | pgbench cores | pgbouncer cores | "
+             "PostgreSQL cores | lock waiters |",
+             "| --- | ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
     for workload in WORKLOADS:
         for clients in client_counts:
-            keys = [(arm, workload, clients) for arm in arms]
-            lines.append("| %s | %d | %s | %s | %s |" % (
-                workload, clients, " | ".join("%.0f" % median[key] for key in keys),
-                " | ".join("%d" % failed[key] for key in keys),
-                " | ".join("%.2f" % (median[key] / best_direct[workload]) for key in keys)))
+            for arm in arms:
+                key = (arm, workload, clients)
+                if key not in samples:
+                    continue
+                lines.append("| %s | %d | %s | %.0f | %.2f | %d | %.2f | %.2f | %.2f | %.0f |" % (
+                    workload, clients, arm, median(key, "tps"), median(key, "tps") / best_direct[workload],
+                    sum(sample["failed"] + sample["aborted"] for sample in samples[key]),
+                    median(key, "pgbench_cores"), median(key, "pgbouncer_cores"), median(key, "postgresql_cores"),
+                    median(key, "lock_waiters")))
     return "\n".join(lines)
 
 
@@ -151,9 +206,16 @@ def main() -> None:
                         help="max_connections for the direct arm, above the largest client count")
     parser.add_argument("--pool-size", default="auto",
                         help="comma-separated pgbouncer_default_pool_size values, each its own arm")
+    parser.add_argument("--processes", help="comma-separated pgbouncer_processes values; default 1,2 where "
+                        "pgbouncer has [peers] (1.19+), else 1")
+    parser.add_argument("--prepared", help="off, on or off,on: prepared statements; default off,on where pgbouncer "
+                        "tracks them (1.21+), else off")
     args = parser.parse_args()
+    installed = tuple(int(part) for part in re.search(
+        r"PgBouncer (\d+)\.(\d+)", docker(CLIENT_HOST, "pgbouncer --version").stdout).groups())
+    args.processes = args.processes or ("1,2" if installed >= (1, 19) else "1")
+    args.prepared = args.prepared or ("off,on" if installed >= (1, 21) else "off")
     client_counts = [int(value) for value in args.clients.split(",")]
-    pool_sizes = args.pool_size.split(",")
     settings = cluster_vars()
     env = {"PGPASSWORD": settings["password"]}
     connect = "-h %s -U %s %s" % (settings["db_address"], settings["user"], settings["database"])
@@ -166,21 +228,29 @@ def main() -> None:
                "echo 'create_main_cluster = false' >> /etc/postgresql-common/createcluster.conf && "
                "DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql-%s >/dev/null" % version)
     samples: Dict[tuple, List[Dict[str, float]]] = {}
-    arms = ["direct"]
+    arms: List[str] = []
     try:
         set_max_connections(args.max_connections)
         docker(CLIENT_HOST, "pgbench -i -q -s %d %s" % (args.scale, connect), env=env)
-        for pool_size in pool_sizes:
-            extra: Dict[str, object] = {"pgbouncer_max_client_conn": max(client_counts) + 200}
+        for prepared, processes, pool_size in itertools.product(
+                args.prepared.split(","), args.processes.split(","), args.pool_size.split(",")):
+            extra: Dict[str, object] = {"pgbouncer_max_client_conn": max(client_counts) + 200,
+                                        "pgbouncer_processes": int(processes)}
             if pool_size != "auto":
                 extra["pgbouncer_default_pool_size"] = int(pool_size)
+            if prepared == "on":
+                extra.update(pgbouncer_max_prepared_statements=200, pgbouncer_acknowledge_prepared_statements=True)
             converge_pgbouncer(extra)
             chosen = pgbouncer_settings()
-            arm = "pgbouncer pool %s%s" % (chosen["default_pool_size"], " (plan)" if pool_size == "auto" else "")
-            arms.append(arm)
+            protocol = "prepared" if prepared == "on" else "simple"
+            direct = "direct, %s" % protocol
+            arm = "pgbouncer %s × pool %s%s, %s" % (processes, chosen["default_pool_size"],
+                                                    " (plan)" if pool_size == "auto" else "", protocol)
+            arms += [name for name in (direct, arm) if name not in arms]
             print("%s: %s" % (arm, chosen), file=sys.stderr)
-            # Direct runs beside every pgbouncer arm, so each comparison is side by side.
-            for key, values in measure(args.rounds, args.duration, client_counts, settings, ["direct", arm]).items():
+            # A direct arm of the same protocol runs beside every pgbouncer arm, so each comparison is side by side.
+            for key, values in measure(args.rounds, args.duration, client_counts, settings, [direct, arm],
+                                       protocol).items():
                 samples.setdefault(key, []).extend(values)
     finally:
         docker(CLIENT_HOST, "pgbench -i -I d %s" % connect, check=False, env=env)

@@ -343,7 +343,8 @@ def _redis_instances(hosts: Dict[str, Dict[str, Any]]) -> List[Dict[str, Any]]:
     for host, sections in sorted(hosts.items()):
         items = (sections.get("redis") or {}).get("instances", [])
         for instance in redis_instance_settings(items, host_where(host, "redis") + ".instances"):
-            instance.update(host=host, address=_address(host, sections), version=sections["redis"]["version"])
+            instance.update(host=host, address=_address(host, sections), version=sections["redis"]["version"],
+                            server=sections["redis"]["server"])
             instances.append(instance)
     return instances
 

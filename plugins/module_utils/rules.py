@@ -114,15 +114,16 @@ def redis_below_mastodon_floor(report: Report) -> Iterator[Finding]:
         if instance["host"] in seen:
             continue
         seen.add(instance["host"])
+        speaks = debian.redis_protocol_version(instance["server"], instance["version"])
         for minimum, why in _floors(report, "redis"):
-            if version_tuple(instance["version"]) < version_tuple(minimum):
+            if version_tuple(speaks) < version_tuple(minimum):
                 yield finding(
                     "redis-below-mastodon-floor", ERROR, instance["host"], "redis",
                     "Redis %s is below %s, the oldest Mastodon %s runs on (%s)"
-                    % (instance["version"], minimum, report["mastodon"]["version"], why),
+                    % (speaks, minimum, report["mastodon"]["version"], why),
                     "upgrade Redis on %s (Debian %d ships %s) and set redis_version"
                     % (instance["host"], debian.DEFAULT_RELEASE, debian.shipped(debian.DEFAULT_RELEASE, "redis")),
-                    version=instance["version"], minimum=minimum)
+                    version=speaks, minimum=minimum)
                 break
 
 

@@ -553,7 +553,9 @@ REDIS = {
     "instances": Field(records(REDIS_INSTANCE, "Redis instances", 32), [], ""),
     "sentinel": Field(parse_bool, False, "this host runs a Redis Sentinel that monitors every replicated set"),
     "sentinel_port": Field(port, 26379, ""),
-    "version": Field(optional(version), None, "Redis version; default: the host's release's"),
+    "server": Field(choice("redis", "valkey"), "redis",
+                    "Debian's redis-server or valkey-server packages; the instances behave the same"),
+    "version": Field(optional(version), None, "Redis (or Valkey) version; default: the host's release's"),
 }
 
 NGINX = {
@@ -611,12 +613,20 @@ def _check_pgbouncer_not_bypassed(host: str, parsed: Dict[str, Any]) -> None:
                     "false on %s)" % host)
 
 
-def _versions_from_release(parsed: Dict[str, Any]) -> None:
+def _versions_from_release(name: str, parsed: Dict[str, Any]) -> None:
     """Versions the inventory leaves out are those the host's Debian release ships."""
     release = parsed["mastodon"]["debian_version"]
     for section, cast in (("postgresql", int), ("pgbouncer", str), ("redis", str)):
         if parsed.get(section) is not None and parsed[section]["version"] is None:
-            parsed[section]["version"] = cast(debian.shipped(release, section))
+            package = parsed[section]["server"] if section == "redis" else section
+            found = debian.shipped(release, package)
+            if found is None:
+                raise PlanInputError(
+                    "%s.server" % host_where(name, "redis"), "Debian %d ships no %s package" % (release, package),
+                    "set redis_server: redis, run the host on Debian %d (it ships %s %s), or set redis_version to "
+                    "the version you install from elsewhere" % (debian.DEFAULT_RELEASE, package,
+                                                                 debian.shipped(debian.DEFAULT_RELEASE, package)))
+            parsed[section]["version"] = cast(found)
 
 
 def parse_description(description: Any) -> Dict[str, Any]:
@@ -649,7 +659,7 @@ def parse_description(description: Any) -> Dict[str, Any]:
         if any(section in parsed for section in APP_SECTIONS) and "pgbouncer" not in parsed:
             parsed["pgbouncer"] = parse_section({}, PGBOUNCER, host_where(name, "pgbouncer"))
         _check_pgbouncer_not_bypassed(name, parsed)
-        _versions_from_release(parsed)
+        _versions_from_release(name, parsed)
         result["hosts"][str(name)] = parsed
     return result
 

@@ -43,7 +43,7 @@ def managed_units(name):
     if "postgresql" in sections:
         units.append(POSTGRESQL_UNIT)
     if "redis" in sections:
-        units += ["redis-server@%s.service" % item["name"] for item in REPORT["redis"]["instances"]
+        units += ["%s-server@%s.service" % (item["server"], item["name"]) for item in REPORT["redis"]["instances"]
                   if item["host"] == name]
     if name in REPORT["pgbouncer"]:
         units += [process["unit"] for process in REPORT["pgbouncer"][name]["process_units"]]

@@ -1,7 +1,11 @@
-"""Live Redis state: policies, persistence, a kill -9, eviction and OOM, and the sandbox."""
+"""Live Redis (or Valkey) state: policies, persistence, a kill -9, eviction and OOM, and the sandbox."""
 
+import os
 import re
+import subprocess
+import sys
 import time
+from pathlib import Path
 
 import pytest
 
@@ -9,10 +13,13 @@ testinfra_hosts = ["ansible://redis"]
 
 PASSWORD = "molecule-test-only"
 PORTS = {"persistent": 6379, "cache": 6380, "sidekiq": 6381}
+# The package family the scenario runs (make runs it with each); the inventory reads the same variable.
+SERVER = os.environ.get("FEDISCALE_RIG_REDIS_SERVER") or "redis"
+OTHER = "valkey" if SERVER == "redis" else "redis"
 
 
 def cli(host, instance, command, stdin=None):
-    base = "redis-cli -p %d -a %s --no-auth-warning" % (PORTS[instance], PASSWORD)
+    base = "%s-cli -p %d -a %s --no-auth-warning" % (SERVER, PORTS[instance], PASSWORD)
     if stdin is not None:
         return host.run("%s | %s" % (stdin, base))
     return host.run("%s %s" % (base, command))
@@ -25,20 +32,20 @@ def config(host, instance, name):
 
 @pytest.mark.parametrize("instance", sorted(PORTS))
 def test_instance_runs_as_its_own_unit(host, instance):
-    service = host.service("redis-server@%s.service" % instance)
+    service = host.service("%s-server@%s.service" % (SERVER, instance))
     assert service.is_running and service.is_enabled
     assert cli(host, instance, "PING").stdout.strip() == "PONG"
 
 
 def test_retired_instance_is_stopped_and_its_data_kept(host):
-    service = host.service("redis-server@retired.service")
+    service = host.service("%s-server@retired.service" % SERVER)
     assert not service.is_running and not service.is_enabled
-    assert not host.file("/etc/redis/redis-retired.conf").exists
-    assert host.file("/var/lib/redis/retired").is_directory
+    assert not host.file("/etc/%s/%s-retired.conf" % (SERVER, SERVER)).exists
+    assert host.file("/var/lib/%s/retired" % SERVER).is_directory
 
 
 def test_default_instance_is_off(host):
-    service = host.service("redis-server.service")
+    service = host.service("%s-server.service" % SERVER)
     assert not service.is_running and not service.is_enabled
 
 
@@ -64,18 +71,18 @@ def test_live_settings(host, instance, setting, value):
 
 def test_each_instance_has_its_own_files(host):
     dirs = {config(host, instance, "dir") for instance in PORTS}
-    assert dirs == {"/var/lib/redis/%s" % instance for instance in PORTS}
+    assert dirs == {"/var/lib/%s/%s" % (SERVER, instance) for instance in PORTS}
 
 
 def test_wrong_password_is_refused(host):
-    result = host.run("redis-cli -p 6379 -a wrong --no-auth-warning PING")
+    result = host.run("%s-cli -p 6379 -a wrong --no-auth-warning PING" % SERVER)
     assert "WRONGPASS" in result.stdout + result.stderr
 
 
 def test_configuration_holding_the_password_is_not_world_readable(host):
     for instance in PORTS:
-        conf = host.file("/etc/redis/redis-%s.conf" % instance)
-        assert (conf.user, conf.group, conf.mode) == ("root", "redis", 0o640)
+        conf = host.file("/etc/%s/%s-%s.conf" % (SERVER, SERVER, instance))
+        assert (conf.user, conf.group, conf.mode) == ("root", SERVER, 0o640)
 
 
 def wait_for_pong(host, instance, seconds=20):
@@ -91,11 +98,12 @@ def test_persistent_keys_survive_kill_9(host):
     writes = "python3 -c \"print('\\n'.join('SET job:%d payload' % i for i in range(1000)))\""
     assert cli(host, "persistent", None, stdin=writes).rc == 0
     time.sleep(2)  # appendfsync everysec: at most a second of writes is at risk
-    pid_before = host.run("systemctl show -p MainPID --value redis-server@persistent").stdout.strip()
-    assert host.run("systemctl kill -s KILL redis-server@persistent").rc == 0
+    unit = "%s-server@persistent" % SERVER
+    pid_before = host.run("systemctl show -p MainPID --value %s" % unit).stdout.strip()
+    assert host.run("systemctl kill -s KILL %s" % unit).rc == 0
     time.sleep(1)
     wait_for_pong(host, "persistent")
-    assert host.run("systemctl show -p MainPID --value redis-server@persistent").stdout.strip() != pid_before
+    assert host.run("systemctl show -p MainPID --value %s" % unit).stdout.strip() != pid_before
     assert int(cli(host, "persistent", "EVAL \"return #redis.call('KEYS', 'job:*')\" 0").stdout.strip()) == 1000
 
 
@@ -125,7 +133,7 @@ def test_flushing_the_cache_leaves_persistent_data(host):
 
 def test_only_private_users_is_relaxed_in_the_container(host):
     show = host.run("systemctl show -p PrivateUsers -p ProtectSystem -p PrivateMounts -p UMask "
-                    "-p NoNewPrivileges redis-server@cache").stdout
+                    "-p NoNewPrivileges %s-server@cache" % SERVER).stdout
     assert "PrivateUsers=no" in show
     assert "ProtectSystem=strict" in show and "PrivateMounts=yes" in show
     assert "UMask=0077" in show and "NoNewPrivileges=yes" in show
@@ -139,9 +147,41 @@ def exposure(host, path):
 def test_production_unit_scores_better_than_debians(host):
     # The production form: Debian's template with the hardening drop-in, without the container one.
     # The copies get other names: offline scoring still applies the drop-ins of the unit's own name.
-    host.run("cat /lib/systemd/system/redis-server@.service "
-             "/etc/systemd/system/redis-server@.service.d/hardening.conf > /tmp/score-ours@x.service")
-    host.run("cp /lib/systemd/system/redis-server@.service /tmp/score-debian@x.service")
+    host.run("cat /lib/systemd/system/{0}-server@.service "
+             "/etc/systemd/system/{0}-server@.service.d/hardening.conf > /tmp/score-ours@x.service".format(SERVER))
+    host.run("cp /lib/systemd/system/%s-server@.service /tmp/score-debian@x.service" % SERVER)
     ours, debian = exposure(host, "/tmp/score-ours@x.service"), exposure(host, "/tmp/score-debian@x.service")
-    # Debian's unit scores 1.2 on Debian 12 and 1.1 on Debian 13; the drop-in keeps ours at 1.1 on both.
+    # Debian's redis unit scores 1.2 on Debian 12 and 1.1 on Debian 13 (its valkey unit too); the drop-in keeps
+    # ours at 1.1.
     assert ours <= debian <= 1.2 and ours <= 1.1
+
+
+def test_the_server_is_the_family_and_version_planned(host):
+    info = dict(line.split(":", 1) for line in cli(host, "cache", "INFO server").stdout.split() if ":" in line)
+    if SERVER == "valkey":
+        # Valkey tells clients it is Redis 7.2, and its own version apart.
+        assert info["redis_version"].startswith("7.2.") and info["valkey_version"].startswith("8.")
+    else:
+        assert "valkey_version" not in info and int(info["redis_version"].split(".")[0]) >= 7
+    assert info["executable"] == "/usr/bin/%s-server" % SERVER
+
+
+def test_the_other_familys_data_stops_the_role_before_it_changes_anything(host):
+    """As when redis_server changes under an instance that holds data."""
+    host.run("mkdir -p /var/lib/%s/persistent && touch /var/lib/%s/persistent/dump.rdb" % (OTHER, OTHER))
+    before = host.run("find /etc/%s /etc/systemd/system -type f -exec sha256sum {} + | sort" % SERVER).stdout
+    try:
+        env = dict(os.environ, ANSIBLE_NOCOLOR="1", ANSIBLE_FORCE_COLOR="0")
+        playbook = Path(__file__).resolve().parents[1] / "converge.yml"
+        run = subprocess.run([str(Path(sys.executable).with_name("ansible-playbook")), str(playbook),
+                              "-i", host.backend.ansible_inventory], env=env, capture_output=True, text=True,
+                             timeout=600, check=False)
+        output = " ".join((run.stdout + run.stderr).split())
+        assert run.returncode != 0
+        assert ("redis_server is %s, but /var/lib/%s/persistent holds the %s data of this instance"
+                % (SERVER, OTHER, OTHER)) in output, output[-3000:]
+        assert "Nothing was changed" in output
+        after = host.run("find /etc/%s /etc/systemd/system -type f -exec sha256sum {} + | sort" % SERVER).stdout
+        assert after == before
+    finally:
+        host.run("rm -rf /var/lib/%s/persistent" % OTHER)

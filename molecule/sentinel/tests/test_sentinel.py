@@ -22,6 +22,8 @@ ADDRESSES = {name: yaml.safe_load((SCENARIO / "host_vars" / ("%s.yml" % name)).r
 NAMES = sorted(ADDRESSES)
 PLAYBOOK = str(Path(sys.executable).with_name("ansible-playbook"))
 MARKER = "# Written once by fediscale.mastodon.redis; Redis Sentinel rewrites it from here on."
+# The package family: make runs the scenario with each; group_vars read the same variable.
+SERVER = os.environ.get("FEDISCALE_RIG_REDIS_SERVER") or "redis"
 
 testinfra_hosts = ["ansible://sentinel-a"]
 
@@ -34,7 +36,7 @@ def hosts(host):
 
 def cli(host, command, port=6379, password=True):
     auth = "-a %s --no-auth-warning " % PASSWORD if password else ""
-    return host.run("redis-cli -p %d %s%s" % (port, auth, command))
+    return host.run("%s-cli -p %d %s%s" % (SERVER, port, auth, command))
 
 
 def role(host):
@@ -107,16 +109,16 @@ def test_an_instance_outside_the_set_is_left_alone(hosts):
 
 def test_replication_is_never_written_to_a_file(hosts):
     for name in NAMES:
-        assert "replicaof" not in hosts[name].file("/etc/redis/redis-persistent.conf").content_string
+        assert "replicaof" not in hosts[name].file("/etc/%s/%s-persistent.conf" % (SERVER, SERVER)).content_string
         result = cli(hosts[name], "CONFIG REWRITE")
         assert "Read-only file system" in result.stdout + result.stderr, name
 
 
 def test_the_sentinel_owns_its_configuration(hosts):
     for name in NAMES:
-        conf = hosts[name].file("/etc/redis/sentinel.conf")
+        conf = hosts[name].file("/etc/%s/sentinel.conf" % SERVER)
         # 0640 as written; Sentinel's own rewrites, under UMask=0077, leave 0600.
-        assert (conf.user, conf.group) == ("redis", "redis") and conf.mode in (0o640, 0o600)
+        assert (conf.user, conf.group) == (SERVER, SERVER) and conf.mode in (0o640, 0o600)
         lines = conf.content_string.splitlines()
         assert lines[0] == MARKER
         assert "bind 127.0.0.1 -::1 %s" % ADDRESSES[name] in lines and "port 26379" in lines
@@ -126,7 +128,7 @@ def test_the_sentinel_owns_its_configuration(hosts):
 def test_the_sentinel_listens_on_its_private_address(hosts):
     host = hosts["sentinel-b"]
     for name in NAMES:
-        assert host.run("redis-cli -h %s -p 26379 PING" % ADDRESSES[name]).stdout.strip() == "PONG"
+        assert host.run("%s-cli -h %s -p 26379 PING" % (SERVER, ADDRESSES[name])).stdout.strip() == "PONG"
 
 
 def exposure(host, path):
@@ -137,13 +139,13 @@ def exposure(host, path):
 def test_the_production_sentinel_unit_scores_better_than_debians(hosts):
     host = hosts["sentinel-a"]
     # The production form: Debian's unit with the hardening drop-in, not the container one.
-    host.run("cat /lib/systemd/system/redis-sentinel.service "
-             "/etc/systemd/system/redis-sentinel.service.d/hardening.conf > /tmp/score-ours.service")
-    host.run("cp /lib/systemd/system/redis-sentinel.service /tmp/score-debian.service")
+    host.run("cat /lib/systemd/system/{0}-sentinel.service "
+             "/etc/systemd/system/{0}-sentinel.service.d/hardening.conf > /tmp/score-ours.service".format(SERVER))
+    host.run("cp /lib/systemd/system/%s-sentinel.service /tmp/score-debian.service" % SERVER)
     ours, debian = exposure(host, "/tmp/score-ours.service"), exposure(host, "/tmp/score-debian.service")
     # Debian's unit scores 1.2 on Debian 12 and 1.1 on Debian 13; the drop-in keeps ours at 1.1 on both.
     assert ours <= debian <= 1.2 and ours <= 1.1
-    show = host.run("systemctl show -p PrivateUsers -p ProtectSystem -p PrivateMounts redis-sentinel").stdout
+    show = host.run("systemctl show -p PrivateUsers -p ProtectSystem -p PrivateMounts %s-sentinel" % SERVER).stdout
     assert "PrivateUsers=no" in show and "ProtectSystem=strict" in show and "PrivateMounts=yes" in show
 
 
@@ -173,10 +175,10 @@ def test_a_client_finds_the_master_through_the_sentinels(hosts):
 def test_failover_keeps_the_data_and_the_role_does_not_undo_it(host, hosts):
     old = master_host(hosts)
     writes = "python3 -c \"print('\\n'.join('RPUSH queue:default job%d' % i for i in range(1000)))\""
-    assert hosts[old].run("%s | redis-cli -a %s --no-auth-warning > /dev/null" % (writes, PASSWORD)).rc == 0
+    assert hosts[old].run("%s | %s-cli -a %s --no-auth-warning > /dev/null" % (writes, SERVER, PASSWORD)).rc == 0
     assert cli(hosts[old], "WAIT 2 5000").stdout.strip() == "2"
 
-    assert hosts[old].run("systemctl stop redis-server@persistent").rc == 0
+    assert hosts[old].run("systemctl stop %s-server@persistent" % SERVER).rc == 0
     others = [name for name in NAMES if name != old]
     # Down after DOWN_AFTER_MS, then an election and a promotion.
     wait_for(lambda: len({sentinel_master(hosts[name]) for name in others}) == 1
@@ -187,7 +189,7 @@ def test_failover_keeps_the_data_and_the_role_does_not_undo_it(host, hosts):
     assert sentinel_client(hosts[old]).stdout.split()[-1] == ADDRESSES[new] + ":6379"
 
     # The old master comes back as a master with its own file; the sentinels make it a replica.
-    assert hosts[old].run("systemctl start redis-server@persistent").rc == 0
+    assert hosts[old].run("systemctl start %s-server@persistent" % SERVER).rc == 0
     wait_for(lambda: role(hosts[old]) == ("slave", ADDRESSES[new] + ":6379"), 60, "%s follows %s" % (old, new))
     wait_for(lambda: "master_link_status:up" in cli(hosts[old], "INFO replication").stdout, 30, "link up")
     assert cli(hosts[old], "LLEN queue:default").stdout.strip() == "1000"
@@ -202,4 +204,4 @@ def test_failover_keeps_the_data_and_the_role_does_not_undo_it(host, hosts):
     assert master_host(hosts) == new
     for name in NAMES:
         assert sentinel_master(hosts[name]) == ADDRESSES[new] + ":6379"
-        assert "replicaof" not in hosts[name].file("/etc/redis/redis-persistent.conf").content_string
+        assert "replicaof" not in hosts[name].file("/etc/%s/%s-persistent.conf" % (SERVER, SERVER)).content_string

@@ -812,6 +812,13 @@ class TestRedisBelowMastodonFloor:
                        "redis-below-mastodon-floor")
         assert item["numbers"] == {"version": "6.0", "minimum": "6.2"}
 
+    def test_every_valkey_is_a_redis_7_2_to_mastodon(self):
+        # Valkey 7.2 would be below a floor of 8.0 if its own version were compared; it speaks Redis 7.2.
+        description = cluster(hosts__redis1__redis__server="valkey", hosts__redis1__redis__version="7.2")
+        assert found(description, "redis-below-mastodon-floor") == []
+        report = plan.connection_budget(cluster(hosts__redis1__redis__server="valkey"))
+        assert {(item["server"], item["version"]) for item in report["redis"]["instances"]} == {("valkey", "8.1")}
+
     def test_debian_12_and_13_redis_are_fine(self):
         for release in (12, 13):
             assert found(cluster(hosts__redis1__mastodon={"debian_version": release}),

@@ -253,3 +253,22 @@ def test_accepted_before_but_broken_at_deploy_time(changes, where, fragment):
 def test_debian_release_is_12_or_13(value, fragment):
     message = error_of(cluster(hosts__web1__mastodon={"debian_version": value}))
     assert message.startswith("host web1, mastodon.debian_version: ") and fragment in message
+
+
+def test_valkey_on_a_release_without_it_names_the_ways_out():
+    message = error_of(cluster(hosts__redis1__redis__server="valkey", hosts__redis1__mastodon={"debian_version": 12}))
+    assert message.startswith("host redis1, redis.server: Debian 12 ships no valkey package")
+    assert "redis_server: redis" in message and "Debian 13 (it ships valkey 8.1)" in message
+    assert "redis_version" in message
+
+
+def test_valkey_from_elsewhere_on_debian_12_takes_the_given_version():
+    report = plan.connection_budget(cluster(hosts__redis1__redis={"server": "valkey", "version": "8.0", "instances": [
+        {"name": "persistent", "purpose": "persistent", "port": 6379}]}, hosts__redis1__mastodon={"debian_version": 12}))
+    assert {item["version"] for item in report["redis"]["instances"]} == {"8.0"}
+
+
+@pytest.mark.parametrize("value", ["keydb", "Valkey", ""])
+def test_redis_server_is_redis_or_valkey(value):
+    message = error_of(cluster(hosts__redis1__redis__server=value))
+    assert message.startswith("host redis1, redis.server: "), message
