@@ -299,7 +299,7 @@ def pgbouncer_processes_need_peers(report: Report) -> Iterator[Finding]:
 
 # What a client that prepares as Rails does met through pgbouncer 1.24 with
 # max_prepared_statements 200 (molecule/database,
-# test_rails_like_prepared_statements_through_pgbouncer; README, "Prepared statements").
+# test_rails_like_prepared_statements_through_pgbouncer_that_tracks_them; README, "Prepared statements").
 PREPARED_STATEMENTS_MEASURED = (
     "measured on pgbouncer 1.24 with a client that prepares as Rails does, every transaction in which a "
     "connection's full statement cache (statement_limit, 1000 by default) evicts a statement fails with "

@@ -398,7 +398,7 @@ def test_a_cluster_of_another_version_stops_the_role_before_it_changes_anything(
         db.run("rm -rf /etc/postgresql/%s /var/lib/postgresql/%s" % (old, old))
 
 
-# --- Switching between one pgbouncer process and several ---
+# --- Re-planned: one process instead of two, with prepared statements opted in; undone at the end ---
 
 def converge_app(host, *extra):
     env = dict(os.environ, ANSIBLE_NOCOLOR="1", ANSIBLE_FORCE_COLOR="0")
@@ -414,63 +414,70 @@ def serves(app):
     return connect(app, "127.0.0.1", 6432, "mastodon", PASSWORD, sql="SELECT current_user").stdout.strip()
 
 
-def test_going_to_one_process_and_back_leaves_only_the_plans_units(app):
-    if BOUNCER["processes"] == 1:
-        pytest.skip("this release's pgbouncer runs one process only")
-    try:
-        converge_app(app, "-e", "pgbouncer_processes=1")
-        assert app.service("pgbouncer.service").is_running and app.service("pgbouncer.service").is_enabled
-        for unit in UNITS:
-            # The template is gone, so systemd no longer knows its instances.
-            assert app.run("systemctl is-active %s" % unit).stdout.strip() == "inactive", unit
-            assert app.run("systemctl is-enabled %s" % unit).stdout.strip() == "not-found", unit
-        assert not app.file("/etc/systemd/system/pgbouncer@.service").exists
-        assert app.run("ls /etc/pgbouncer").stdout.split() == ["pgbouncer.ini", "userlist.txt"]
-        assert "so_reuseport" not in app.run("cat /etc/pgbouncer/pgbouncer.ini").stdout
-        assert serves(app) == "mastodon"
-    finally:
-        converge_app(app)
-    for unit in UNITS:
-        assert app.service(unit).is_running and app.service(unit).is_enabled, unit
-    assert app.run("systemctl is-enabled pgbouncer.service").stdout.strip() == "masked"
-    assert serves(app) == "mastodon"
-
-
-# --- Prepared statements through pgbouncer, with a client that prepares as Rails does ---
-
 RAILS_LIKE_CLIENT = (Path(__file__).resolve().parents[1] / "rails_like_client.py").read_text()
 PGBOUNCER_DSN = "host=127.0.0.1 port=6432 dbname=mastodon_production user=mastodon password=%s" % PASSWORD
 
 
 def rails_like(app, conninfo, statement_limit=8):
-    return json.loads(python(app, RAILS_LIKE_CLIENT, "'%s'" % conninfo, "--clients", "30", "--seconds", "8",
+    return json.loads(python(app, RAILS_LIKE_CLIENT, "'%s'" % conninfo, "--clients", "30", "--seconds", "6",
                              "--statement-limit", str(statement_limit)))
 
 
-def test_rails_like_prepared_statements_through_pgbouncer(app):
-    """What Mastodon would meet with PREPARED_STATEMENTS on behind transaction pooling, without and with
-    pgbouncer's tracking (the opt-in). README's "Prepared statements" section has the numbers."""
-    direct = rails_like(app, "host=%s port=5432 dbname=mastodon_production user=mastodon password=%s"
-                        % (SERVER["address"], PASSWORD))
-    untracked = rails_like(app, PGBOUNCER_DSN)
-    results = {"direct": direct, "pgbouncer, max_prepared_statements 0": untracked}
-    if BOUNCER["max_prepared_statements"] is not None:
-        try:
-            converge_app(app, "-e", "pgbouncer_max_prepared_statements=200",
-                         "-e", "pgbouncer_acknowledge_prepared_statements=true")
-            results["pgbouncer, max_prepared_statements 200"] = rails_like(app, PGBOUNCER_DSN)
-            results["the same, no cache eviction"] = rails_like(app, PGBOUNCER_DSN, statement_limit=1000)
-        finally:
-            converge_app(app)
-    print(json.dumps(results, indent=2))
+@pytest.fixture(scope="module")
+def rails_like_before(app):
+    """The Rails-like client as the plan deploys (max_prepared_statements 0), and straight to PostgreSQL."""
+    return {"direct": rails_like(app, "host=%s port=5432 dbname=mastodon_production user=mastodon password=%s"
+                                 % (SERVER["address"], PASSWORD)),
+            "pgbouncer, max_prepared_statements 0": rails_like(app, PGBOUNCER_DSN)}
+
+
+@pytest.fixture(scope="module")
+def replanned(app, rails_like_before):
+    """The app host converged with one pgbouncer process and the prepared-statements opt-in, then back.
+
+    Both changes in one converge: each converge costs CI time, and they touch different settings."""
+    if BOUNCER["processes"] == 1 or BOUNCER["max_prepared_statements"] is None:
+        pytest.skip("this release's pgbouncer runs one process and tracks no prepared statements")
+    try:
+        converge_app(app, "-e", "pgbouncer_processes=1", "-e", "pgbouncer_max_prepared_statements=200",
+                     "-e", "pgbouncer_acknowledge_prepared_statements=true")
+        yield
+    finally:
+        converge_app(app)
+        for unit in UNITS:
+            assert app.service(unit).is_running and app.service(unit).is_enabled, unit
+        assert app.run("systemctl is-enabled pgbouncer.service").stdout.strip() == "masked"
+        assert serves(app) == "mastodon"
+
+
+def test_going_to_one_process_leaves_only_debians_unit(app, replanned):
+    assert app.service("pgbouncer.service").is_running and app.service("pgbouncer.service").is_enabled
+    for unit in UNITS:
+        # The template is gone, so systemd no longer knows its instances.
+        assert app.run("systemctl is-active %s" % unit).stdout.strip() == "inactive", unit
+        assert app.run("systemctl is-enabled %s" % unit).stdout.strip() == "not-found", unit
+    assert not app.file("/etc/systemd/system/pgbouncer@.service").exists
+    assert app.run("ls /etc/pgbouncer").stdout.split() == ["pgbouncer.ini", "userlist.txt"]
+    assert "so_reuseport" not in app.run("cat /etc/pgbouncer/pgbouncer.ini").stdout
+    assert serves(app) == "mastodon"
+
+
+def test_rails_like_prepared_statements_fail_through_pgbouncer_that_does_not_track_them(rails_like_before):
+    direct, untracked = rails_like_before["direct"], rails_like_before["pgbouncer, max_prepared_statements 0"]
     # The client itself is right: straight to PostgreSQL every statement works.
     assert direct["failed"] == 0 and direct["ok"] > 0
     # Untracked, a statement prepared on one server connection is missing (or already there) on the next.
     assert untracked["failed"] > 0 and any("does not exist" in kind for kind in untracked["errors"])
-    if BOUNCER["max_prepared_statements"] is None:
-        return
-    # Tracked, prepare and execute work until the cache evicts: Rails' SQL DEALLOCATE names a statement the
-    # server does not know (pgbouncer renamed it), and the transaction it runs in is aborted.
+
+
+def test_rails_like_prepared_statements_through_pgbouncer_that_tracks_them(app, rails_like_before, replanned):
+    """What Mastodon would meet with the opt-in; README's "Prepared statements" section has the numbers."""
+    results = dict(rails_like_before)
+    results["pgbouncer, max_prepared_statements 200"] = rails_like(app, PGBOUNCER_DSN)
+    results["the same, no cache eviction"] = rails_like(app, PGBOUNCER_DSN, statement_limit=1000)
+    print(json.dumps(results, indent=2))
+    # Prepare and execute work until the cache evicts: Rails' SQL DEALLOCATE names a statement the server does
+    # not know (pgbouncer renamed it), and the transaction it runs in is aborted.
     tracked = results["pgbouncer, max_prepared_statements 200"]
     assert tracked["ok"] > 0 and tracked["failed"] > 0
     assert list(tracked["errors"]) == [
