@@ -624,8 +624,8 @@ def _versions_from_release(name: str, parsed: Dict[str, Any]) -> None:
                 raise PlanInputError(
                     "%s.server" % host_where(name, "redis"), "Debian %d ships no %s package" % (release, package),
                     "set redis_server: redis, run the host on Debian %d (it ships %s %s), or set redis_version to "
-                    "the version you install from elsewhere" % (debian.DEFAULT_RELEASE, package,
-                                                                 debian.shipped(debian.DEFAULT_RELEASE, package)))
+                    "the version you install from elsewhere"
+                    % (debian.DEFAULT_RELEASE, package, debian.shipped(debian.DEFAULT_RELEASE, package)))
             parsed[section]["version"] = cast(found)
 
 
