@@ -106,10 +106,17 @@ def pgbouncer_cpu_seconds() -> float:
     return float(sum(int(value) for value in out.split()))
 
 
+# The database container's cgroup: cgroup v2 (its own root), or v1's cpuacct under the path /proc/1/cgroup names.
+CONTAINER_CPU = r"""
+if [ -f /sys/fs/cgroup/cpu.stat ]; then awk '/^usage_usec/ { print $2 / 1e6 }' /sys/fs/cgroup/cpu.stat
+else path=$(sed -n 's/^[0-9]*:[^:]*cpuacct[^:]*://p' /proc/1/cgroup)
+  awk '{ print $1 / 1e9 }' /sys/fs/cgroup/cpuacct$path/cpuacct.usage; fi
+"""
+
+
 def postgresql_cpu_seconds() -> float:
     """CPU time of the database container so far (its backends come and go; the cgroup keeps the sum)."""
-    out = docker(DB_HOST, "cat /sys/fs/cgroup/cpu.stat").stdout
-    return int(re.search(r"^usage_usec (\d+)", out, re.M).group(1)) / 1e6
+    return float(docker(DB_HOST, CONTAINER_CPU).stdout)
 
 
 def lock_waiters() -> int:

@@ -162,3 +162,12 @@ def test_unknown_variables_reach_the_report_as_warnings():
 def test_errors_name_inventory_variables(where, wording):
     error = inventory_wording(PlanInputError(where, "must be from 1 to 512, got -3", "a hint"))
     assert str(error) == "%s: must be from 1 to 512, got -3 (a hint)" % wording
+
+
+def test_a_role_option_the_plan_reads_too_reaches_the_plan():
+    # redis_server picks the redis role's packages and the plan's Valkey versions alike.
+    groups = dict(GROUPS, redis=["db1"])
+    hostvars = {"db1": {"redis_server": "valkey", "redis_instances": [{"name": "cache", "purpose": "cache"}]},
+                "app1": {}}
+    description = description_from_inventory(hostvars, groups, role_variables=["redis_server", "redis_instances"])
+    assert description["hosts"]["db1"]["redis"]["server"] == "valkey"
