@@ -583,6 +583,8 @@ def _environment(host: str, sections: Dict[str, Any], cluster: Dict[str, Any], s
         else:
             env.update(REPLICA_DB_HOST=servers["replica"]["address"], REPLICA_DB_PORT=str(POSTGRESQL_PORT))
     env.update(redis_settings)
+    # Read by Ruby only (Puma, Sidekiq, tootctl); streaming's Node ignores it.
+    env["RUBY_YJIT_ENABLE"] = "1" if mastodon.yjit_enabled(cluster["yjit"], cluster["version"]) else "0"
     if cluster["trusted_proxy_ip"]:
         env["TRUSTED_PROXY_IP"] = cluster["trusted_proxy_ip"]
     # The admin's own unit-wide variables win: the rules check what they set.

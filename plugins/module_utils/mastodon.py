@@ -32,6 +32,17 @@ SIDEKIQ_DEFAULT_CONCURRENCY = 5
 # the host that does not set them itself.
 SIZING_VARIABLES = tuple(schema.SIZING_VARIABLES)
 
+# Mastodon's image enables YJIT (RUBY_YJIT_ENABLE=1 in its Dockerfile) from 4.3 on.
+YJIT_SINCE = "4.3"
+
+
+def yjit_enabled(setting, version: str) -> bool:
+    """mastodon_yjit: true, false, or auto (on from YJIT_SINCE)."""
+    if setting == schema.AUTO:
+        return version_tuple(version) >= version_tuple(YJIT_SINCE)
+    return bool(setting)
+
+
 # rails db:migrate: Rails takes its migration advisory lock on a connection of
 # its own (activerecord/lib/active_record/migration.rb,
 # with_advisory_lock_connection), beside the one that runs the migrations.

@@ -176,6 +176,10 @@ def integer(minimum: int = 0, maximum: int = INT_CEILING) -> Callable[[Any, str]
     return lambda value, where: parse_int(value, where, minimum, maximum)
 
 
+def bool_or_auto(value: Any, where: str) -> Any:
+    return AUTO if value == AUTO else parse_bool(value, where)
+
+
 def integer_or_auto(minimum: int = 0, maximum: int = INT_CEILING) -> Callable[[Any, str], Any]:
     def parse(value: Any, where: str) -> Any:
         if value == AUTO:
@@ -440,6 +444,8 @@ CLUSTER = {
                                 "connections that bypass pgbouncer, by name, added to migrations (auto: 2) and "
                                 "tootctl (auto: its concurrency + 1); 0 leaves one out"),
     "tootctl_concurrency": Field(integer(1, 100), 5, "tootctl --concurrency; tootctl opens this + 1 connections"),
+    "yjit": Field(bool_or_auto, AUTO, "RUBY_YJIT_ENABLE for the Ruby processes; auto: on from Mastodon 4.3, as "
+                                      "Mastodon's image has it"),
     "redis_settings": Field(optional(env_mapping), None, "Mastodon's REDIS_* settings, when not derived"),
     "redis_sentinel_quorum": Field(integer_or_auto(1, 100), AUTO,
                                    "sentinels that must agree a master is down; default a majority"),

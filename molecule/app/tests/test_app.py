@@ -55,7 +55,7 @@ def test_each_queue_process_listens_to_its_queue_only(web, queue):
     unit = next(item for item in UNITS["sidekiq"] if item["queue"] == queue)
     assert argv[-4:] == ["-c", str(unit["concurrency"]), "-q", queue]
     assert environ["DB_POOL"] == str(unit["db_pool"]) and environ["CONCURRENCY"] == str(unit["concurrency"])
-    assert environ["LD_PRELOAD"] == "libjemalloc.so.2" and environ["MALLOC_ARENA_MAX"] == "2"
+    assert environ["LD_PRELOAD"] == "libjemalloc.so.2" and "MALLOC_ARENA_MAX" not in environ
     assert environ["DB_HOST"] == "172.30.42.211" and environ["DB_PORT"] == "5432"
 
 
@@ -82,6 +82,25 @@ def test_puma_gets_the_plans_sizing_and_listens_where_nginx_reaches_it(web):
     assert environ["BIND"] == "172.30.42.212" and environ["TRUSTED_PROXY_IP"] == "172.30.42.213"
     assert argv[-3:] == ["web", "-C", "config/puma.rb"]
     assert web.run("systemctl show -P ExecReload mastodon-web.service").stdout.count("-SIGUSR1") == 1
+
+
+@pytest.mark.parametrize("unit", ["mastodon-web.service", "mastodon-sidekiq-default@1.service",
+                                  "mastodon-streaming@4000.service"])
+def test_jemalloc_takes_the_units_settings(web, unit):
+    """The unit's LD_PRELOAD and MALLOC_CONF, given to a process that allocates: jemalloc prints the options it
+    runs with at exit (stats_print), and says nothing about an option it did not understand."""
+    environ = process(web, unit)[1]
+    result = web.run("LD_PRELOAD=%s MALLOC_CONF=%s,stats_print:true python3 -c pass"
+                     % (environ["LD_PRELOAD"], environ["MALLOC_CONF"]))
+    options = result.stdout + result.stderr
+    assert "opt.narenas: 2" in options and "opt.background_thread: true" in options, options[:2000]
+    assert 'opt.thp: "never"' in options and "Invalid conf" not in options
+
+
+def test_ruby_processes_get_yjit_as_mastodons_image_does(web):
+    environ = process(web, "mastodon-web.service")[1]
+    version = tuple(int(part) for part in REPORT["mastodon"]["version"].split("."))
+    assert version >= (4, 3) and environ["RUBY_YJIT_ENABLE"] == "1"
 
 
 def test_redis_urls_carry_the_password_and_the_file_is_private(web):

@@ -2,6 +2,8 @@
 
 import copy
 
+import pytest
+
 from hypothesis import given, settings, strategies as st
 
 from ansible_collections.fediscale.mastodon.plugins.module_utils import budget, plan
@@ -447,3 +449,16 @@ def test_sentinel_set_replaces_the_urls_of_the_datasets_it_holds():
     assert report["redis"]["configurations"]["REDIS"]["instance"] == "persistent"
     assert report["findings"] == []
     assert budget.redis_sentinel_of(description) == sentinel
+
+
+@pytest.mark.parametrize("changes, expected", [
+    ({"mastodon__version": "4.6"}, "1"),
+    ({"mastodon__version": "4.3"}, "1"),
+    ({"mastodon__version": "4.2"}, "0"),
+    ({"mastodon__version": "4.6", "mastodon__yjit": False}, "0"),
+    ({"mastodon__version": "4.2", "mastodon__yjit": "yes"}, "1"),
+])
+def test_yjit_follows_mastodons_image_unless_the_inventory_says(changes, expected):
+    """Mastodon's image sets RUBY_YJIT_ENABLE=1 from 4.3; the environment file carries it to every unit."""
+    report = plan.connection_budget(cluster(**changes))
+    assert {env["units"]["RUBY_YJIT_ENABLE"] for env in report["environment"].values()} == {expected}

@@ -272,3 +272,8 @@ def test_valkey_from_elsewhere_on_debian_12_takes_the_given_version():
 def test_redis_server_is_redis_or_valkey(value):
     message = error_of(cluster(hosts__redis1__redis__server=value))
     assert message.startswith("host redis1, redis.server: "), message
+
+
+def test_yjit_is_a_boolean_or_auto():
+    message = error_of(cluster(mastodon__yjit="sometimes"))
+    assert message.startswith("mastodon.yjit: expected true or false") and "sometimes" in message
