@@ -176,7 +176,8 @@ def _process_groups(cluster: Dict[str, Any], host: str, sections: Dict[str, Any]
                 unit["DB_POOL"] = str(item["db_pool"])
             sizing = mastodon.sidekiq_sizing(version, item["concurrency"], unit, env_production, mastodon_where)
             add("sidekiq", "mastodon-sidekiq-%s@.service" % "-".join(queues), sizing, item["instances"], True,
-                queues=queues, unit_environment=unit)
+                queues=queues, unit_environment=unit, shutdown_timeout=sidekiq["shutdown_timeout"],
+                stop_timeout=sidekiq["stop_timeout"])
     return groups
 
 
@@ -556,6 +557,8 @@ def app_units(processes: List[Dict[str, Any]], bouncer: Optional[Dict[str, Any]]
                 "instances": [template.replace("@.", "@%d." % number) for number in range(1, row["instances"] + 1)],
                 "concurrency": row["threads"],
                 "db_pool": row["pool"],
+                "shutdown_timeout": row["shutdown_timeout"],
+                "stop_timeout": row["stop_timeout"],
                 "environment": {"DB_POOL": str(row["pool"]), "CONCURRENCY": str(row["threads"])},
             })
     return units

@@ -454,6 +454,31 @@ def sidekiq_scheduler_count(report: Report) -> Iterator[Finding]:
             processes=count)
 
 
+# After -t runs out, Sidekiq's hard shutdown gives the threads up to 3 s more, then pushes the unfinished
+# jobs back to Redis (Sidekiq::Manager#hard_shutdown); systemd must not kill it before that.
+SIDEKIQ_PUSH_BACK_SECONDS = 5
+
+
+@rule("sidekiq-stop-timeout-within-shutdown-timeout")
+def sidekiq_stop_timeout_within_shutdown_timeout(report: Report) -> Iterator[Finding]:
+    # Both timeouts are per host: one finding per host names its units.
+    by_host: Dict[str, List[Dict[str, Any]]] = {}
+    for row in _sidekiq(report):
+        if row["stop_timeout"] < row["shutdown_timeout"] + SIDEKIQ_PUSH_BACK_SECONDS:
+            by_host.setdefault(row["host"], []).append(row)
+    for host, rows in by_host.items():
+        stop, shutdown = rows[0]["stop_timeout"], rows[0]["shutdown_timeout"]
+        yield finding(
+            "sidekiq-stop-timeout-within-shutdown-timeout", ERROR, host, "sidekiq",
+            "the sidekiq units' stop timeout (sidekiq_stop_timeout %d s) ends before sidekiq's shutdown timeout "
+            "(sidekiq_shutdown_timeout %d s) plus %d s to push unfinished jobs back: systemd kills it first and "
+            "every stop of %s loses the jobs still running"
+            % (stop, shutdown, SIDEKIQ_PUSH_BACK_SECONDS, ", ".join(row["unit"] for row in rows)),
+            "set sidekiq_stop_timeout to %d or more, or lower sidekiq_shutdown_timeout"
+            % (shutdown + SIDEKIQ_PUSH_BACK_SECONDS),
+            stop_timeout=stop, shutdown_timeout=shutdown)
+
+
 # --- Mastodon's environment ---
 
 def _env_settings(report: Report, name: str) -> Iterator[tuple]:

@@ -515,6 +515,9 @@ SIDEKIQ_QUEUE = {
 
 SIDEKIQ = {
     "queues": Field(records(SIDEKIQ_QUEUE, "queue units"), [], "one entry per queue unit"),
+    # Sidekiq's own default, which Mastodon keeps (config/sidekiq.yml sets no :timeout:).
+    "shutdown_timeout": Field(integer(1, 3600), 25, "sidekiq -t: seconds a stop waits for running jobs"),
+    "stop_timeout": Field(integer(1, 3600), 35, "the unit's TimeoutStopSec"),
 }
 
 PGBOUNCER = {

@@ -1,31 +1,552 @@
-"""TEST STAND-IN for Mastodon's processes; Mastodon itself cannot be installed on the test machines.
+"""TEST STAND-IN for Mastodon's processes: Mastodon itself cannot be installed on the test machines.
 
-    stand-in.py web|streaming   answers HTTP on $BIND:$PORT with its service name, argv and environment
-    stand-in.py sidekiq ARGS    sleeps, so its argv and environment can be read from /proc
+It opens PostgreSQL and Redis connections the way Mastodon 4.6 does, from nothing but the environment systemd
+gives it and .env.production, read as dotenv reads it (never over a variable already set). A wrong DB_POOL,
+URL or password therefore shows in the live connection counts instead of being hidden.
+
+    stand-in.py puma -C config/puma.rb        WEB_CONCURRENCY workers of MAX_THREADS threads (config/puma.rb),
+                                              each worker with a lazy pool of DB_POOL, else MAX_THREADS, else 5
+    stand-in.py sidekiq [-c N] [-q Q] [-t S]  N threads take jobs from queue:Q with BRPOP, each job runs on one
+                                              connection of a pool of DB_POOL, else N; TSTP quiets, TERM waits S
+                                              seconds (25) for running jobs and pushes the rest back
+    stand-in.py streaming                     a pool of DB_POOL, else 10 (idle connections close after 10 s, as
+                                              node-postgres does), one Redis subscriber, SSE clients
+    stand-in.py rails db:migrate              two direct connections: Rails' migration advisory lock, the DDL
+    stand-in.py tootctl ... [--concurrency N] a pool of N + 1 connections (lib/mastodon/cli/base.rb), N = 5
+
+Test-only hooks, so that a load can hold every pooled connection at once: GET /stand-in/hold?seconds=S (Puma)
+and ?stand_in_hold=S on a streaming request hold one connection for S seconds; a StandIn::HoldJob (args [S])
+does the same in sidekiq; tootctl --stand-in-hold S and STAND_IN_MIGRATION_SECONDS for migrations.
 """
 
-import http.server
 import json
 import os
+import random
+import signal
+import socket
 import sys
+import threading
 import time
+import urllib.parse
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
-SERVICE = sys.argv[1]
+import psycopg
+import redis
+import redis.sentinel
+
+CHECKOUT_TIMEOUT = 5  # config/database.yml: timeout 5000 (ms)
+# config/sidekiq.yml when no -q is given: every queue, with its weight.
+SIDEKIQ_QUEUES = [("default", 8), ("push", 6), ("ingress", 4), ("mailers", 2), ("pull", 1), ("scheduler", 1),
+                  ("fasp", 1)]
 
 
-class Echo(http.server.BaseHTTPRequestHandler):
+def load_dotenv(path=".env.production"):
+    """dotenv: a variable already in the environment wins over the file."""
+    try:
+        with open(path) as lines:
+            for line in lines:
+                line = line.strip()
+                if line and not line.startswith("#") and "=" in line:
+                    name, value = line.split("=", 1)
+                    os.environ.setdefault(name.strip(), value.strip().strip("'\""))
+    except FileNotFoundError:
+        pass
+
+
+def log(message):
+    print(message, flush=True)
+
+
+# PostgreSQL: the settings of config/database.yml and streaming/database.js.
+
+def database_settings(prefix=""):
+    """libpq settings for the primary (prefix "") or the replica ("REPLICA_", falling back to DB_*)."""
+    env = os.environ
+    if env.get(prefix + "DATABASE_URL"):
+        return {"conninfo": env[prefix + "DATABASE_URL"]}
+
+    def get(name, default):
+        return env.get(prefix + name) or env.get(name) or default
+
+    return {"host": get("DB_HOST", "localhost"), "port": get("DB_PORT", "5432"),
+            "dbname": get("DB_NAME", "mastodon_production"), "user": get("DB_USER", "mastodon"),
+            "password": get("DB_PASS", ""), "sslmode": get("DB_SSLMODE", "prefer"), "application_name": ""}
+
+
+def replica_configured():
+    return bool(os.environ.get("REPLICA_DB_HOST") or os.environ.get("REPLICA_DATABASE_URL"))
+
+
+class Pool:
+    """A lazily filled pool of at most `size` connections, as ActiveRecord's and node-postgres's are:
+    a connection is opened only when every open one is checked out, and a checkout waits at most
+    CHECKOUT_TIMEOUT seconds for one to come back."""
+
+    def __init__(self, name, settings, size, idle_timeout, prepared_statements=False):
+        self.name, self.settings, self.size, self.idle_timeout = name, settings, size, idle_timeout
+        # Rails prepares every statement unless PREPARED_STATEMENTS=false; psycopg does so with threshold 0.
+        self.prepare_threshold = 0 if prepared_statements else None
+        self.idle, self.opened, self.cond = [], 0, threading.Condition()
+        threading.Thread(target=self._reap, daemon=True).start()
+
+    def checkout(self):
+        deadline = time.monotonic() + CHECKOUT_TIMEOUT
+        with self.cond:
+            while not self.idle and self.opened >= self.size:
+                if time.monotonic() >= deadline:
+                    raise TimeoutError("could not obtain a connection from the %s pool within %d s; all %d "
+                                       "pooled connections were in use" % (self.name, CHECKOUT_TIMEOUT, self.size))
+                self.cond.wait(deadline - time.monotonic())
+            if self.idle:
+                return self.idle.pop()[0]
+            self.opened += 1
+        try:
+            settings = dict(self.settings)
+            conninfo = settings.pop("conninfo", "")
+            connection = psycopg.connect(conninfo, autocommit=True, connect_timeout=15, **settings)
+            connection.prepare_threshold = self.prepare_threshold
+            return connection
+        except Exception:
+            with self.cond:
+                self.opened -= 1
+                self.cond.notify()
+            raise
+
+    def checkin(self, connection):
+        with self.cond:
+            if connection.closed or connection.info.transaction_status != psycopg.pq.TransactionStatus.IDLE:
+                connection.close()
+                self.opened -= 1
+            else:
+                self.idle.append((connection, time.monotonic()))
+            self.cond.notify()
+
+    def run(self, sql, params=()):
+        connection = self.checkout()
+        try:
+            with connection.cursor() as cursor:
+                cursor.execute(sql, params)
+                return cursor.fetchall() if cursor.description else None
+        finally:
+            self.checkin(connection)
+
+    def transaction(self, statements):
+        connection = self.checkout()
+        try:
+            with connection.transaction(), connection.cursor() as cursor:
+                for sql, params in statements:
+                    cursor.execute(sql, params)
+        finally:
+            self.checkin(connection)
+
+    def _reap(self):
+        while True:
+            time.sleep(min(self.idle_timeout, 10) / 2)
+            with self.cond:
+                now, keep = time.monotonic(), []
+                for connection, since in self.idle:
+                    if now - since > self.idle_timeout:
+                        connection.close()
+                        self.opened -= 1
+                    else:
+                        keep.append((connection, since))
+                self.idle = keep
+
+    def state(self):
+        with self.cond:
+            return {"size": self.size, "open": self.opened, "idle": len(self.idle)}
+
+
+def rails_pools(pool_size):
+    """ActiveRecord: a primary pool, and a replica pool of the same size when REPLICA_DB_* is set.
+    Idle connections close after 300 s (idle_timeout)."""
+    prepared = os.environ.get("PREPARED_STATEMENTS", "true") != "false"
+    pools = {"primary": Pool("primary", database_settings(), pool_size, 300, prepared)}
+    if replica_configured():
+        replica_prepared = os.environ.get("REPLICA_PREPARED_STATEMENTS", os.environ.get("PREPARED_STATEMENTS", "true"))
+        pools["replica"] = Pool("replica", database_settings("REPLICA_"), pool_size, 300, replica_prepared != "false")
+    return pools
+
+
+# Redis: lib/mastodon/redis_configuration.rb and streaming/redis.js.
+
+def redis_client(prefix="", fallback=True, **options):
+    """The client of one of Mastodon's Redis configurations: *_URL wins, then sentinels, then *_HOST;
+    SIDEKIQ_ and CACHE_ fall back to the base configuration when none of those is given."""
+    env, name = os.environ, prefix + "REDIS_"
+    if env.get(name + "URL"):
+        return redis.Redis.from_url(env[name + "URL"], **options)
+    password = env.get(name + "PASSWORD")
+    if env.get(name + "SENTINELS") and env.get(name + "SENTINEL_MASTER"):
+        default_port = int(env.get(name + "SENTINEL_PORT", 26379))
+        sentinels = [(item.split(":")[0], int(item.split(":")[1]) if ":" in item else default_port)
+                     for item in env[name + "SENTINELS"].split(",")]
+        sentinel = redis.sentinel.Sentinel(sentinels, sentinel_kwargs={
+            "password": env.get(name + "SENTINEL_PASSWORD", password)})
+        return sentinel.master_for(env[name + "SENTINEL_MASTER"], password=password, **options)
+    if prefix and not env.get(name + "HOST"):
+        return redis_client("", **options)
+    return redis.Redis(host=env.get(name + "HOST", "localhost"), port=int(env.get(name + "PORT", 6379)),
+                       db=int(env.get(name + "DB", 0)), username=env.get(name + "USER"), password=password, **options)
+
+
+# Puma
+
+class Web(BaseHTTPRequestHandler):
+    pools = {}
+
     def do_GET(self):
-        body = json.dumps({"service": SERVICE, "path": self.path, "argv": sys.argv,
-                           "environment": dict(os.environ)}).encode()
-        self.send_response(200)
-        self.send_header("Content-Type", "application/json")
+        url = urllib.parse.urlsplit(self.path)
+        if url.path == "/health":
+            return self.answer(200, "text/plain", b"OK")
+        query = urllib.parse.parse_qs(url.query)
+        seconds = float(query.get("seconds", ["0"])[0]) if url.path == "/stand-in/hold" else 0
+        pool = self.pools["replica" if query.get("role") == ["reading"] and "replica" in self.pools else "primary"]
+        try:
+            pool.run("SELECT pg_sleep(%s)", (seconds,))
+        except Exception as error:  # Rails answers 500 and keeps serving
+            return self.answer(500, "text/plain", ("%s: %s" % (type(error).__name__, error)).encode())
+        body = {"service": "web", "path": self.path, "worker": os.getpid(),
+                "address": "%s:%d" % self.connection.getsockname()[:2],
+                "pools": {name: item.state() for name, item in self.pools.items()}}
+        self.answer(200, "application/json", json.dumps(body).encode())
+
+    def answer(self, status, content_type, body):
+        self.send_response(status)
+        self.send_header("Content-Type", content_type)
         self.send_header("Content-Length", str(len(body)))
         self.end_headers()
         self.wfile.write(body)
 
+    def log_message(self, *args):
+        pass
 
-if SERVICE == "sidekiq":
+
+def puma_worker(listener, threads, pool_size):
+    """One worker: `threads` threads accept on the shared socket; a busy worker accepts nothing."""
+    Web.pools = rails_pools(pool_size)
+    stopping = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stopping.set())
+
+    def serve():
+        while not stopping.is_set():
+            try:
+                connection, address = listener.accept()
+            except OSError:
+                continue
+            try:
+                Web(connection, address, None)
+            except Exception as error:
+                log("request failed: %s" % error)
+            finally:
+                connection.close()
+
+    for _ in range(threads):
+        threading.Thread(target=serve, daemon=True).start()
+    while not stopping.wait(1):
+        pass
+    os._exit(0)
+
+
+def puma():
+    threads = int(os.environ.get("MAX_THREADS", 5))
+    workers = int(os.environ.get("WEB_CONCURRENCY", 2))
+    pool_size = int(os.environ.get("DB_POOL") or os.environ.get("MAX_THREADS") or 5)
+    listener = socket.create_server((os.environ.get("BIND", "127.0.0.1"), int(os.environ.get("PORT", 3000))),
+                                    backlog=1024)
+    listener.settimeout(1)
+    log("Puma stand-in: %d workers x %d threads, pool %d per worker, on %s:%s"
+        % (workers, threads, pool_size, *listener.getsockname()[:2]))
+    if workers == 0:
+        puma_worker(listener, threads, pool_size)
+    children = set()
+
+    def spawn():
+        pid = os.fork()
+        if pid == 0:
+            signal.signal(signal.SIGUSR1, signal.SIG_DFL)
+            puma_worker(listener, threads, pool_size)
+        children.add(pid)
+
+    def stop(*_):
+        for pid in list(children):
+            os.kill(pid, signal.SIGTERM)
+        for pid in list(children):
+            os.waitpid(pid, 0)
+        os._exit(0)
+
+    restart = threading.Event()
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    signal.signal(signal.SIGUSR1, lambda *_: restart.set())  # phased restart: one worker after the other
+    for _ in range(workers):
+        spawn()
     while True:
-        time.sleep(3600)
-else:
-    http.server.HTTPServer((os.environ["BIND"], int(os.environ["PORT"])), Echo).serve_forever()
+        if restart.wait(1):
+            restart.clear()
+            for pid in list(children):
+                os.kill(pid, signal.SIGTERM)
+                os.waitpid(pid, 0)
+                children.discard(pid)
+                spawn()
+        for pid in list(children):  # Puma replaces a worker that died
+            if os.waitpid(pid, os.WNOHANG)[0]:
+                children.discard(pid)
+                spawn()
+
+
+# Sidekiq
+
+def sidekiq(args):
+    concurrency, queues, timeout = int(os.environ.get("SIDEKIQ_CONCURRENCY", 5)), [], 25
+    while args:
+        flag = args.pop(0)
+        if flag in ("-c", "--concurrency"):
+            concurrency = int(args.pop(0))
+        elif flag in ("-q", "--queue"):
+            name, _, weight = args.pop(0).partition(",")
+            queues.append((name, int(weight or 1)))
+        elif flag in ("-t", "--timeout"):
+            timeout = int(args.pop(0))
+    queues = queues or SIDEKIQ_QUEUES
+    pool = rails_pools(int(os.environ.get("DB_POOL") or concurrency))["primary"]
+    client = redis_client("SIDEKIQ_", max_connections=concurrency + 5, socket_timeout=10)
+    identity = "%s:%d:%s" % (socket.gethostname(), os.getpid(), os.urandom(6).hex())
+    quiet, stopping, lock = threading.Event(), threading.Event(), threading.Lock()
+    running = {}  # thread id -> (queue, payload, started)
+    info = json.dumps({"hostname": socket.gethostname(), "started_at": time.time(), "pid": os.getpid(), "tag": "",
+                       "concurrency": concurrency, "queues": [name for name, _ in queues], "labels": [],
+                       "weights": [dict(queues)], "identity": identity, "version": "stand-in"})
+    log("Sidekiq stand-in %s: %d threads on %s, pool %d, shutdown timeout %d s"
+        % (identity, concurrency, ",".join(name for name, _ in queues), pool.size, timeout))
+
+    def order():
+        """Weighted queues are tried in a random order drawn by weight, as Sidekiq's fetcher does."""
+        if len({weight for _, weight in queues}) == 1:
+            return ["queue:" + name for name, _ in queues]
+        pending, drawn = list(queues), []
+        while pending:
+            pick = random.choices(pending, [weight for _, weight in pending])[0]
+            pending.remove(pick)
+            drawn.append("queue:" + pick[0])
+        return drawn
+
+    def work():
+        me = threading.get_ident()
+        while not quiet.is_set():
+            try:
+                fetched = client.brpop(order(), timeout=2)
+            except redis.RedisError as error:
+                log("fetch failed: %s" % error)
+                time.sleep(1)
+                continue
+            if not fetched:
+                continue
+            key, payload = fetched[0].decode(), fetched[1].decode()
+            with lock:
+                running[me] = (key, payload, time.time())
+            try:
+                perform(pool, json.loads(payload))
+                client.incr("stat:processed")
+            except Exception as error:
+                log("job failed: %s: %s" % (type(error).__name__, error))
+                client.incr("stat:failed")
+            finally:
+                with lock:
+                    running.pop(me, None)
+
+    def heartbeat():
+        while not stopping.is_set():
+            with lock:
+                busy = dict(running)
+            with client.pipeline() as pipe:
+                pipe.sadd("processes", identity)
+                pipe.hset(identity, mapping={"info": info, "busy": len(busy), "beat": time.time(),
+                                             "quiet": str(quiet.is_set()).lower()})
+                pipe.expire(identity, 60)
+                pipe.delete(identity + ":work")
+                for tid, (key, payload, started) in busy.items():
+                    pipe.hset(identity + ":work", str(tid), json.dumps(
+                        {"queue": key[6:], "payload": payload, "run_at": int(started)}))
+                pipe.expire(identity + ":work", 60)
+                pipe.execute()
+            stopping.wait(5)
+
+    signal.signal(signal.SIGTSTP, lambda *_: quiet.set())
+    signal.signal(signal.SIGTERM, lambda *_: stopping.set())
+    signal.signal(signal.SIGINT, lambda *_: stopping.set())
+    client.ping()  # Sidekiq fails at boot when Redis is out of reach
+    for _ in range(concurrency):
+        threading.Thread(target=work, daemon=True).start()
+    threading.Thread(target=heartbeat, daemon=True).start()
+    stopping.wait()
+    quiet.set()
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with lock:
+            if not running:
+                break
+        time.sleep(0.2)
+    with lock:
+        unfinished = list(running.values())
+    for key, payload, _ in unfinished:  # Sidekiq's BasicFetch#bulk_requeue: back to the head of the queue
+        client.rpush(key, payload)
+        log("pushed back %s to %s" % (json.loads(payload).get("jid"), key))
+    client.srem("processes", identity)
+    client.delete(identity, identity + ":work")
+    os._exit(0)
+
+
+def perform(pool, job):
+    """Small SQL work in one transaction: a job interrupted before its commit leaves nothing behind."""
+    seconds = float(job["args"][0]) if job.get("class") == "StandIn::HoldJob" and job.get("args") else 0
+    pool.transaction([("SELECT pg_sleep(%s)", (seconds,)),
+                      ("INSERT INTO stand_in_jobs (jid, queue, class) VALUES (%s, %s, %s) "
+                       "ON CONFLICT (jid) DO UPDATE SET runs = stand_in_jobs.runs + 1, finished_at = now()",
+                       (job.get("jid"), job.get("queue"), job.get("class")))])
+
+
+# Streaming
+
+class Streaming(BaseHTTPRequestHandler):
+    pool = None
+    subscriber = None
+
+    def do_GET(self):
+        url = urllib.parse.urlsplit(self.path)
+        if url.path == "/api/v1/streaming/health":
+            body = b"OK"
+            self.send_response(200)
+            self.send_header("Content-Type", "text/plain")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            return self.wfile.write(body)
+        query = urllib.parse.parse_qs(url.query)
+        try:  # the access token check, on one pooled connection
+            self.pool.run("SELECT pg_sleep(%s)", (float(query.get("stand_in_hold", ["0"])[0]),))
+        except Exception as error:
+            self.send_error(503, "%s: %s" % (type(error).__name__, error))
+            return
+        channel = "timeline:" + (url.path.rsplit("/", 1)[-1] or "public")
+        events = self.subscriber.listen(channel)
+        self.send_response(200)
+        self.send_header("Content-Type", "text/event-stream")
+        self.end_headers()
+        try:
+            self.wfile.write(b":)\n")
+            self.wfile.flush()
+            while True:
+                try:
+                    message = events.get(timeout=15)
+                    self.wfile.write(b"event: update\ndata: " + message + b"\n\n")
+                except Exception:
+                    self.wfile.write(b":thump\n")  # the streaming server's heartbeat
+                self.wfile.flush()
+        except (BrokenPipeError, ConnectionResetError):
+            pass
+        finally:
+            self.subscriber.forget(channel, events)
+
+    def log_message(self, *args):
+        pass
+
+
+class Subscriber:
+    """One Redis connection subscribed to every channel a client listens to, as streaming/redis.js has."""
+
+    def __init__(self):
+        import queue
+        self.queue_type, self.listeners, self.lock = queue.Queue, {}, threading.Lock()
+        self.pubsub = redis_client().pubsub()
+        self.pubsub.subscribe("stand-in:alive")
+        threading.Thread(target=self._dispatch, daemon=True).start()
+
+    def listen(self, channel):
+        events = self.queue_type()
+        with self.lock:
+            if channel not in self.listeners:
+                self.pubsub.subscribe(channel)
+            self.listeners.setdefault(channel, []).append(events)
+        return events
+
+    def forget(self, channel, events):
+        with self.lock:
+            self.listeners[channel].remove(events)
+            if not self.listeners[channel]:
+                del self.listeners[channel]
+                self.pubsub.unsubscribe(channel)
+
+    def _dispatch(self):
+        while True:
+            message = self.pubsub.get_message(timeout=1)
+            if message and message["type"] == "message":
+                with self.lock:
+                    for events in self.listeners.get(message["channel"].decode(), []):
+                        events.put(message["data"])
+
+
+def streaming():
+    Streaming.pool = Pool("streaming", database_settings(), int(os.environ.get("DB_POOL") or 10), 10)
+    Streaming.subscriber = Subscriber()
+    server = ThreadingHTTPServer((os.environ.get("BIND", "127.0.0.1"), int(os.environ.get("PORT", 4000))), Streaming)
+    server.daemon_threads = True
+    signal.signal(signal.SIGTERM, lambda *_: os._exit(0))
+    log("streaming stand-in: pool %d on %s:%s" % (Streaming.pool.size, *server.server_address[:2]))
+    server.serve_forever()
+
+
+# Admin commands: direct connections (migrations.env)
+
+STAND_IN_SCHEMA = """
+CREATE TABLE IF NOT EXISTS stand_in_jobs (
+    jid text PRIMARY KEY, queue text, class text, runs integer NOT NULL DEFAULT 1,
+    finished_at timestamptz NOT NULL DEFAULT now())
+"""
+
+
+def migrate():
+    """rails db:migrate: Rails takes its migration advisory lock on a connection of its own."""
+    settings = database_settings()
+    conninfo = settings.pop("conninfo", "")
+    with psycopg.connect(conninfo, autocommit=True, **settings) as lock, \
+            psycopg.connect(conninfo, autocommit=True, **settings) as migration:
+        lock.execute("SELECT pg_advisory_lock(%s)", (7_133_461_009_143_000_000,))
+        migration.execute(STAND_IN_SCHEMA)
+        migration.execute("SELECT pg_sleep(%s)", (float(os.environ.get("STAND_IN_MIGRATION_SECONDS", 0)),))
+        lock.execute("SELECT pg_advisory_unlock(%s)", (7_133_461_009_143_000_000,))
+    log("migrated")
+
+
+def tootctl(args):
+    """tootctl resets the pool to --concurrency + 1; its threads and the main thread each hold one."""
+    concurrency = int(args[args.index("--concurrency") + 1]) if "--concurrency" in args else 5
+    seconds = float(args[args.index("--stand-in-hold") + 1]) if "--stand-in-hold" in args else 0
+    pool = Pool("tootctl", database_settings(), concurrency + 1, 300)
+    workers = [threading.Thread(target=pool.run, args=("SELECT pg_sleep(%s)", (seconds,)))
+               for _ in range(concurrency + 1)]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join()
+    log("tootctl %s: %d connections" % (" ".join(args), pool.state()["open"]))
+
+
+def main():
+    load_dotenv()
+    command, args = sys.argv[1], sys.argv[2:]
+    if command == "puma":
+        puma()
+    elif command == "sidekiq":
+        sidekiq(args)
+    elif command == "streaming":
+        streaming()
+    elif command == "rails" and args[:1] == ["db:migrate"]:
+        migrate()
+    elif command == "tootctl":
+        tootctl(args)
+    else:
+        sys.exit("stand-in: %s %s is not stood in for" % (command, " ".join(args)))
+
+
+if __name__ == "__main__":
+    main()

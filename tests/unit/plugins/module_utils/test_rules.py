@@ -409,6 +409,24 @@ class TestSidekiqSchedulerCount:
         assert item["numbers"] == {"processes": 0} and "never run" in item["message"]
 
 
+class TestSidekiqStopTimeoutWithinShutdownTimeout:
+    def test_systemd_killing_before_the_push_back(self):
+        # Debian's and Mastodon's old unit stop timeout of 15 s against Sidekiq's 25 s.
+        [item] = found(cluster(hosts__worker1__sidekiq={"queues": sidekiq(), "stop_timeout": 15}),
+                       "sidekiq-stop-timeout-within-shutdown-timeout")
+        assert (item["severity"], item["host"], item["service"]) == ("error", "worker1", "sidekiq")
+        assert item["numbers"] == {"stop_timeout": 15, "shutdown_timeout": 25}
+        assert "mastodon-sidekiq-pull@.service" in item["message"] and "loses the jobs still running" in item["message"]
+        assert "sidekiq_stop_timeout to 30 or more" in item["hint"]
+
+    def test_a_shorter_shutdown_timeout_fits(self):
+        assert found(cluster(hosts__worker1__sidekiq={"queues": sidekiq(), "stop_timeout": 15,
+                                                      "shutdown_timeout": 10}),
+                     "sidekiq-stop-timeout-within-shutdown-timeout") == []
+
+    def test_the_defaults_fit(self):
+        assert found(cluster(), "sidekiq-stop-timeout-within-shutdown-timeout") == []
+
 class TestStreamingClusterNumIgnored:
     def test_error_on_4_2_and_later(self):
         [item] = found(cluster(hosts__web1__mastodon={"env_production": {"STREAMING_CLUSTER_NUM": "4"}}),
