@@ -3,8 +3,9 @@
 #   make unit                     the fast loop: model, filters, plan playbook
 #   make molecule SCENARIO=smoke  one Molecule scenario (default: all) on Debian 13; DEBIAN=12 for Debian 12,
 #                                 REDIS_SERVER=valkey for Valkey instead of Redis
-#   make demo                     the local container cluster with site.yml on it
+#   make demo                     the local container cluster with site.yml on it, then a load: planned against peak
 #   make demo DEBIAN=12           the same cluster on Debian 12
+#   make demo-load                the load again on the running demo cluster
 #   make bench                    the plan benchmark
 #   make bench-pooling            pgbench direct against through pgbouncer, on the demo cluster
 #   make clean                    remove containers, images and the engine the rig started
@@ -32,10 +33,10 @@ export PATH := $(BIN):$(PATH)
 # Run a stage and record how long it took.
 timed = start=$$(date +%s); $(2); echo "$(1) $$(( $$(date +%s) - start ))s" >> $(TIMINGS)
 
-.PHONY: help test unit lint sanity molecule demo bench bench-pooling clean venv collection image
+.PHONY: help test unit lint sanity molecule demo demo-load bench bench-pooling clean venv collection image
 
 help:
-	@sed -n '2,11p' Makefile
+	@sed -n '2,12p' Makefile
 
 venv:
 	@$(RIG) venv
@@ -88,12 +89,16 @@ molecule: image collection
 	    echo "molecule $$scenario (Debian $$release, $$server) $$(( $$(date +%s) - start ))s" >> $(TIMINGS); \
 	  done
 
-# The local container cluster, left running: molecule/cluster (make clean removes it).
+# The local container cluster, left running: molecule/cluster (make clean removes it). Its side effect is the
+# load that compares the plan with the peak (molecule/cluster/side_effect.yml).
 demo: image collection
 	@cd $(ROOT) && export FEDISCALE_RIG_DEBIAN=$(DEBIAN) FEDISCALE_RIG_IMAGE=$$($(RIG) image-name $(DEBIAN)) \
 	    FEDISCALE_RIG_APT_PROXY=$$($(RIG) cache) && \
-	  $(BIN)/molecule converge -s cluster && \
+	  $(BIN)/molecule converge -s cluster && $(BIN)/molecule side-effect -s cluster && \
 	  echo "The cluster is up: molecule login -s cluster --host demo-web1; make clean removes it."
+
+demo-load: collection
+	@cd $(ROOT) && FEDISCALE_RIG_DEBIAN=$(DEBIAN) $(BIN)/molecule side-effect -s cluster
 
 bench: venv collection
 	$(BIN)/python benchmarks/plan_speed.py

@@ -27,8 +27,10 @@ def postgres_findings(stats: Dict[str, Any], planned_max_connections: Optional[i
                       planned_total: Optional[int] = None, behind_pgbouncer: bool = False,
                       utilisation_warning_percent: int = UTILISATION_WARNING_PERCENT,
                       idle_warning_percent: int = IDLE_WARNING_PERCENT,
-                      wal_write_warning_percent: int = WAL_WRITE_WARNING_PERCENT) -> List[Dict[str, Any]]:
-    """Findings from ``stats``: max_connections, reserved slots, client connections by state, waits."""
+                      wal_write_warning_percent: int = WAL_WRITE_WARNING_PERCENT,
+                      peak_connections: Optional[int] = None) -> List[Dict[str, Any]]:
+    """Findings from ``stats``: max_connections, reserved slots, client connections by state, waits; with
+    ``peak_connections`` (the most seen while watching), the plan is judged against that peak."""
     findings = []
     max_connections = stats["max_connections"]
     usable = max_connections - stats["superuser_reserved_connections"] - stats.get("reserved_connections", 0)
@@ -41,13 +43,15 @@ def postgres_findings(stats: Dict[str, Any], planned_max_connections: Optional[i
             "the server runs with max_connections %d, the plan assumed %d" % (max_connections, planned_max_connections),
             "set postgresql_max_connections to the live value and plan again, or apply the postgresql role",
             live=max_connections, planned=planned_max_connections))
-    if planned_total is not None and connections > planned_total:
+    judged = connections if peak_connections is None else max(connections, peak_connections)
+    if planned_total is not None and judged > planned_total:
         findings.append(_finding(
             "live-connections-over-plan", "error",
-            "%d client connections are open, more than the %d the plan counts" % (connections, planned_total),
+            "%d client connections %s, more than the %d the plan counts"
+            % (judged, "are open" if peak_connections is None else "were open at the peak", planned_total),
             "find the unplanned clients in by_client (a process outside the inventory, a pool set in "
             ".env.production) and add them to the plan",
-            live=connections, planned=planned_total))
+            live=judged, planned=planned_total))
     percent = 100.0 * connections / max_connections if max_connections else 0.0
     if percent > utilisation_warning_percent:
         findings.append(_finding(
@@ -83,6 +87,20 @@ def postgres_findings(stats: Dict[str, Any], planned_max_connections: Optional[i
 
 def _maxwait_seconds(pool: Dict[str, Any]) -> float:
     return int(pool["maxwait"]) + int(pool.get("maxwait_us", 0)) / 1000000.0
+
+
+# SHOW POOLS columns of server connections in any state; a pool opens at most its size of them.
+SERVER_STATES = ("sv_active", "sv_idle", "sv_used", "sv_tested", "sv_login")
+
+
+def pool_clients(rows: List[Dict[str, Any]]) -> int:
+    """Client connections in SHOW POOLS rows (``cl_active`` holds the idle ones too), the console's left out."""
+    return sum(int(row["cl_active"]) + int(row["cl_waiting"]) for row in rows if row["database"] != "pgbouncer")
+
+
+def pool_servers(rows: List[Dict[str, Any]]) -> int:
+    """Server connections in SHOW POOLS rows, in every state."""
+    return sum(int(row.get(name, 0)) for row in rows if row["database"] != "pgbouncer" for name in SERVER_STATES)
 
 
 def add_up_pools(rows: List[Dict[str, Any]]) -> List[Dict[str, Any]]:

@@ -36,6 +36,17 @@ options:
   login_password:
     description: Password of O(login_user).
     type: str
+  watch_seconds:
+    description:
+      - Watch every process's pools for this many seconds (one reading every O(watch_interval)) and return the most
+        clients and the most server connections seen at once (RV(peak_clients), RV(peak_servers)). V(0) reads once.
+      - Run the task with C(async) to watch while something else makes the load.
+    type: float
+    default: 0
+  watch_interval:
+    description: Seconds between two readings while watching.
+    type: float
+    default: 0.2
   maxwait_warning_seconds:
     description: C(maxwait) above which to warn.
     type: float
@@ -96,6 +107,19 @@ clients:
       left out.
   returned: success
   type: int
+servers:
+  description: Server connections of all pools and processes together, in every state (C(sv_active), C(sv_idle),
+    C(sv_used), C(sv_tested), C(sv_login)).
+  returned: success
+  type: int
+peak_clients:
+  description: With O(watch_seconds), the most client connections seen at once, all processes together.
+  returned: when O(watch_seconds) is above 0
+  type: int
+peak_servers:
+  description: With O(watch_seconds), the most server connections seen at once, all processes together.
+  returned: when O(watch_seconds) is above 0
+  type: int
 findings:
   description: Each with C(id), C(severity), C(message), C(hint) and C(numbers).
   returned: success
@@ -103,11 +127,13 @@ findings:
   elements: dict
 """
 
+import time
 from decimal import Decimal
 
 from ansible.module_utils.basic import AnsibleModule, missing_required_lib
 
-from ansible_collections.fediscale.mastodon.plugins.module_utils.live import add_up_pools, pgbouncer_findings
+from ansible_collections.fediscale.mastodon.plugins.module_utils.live import (
+    add_up_pools, pgbouncer_findings, pool_clients, pool_servers)
 
 try:
     import psycopg
@@ -138,6 +164,8 @@ def main():
             login_port=dict(type="int", default=6432),
             login_user=dict(type="str", default="pgbouncer_stats"),
             login_password=dict(type="str", no_log=True),
+            watch_seconds=dict(type="float", default=0),
+            watch_interval=dict(type="float", default=0.2),
             maxwait_warning_seconds=dict(type="float", default=1.0),
         ),
         supports_check_mode=True,
@@ -148,25 +176,50 @@ def main():
     if not params["login_host"]:
         module.fail_json(msg="login_host is empty: give the address or the socket directory of each process")
     several = len(params["login_host"]) > 1
-    pools, stats, databases = [], [], []
-    for login_host in params["login_host"]:
-        process = login_host if several else None
-        try:
-            # The console speaks only the simple query protocol and takes no SET.
-            with psycopg.connect(host=login_host, port=params["login_port"], user=params["login_user"],
-                                 password=params["login_password"], dbname="pgbouncer", autocommit=True,
-                                 cursor_factory=psycopg.ClientCursor, connect_timeout=10) as conn:
-                pools += _rows(conn, "SHOW POOLS", process)
-                stats += _rows(conn, "SHOW STATS", process)
-                databases += _rows(conn, "SHOW DATABASES", process)
-        except psycopg.Error as error:
-            module.fail_json(msg="cannot read pgbouncer's console at %s:%s as %s: %s" % (
-                login_host, params["login_port"], params["login_user"], error))
-    clients = sum(int(pool["cl_active"]) + int(pool["cl_waiting"]) for pool in pools if pool["database"] != "pgbouncer")
-    module.exit_json(changed=False, pools=pools, pool_totals=add_up_pools(pools), stats=stats, databases=databases,
-                     processes=len(params["login_host"]), clients=clients,
-                     findings=pgbouncer_findings(pools, params["maxwait_warning_seconds"]))
+    connections = {}
+    try:
+        for login_host in params["login_host"]:
+            try:
+                # The console speaks only the simple query protocol and takes no SET.
+                connections[login_host] = psycopg.connect(
+                    host=login_host, port=params["login_port"], user=params["login_user"],
+                    password=params["login_password"], dbname="pgbouncer", autocommit=True,
+                    cursor_factory=psycopg.ClientCursor, connect_timeout=10)
+            except psycopg.Error as error:
+                module.fail_json(msg="cannot read pgbouncer's console at %s:%s as %s: %s" % (
+                    login_host, params["login_port"], params["login_user"], error))
+        peak = watch(connections, several, params["watch_seconds"], params["watch_interval"])
+        pools, stats, databases = [], [], []
+        for login_host, conn in connections.items():
+            process = login_host if several else None
+            pools += _rows(conn, "SHOW POOLS", process)
+            stats += _rows(conn, "SHOW STATS", process)
+            databases += _rows(conn, "SHOW DATABASES", process)
+    except psycopg.Error as error:
+        module.fail_json(msg="reading pgbouncer's console failed: %s" % error)
+    finally:
+        for conn in connections.values():
+            conn.close()
+    result = dict(changed=False, pools=pools, pool_totals=add_up_pools(pools), stats=stats, databases=databases,
+                  processes=len(params["login_host"]), clients=pool_clients(pools), servers=pool_servers(pools),
+                  findings=pgbouncer_findings(pools, params["maxwait_warning_seconds"]))
+    if peak:
+        result.update(peak_clients=peak[0], peak_servers=peak[1])
+    module.exit_json(**result)
 
+
+def watch(connections, several, seconds, interval):
+    """The most clients and the most server connections seen at once over ``seconds``; None when not watching."""
+    if seconds <= 0:
+        return None
+    started, peak_clients, peak_servers = time.monotonic(), 0, 0
+    while True:
+        pools = [row for login_host, conn in connections.items()
+                 for row in _rows(conn, "SHOW POOLS", login_host if several else None)]
+        peak_clients, peak_servers = max(peak_clients, pool_clients(pools)), max(peak_servers, pool_servers(pools))
+        if time.monotonic() - started >= seconds:
+            return peak_clients, peak_servers
+        time.sleep(interval)
 
 if __name__ == "__main__":
     main()

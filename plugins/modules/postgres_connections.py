@@ -59,6 +59,18 @@ options:
     description: Share of active connections waiting on C(WALWrite) above which to warn.
     type: int
     default: 20
+  watch_seconds:
+    description:
+      - Watch the client connections for this many seconds (one reading every O(watch_interval)) and return the
+        most seen at once in RV(peak); the plan is then judged against that peak. V(0) reads once.
+      - For a load that comes and goes, such as a deploy's overlap or a C(tootctl) run; run the task with
+        C(async) to watch while something else makes the load.
+    type: float
+    default: 0
+  watch_interval:
+    description: Seconds between two readings while watching.
+    type: float
+    default: 0.2
   fail_on_error:
     description: Fail when a finding is an error.
     type: bool
@@ -120,12 +132,20 @@ waits:
   returned: success
   type: list
   elements: dict
+peak:
+  description:
+    - With O(watch_seconds), the reading with the most client connections (C(connections)), those connections by
+      user, database, client address and state (C(by_client)), and when it was taken (C(after_seconds)).
+  returned: when O(watch_seconds) is above 0
+  type: dict
 findings:
   description: What the numbers say, each with C(id), C(severity), C(message), C(hint) and C(numbers).
   returned: success
   type: list
   elements: dict
 """
+
+import time
 
 from ansible.module_utils.basic import AnsibleModule, missing_required_lib
 
@@ -156,6 +176,23 @@ SELECT backend_type, wait_event_type, wait_event, count(*) AS count
 """
 
 
+def watch(conn, seconds, interval):
+    """The reading of CLIENTS with the most connections over ``seconds``; None when not watching."""
+    if seconds <= 0:
+        return None
+    started = time.monotonic()
+    peak = None
+    while True:
+        rows = conn.execute(CLIENTS).fetchall()
+        count = sum(row["count"] for row in rows)
+        elapsed = time.monotonic() - started
+        if peak is None or count > peak["connections"]:
+            peak = dict(connections=count, by_client=rows, after_seconds=round(elapsed, 1))
+        if elapsed >= seconds:
+            return peak
+        time.sleep(interval)
+
+
 def main():
     module = AnsibleModule(
         argument_spec=dict(
@@ -170,6 +207,8 @@ def main():
             utilisation_warning_percent=dict(type="int", default=90),
             idle_warning_percent=dict(type="int", default=20),
             wal_write_warning_percent=dict(type="int", default=20),
+            watch_seconds=dict(type="float", default=0),
+            watch_interval=dict(type="float", default=0.2),
             fail_on_error=dict(type="bool", default=False),
         ),
         supports_check_mode=True,
@@ -181,6 +220,7 @@ def main():
         with psycopg.connect(host=params["login_host"], port=params["login_port"], user=params["login_user"],
                              password=params["login_password"], dbname=params["login_db"], autocommit=True,
                              row_factory=dict_row, connect_timeout=10) as conn:
+            peak = watch(conn, params["watch_seconds"], params["watch_interval"])
             settings = conn.execute(SETTINGS).fetchone()
             by_client = conn.execute(CLIENTS).fetchall()
             waits = conn.execute(WAITS).fetchall()
@@ -193,13 +233,16 @@ def main():
     stats = dict(settings, states=states, waits=waits)
     findings = postgres_findings(stats, params["planned_max_connections"], params["planned_total"],
                                  params["behind_pgbouncer"], params["utilisation_warning_percent"],
-                                 params["idle_warning_percent"], params["wal_write_warning_percent"])
+                                 params["idle_warning_percent"], params["wal_write_warning_percent"],
+                                 peak["connections"] if peak else None)
     result = dict(
         changed=False,
         usable=settings["max_connections"] - settings["superuser_reserved_connections"]
         - settings["reserved_connections"],
         connections=sum(states.values()), states=states, by_client=by_client, waits=waits, findings=findings,
         **settings)
+    if peak:
+        result["peak"] = peak
     errors = [finding for finding in findings if finding["severity"] == "error"]
     if errors and params["fail_on_error"]:
         module.fail_json(msg="; ".join(finding["message"] for finding in errors), **result)

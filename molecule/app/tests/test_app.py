@@ -1,11 +1,14 @@
 """The app tier, live: units, their environment, scale-down, nginx limits and upstreams, sandbox scores.
 
-Mastodon's processes are test stand-ins (prepare.yml) that report the argv and environment systemd gave them.
+Mastodon's processes are test stand-ins (molecule/shared/files/stand-in.py) that connect to the database host's
+PostgreSQL and Redis as Mastodon does, from the environment the roles wrote.
 """
 
 import json
 import os
 import re
+import shlex
+import time
 
 import pytest
 
@@ -37,6 +40,35 @@ def process(host, unit):
     return argv, environ
 
 
+def on_app_host(host, code):
+    """Python on the app host with Mastodon's direct settings (migrations.env) and .env.production."""
+    result = host.run("set -a; . /etc/mastodon/migrations.env; . /home/mastodon/live/.env.production; set +a; "
+                      "python3 -c %s" % shlex.quote("import json, os, time, psycopg, redis\n" + code))
+    assert result.rc == 0, result.stderr
+    return result.stdout
+
+
+def sql(host, query):
+    return json.loads(on_app_host(host, (
+        "with psycopg.connect(host=os.environ['DB_HOST'], port=os.environ['DB_PORT'], dbname=os.environ['DB_NAME'],"
+        " user=os.environ['DB_USER'], password=os.environ['DB_PASS']) as db:\n"
+        "    print(json.dumps(db.execute(%r).fetchall(), default=str))") % query))
+
+
+def sidekiq_redis(host, code):
+    return on_app_host(host, "client = redis.Redis.from_url(os.environ['REDIS_URL'])\n" + code)
+
+
+@pytest.fixture(scope="module")
+def migrated(web):
+    """rails db:migrate as the operator runs it: migrations.env, as the mastodon user, in the checkout."""
+    result = web.run("runuser -u mastodon -- bash -c 'set -a; . /etc/mastodon/migrations.env; set +a; "
+                     "cd /home/mastodon/live && RAILS_ENV=production /home/mastodon/.rbenv/shims/bundle exec rails "
+                     "db:migrate'")
+    assert result.rc == 0 and "migrated" in result.stdout, result.stderr
+    return web
+
+
 def sidekiq_instances(host):
     listed = host.run("systemctl list-units --all --plain --no-legend 'mastodon-sidekiq-*@*.service'").stdout
     return sorted(line.split()[0] for line in listed.splitlines())
@@ -53,7 +85,9 @@ def test_every_unit_verifies(web):
 def test_each_queue_process_listens_to_its_queue_only(web, queue):
     argv, environ = process(web, "mastodon-sidekiq-%s@1.service" % queue)
     unit = next(item for item in UNITS["sidekiq"] if item["queue"] == queue)
-    assert argv[-4:] == ["-c", str(unit["concurrency"]), "-q", queue]
+    assert argv[-6:] == ["-c", str(unit["concurrency"]), "-q", queue, "-t", str(unit["shutdown_timeout"])]
+    stop = web.run("systemctl show -P TimeoutStopUSec mastodon-sidekiq-%s@1.service" % queue).stdout.strip()
+    assert stop == "%ds" % unit["stop_timeout"]
     assert environ["DB_POOL"] == str(unit["db_pool"]) and environ["CONCURRENCY"] == str(unit["concurrency"])
     assert environ["LD_PRELOAD"] == "libjemalloc.so.2" and "MALLOC_ARENA_MAX" not in environ
     assert environ["DB_HOST"] == "172.30.42.211" and environ["DB_PORT"] == "5432"
@@ -70,6 +104,45 @@ def test_scale_down_leaves_exactly_one_pull_process(web):
     assert running == ["mastodon-sidekiq-pull@1.service"]
 
 
+def test_every_sidekiq_process_beats_in_redis_with_its_queue_and_concurrency(web):
+    """The stand-ins reached Redis with the URL and password the role wrote, and run what the plan says."""
+    beats = json.loads(sidekiq_redis(web, (
+        "print(json.dumps([json.loads(client.hget(key, 'info')) for key in client.smembers('processes')"
+        " if client.exists(key)]))")))
+    running = sorted((info["queues"], info["concurrency"]) for info in beats)
+    # The side effect left one pull process of the plan's three.
+    planned = sorted([([unit["queue"]], unit["concurrency"]) for unit in UNITS["sidekiq"]
+                      for _ in unit["instances"] if unit["queue"] != "pull"] + [(["pull"], 2)])
+    assert running == planned
+
+
+def test_a_stopped_sidekiq_pushes_its_running_job_back_and_it_runs_again(web, migrated):
+    """A job longer than the old 15 s stop timeout and than -t: the stop waits -t seconds, Sidekiq pushes the
+    job back before systemd would kill it, and the restarted process runs it to its end exactly once."""
+    unit, mailers = "mastodon-sidekiq-mailers@1.service", next(item for item in UNITS["sidekiq"]
+                                                               if item["queue"] == "mailers")
+    jid = "stop-proof-%d" % time.time()
+    now = int(time.time() * 1000)  # Sidekiq 8 writes epoch milliseconds
+    job = json.dumps({"class": "StandIn::HoldJob", "args": [20], "jid": jid, "queue": "mailers", "retry": True,
+                      "created_at": now, "enqueued_at": now})
+    sidekiq_redis(web, "client.lpush('queue:mailers', %r)\n"
+                       "deadline = time.time() + 10\n"
+                       "while client.llen('queue:mailers') and time.time() < deadline: time.sleep(0.2)" % job)
+    time.sleep(1)
+    started = time.monotonic()
+    web.run("systemctl stop %s" % unit)
+    stopped_after = time.monotonic() - started
+    assert mailers["shutdown_timeout"] <= stopped_after < mailers["stop_timeout"], stopped_after
+    assert web.run("systemctl show -P Result %s" % unit).stdout.strip() == "success"
+    assert jid in sidekiq_redis(web, "print(client.lrange('queue:mailers', 0, -1))")
+    assert sql(web, "SELECT count(*) FROM stand_in_jobs WHERE jid = '%s'" % jid) == [[0]]
+    web.run("systemctl start %s" % unit)
+    deadline = time.monotonic() + 40
+    while time.monotonic() < deadline and not sql(web, "SELECT runs FROM stand_in_jobs WHERE jid = '%s'" % jid):
+        time.sleep(1)
+    assert sql(web, "SELECT runs FROM stand_in_jobs WHERE jid = '%s'" % jid) == [[1]]
+
+
 def test_target_holds_every_sidekiq_process(web):
     wants = web.run("systemctl show -P Wants mastodon-sidekiq.target").stdout.split()
     assert sorted(wants) == sorted("mastodon-sidekiq-%s@1.service" % queue for queue in QUEUES)
@@ -80,7 +153,7 @@ def test_puma_gets_the_plans_sizing_and_listens_where_nginx_reaches_it(web):
     for name, value in UNITS["web"]["environment"].items():
         assert environ[name] == value, name
     assert environ["BIND"] == "172.30.42.212" and environ["TRUSTED_PROXY_IP"] == "172.30.42.213"
-    assert argv[-3:] == ["web", "-C", "config/puma.rb"]
+    assert argv[-3:] == ["puma", "-C", "config/puma.rb"]
     assert web.run("systemctl show -P ExecReload mastodon-web.service").stdout.count("-SIGUSR1") == 1
 
 
@@ -172,13 +245,17 @@ def test_nginx_upstreams_list_every_puma_and_streaming_instance(proxy):
     assert re.findall(r"server (\S+) fail_timeout", streaming) == ["172.30.42.212:4000", "172.30.42.212:4001"]
 
 
-@pytest.mark.parametrize("path, service", [("/about", "web"), ("/api/v1/streaming/health", "streaming")])
-def test_requests_through_nginx_reach_the_app(proxy, path, service):
-    result = proxy.run("curl -sf -H 'Host: mastodon.test' http://127.0.0.1%s" % path)
+def test_requests_through_nginx_reach_puma_and_its_database(proxy):
+    result = proxy.run("curl -sf -H 'Host: mastodon.test' http://127.0.0.1/about")
     assert result.rc == 0, result.stderr
     answer = json.loads(result.stdout)
-    assert answer["service"] == service and answer["path"] == path
-    assert answer["environment"]["BIND"] == "172.30.42.212"
+    assert (answer["service"], answer["path"], answer["address"]) == ("web", "/about", "172.30.42.212:3000")
+    assert answer["pools"]["primary"]["size"] == int(UNITS["web"]["environment"]["DB_POOL"])
+
+
+def test_requests_through_nginx_reach_streaming(proxy):
+    result = proxy.run("curl -sf -H 'Host: mastodon.test' http://127.0.0.1/api/v1/streaming/health")
+    assert (result.rc, result.stdout) == (0, "OK"), result.stderr
 
 
 def test_a_broken_site_never_reached_the_live_file(proxy):

@@ -3,7 +3,7 @@
 import pytest
 
 from ansible_collections.fediscale.mastodon.plugins.module_utils.live import (
-    add_up_pools, pgbouncer_findings, postgres_findings)
+    add_up_pools, pgbouncer_findings, pool_clients, pool_servers, postgres_findings)
 
 
 def stats(states, waits=(), max_connections=100):
@@ -28,6 +28,12 @@ def test_live_max_connections_differs_from_the_plan():
 def test_more_connections_than_planned():
     [finding] = postgres_findings(stats({"active": 30, "idle": 5}), planned_total=30)
     assert finding["id"] == "live-connections-over-plan" and finding["numbers"] == {"live": 35, "planned": 30}
+
+
+def test_a_watched_peak_over_the_plan_is_judged_though_the_load_has_gone():
+    [finding] = postgres_findings(stats({"active": 4}), planned_total=30, peak_connections=31)
+    assert finding["numbers"] == {"live": 31, "planned": 30} and "were open at the peak" in finding["message"]
+    assert postgres_findings(stats({"active": 4}), planned_total=30, peak_connections=30) == []
 
 
 def test_utilisation_over_90_percent():
@@ -83,3 +89,10 @@ def test_several_processes_add_up_and_keep_the_longest_wait():
     assert (mastodon["cl_active"], mastodon["cl_waiting"], mastodon["sv_active"]) == (10, 1, 8)
     assert (mastodon["maxwait"], mastodon["maxwait_us"], mastodon["pool_mode"]) == (2, 10, "transaction")
     assert "process" not in mastodon and console["database"] == "pgbouncer"
+
+
+def test_clients_and_servers_of_pools_in_every_state_without_the_console():
+    rows = [{"database": "mastodon_production", "cl_active": 25, "cl_waiting": 5, "sv_active": 15, "sv_idle": 2,
+             "sv_used": 1, "sv_tested": 0, "sv_login": 1},
+            {"database": "pgbouncer", "cl_active": 1, "cl_waiting": 0, "sv_active": 0, "sv_idle": 0, "sv_used": 0}]
+    assert (pool_clients(rows), pool_servers(rows)) == (30, 19)
