@@ -151,3 +151,62 @@ def pgbouncer_findings(pools: List[Dict[str, Any]],
                 "the pool is too small or PostgreSQL is slow: compare with the server's load",
                 pool=where, maxwait=maxwait))
     return findings
+
+
+# --- Sidekiq's queues, as Sidekiq's API reads them from Redis ---
+
+# Mastodon's RedisLock waits for and expires its locks after 15 minutes: a job that waited longer in its queue
+# fails with Mastodon::RaceConditionError and retries, and the retries pile up (the compendium's threshold).
+SIDEKIQ_LATENCY_ERROR_SECONDS = 900
+SIDEKIQ_LATENCY_WARNING_SECONDS = 60
+
+
+def job_latency(job: Dict[str, Any], now: float) -> float:
+    """Seconds since ``enqueued_at``, as Sidekiq::Queue#latency computes it: Sidekiq 8 writes integer epoch
+    milliseconds, earlier releases float epoch seconds."""
+    enqueued_at = job.get("enqueued_at")
+    if enqueued_at is None:
+        return 0.0
+    if isinstance(enqueued_at, float):
+        return max(now - enqueued_at, 0.0)
+    return max(now - enqueued_at / 1000.0, 0.0)
+
+
+def sidekiq_queue_rows(sizes: Dict[str, int], latencies: Dict[str, float], processes: List[Dict[str, Any]],
+                       work: List[Dict[str, Any]]) -> List[Dict[str, Any]]:
+    """One row per queue: its size and latency, the processes and threads that listen to it (their ``info``),
+    and the threads busy with its jobs now (the processes' ``:work`` entries)."""
+    rows = []
+    for queue in sorted(set(sizes) | {name for process in processes for name in process["queues"]}):
+        listening = [process for process in processes if queue in process["queues"]]
+        rows.append({"queue": queue, "size": sizes.get(queue, 0), "latency": round(latencies.get(queue, 0.0), 3),
+                     "processes": len(listening), "threads": sum(process["concurrency"] for process in listening),
+                     "busy": sum(1 for entry in work if entry.get("queue") == queue)})
+    return rows
+
+
+def sidekiq_queue_findings(rows: List[Dict[str, Any]], warning_seconds: float = SIDEKIQ_LATENCY_WARNING_SECONDS,
+                           error_seconds: float = SIDEKIQ_LATENCY_ERROR_SECONDS) -> List[Dict[str, Any]]:
+    findings = []
+    for row in rows:
+        latency = row["latency"]
+        if row["size"] and not row["processes"]:
+            findings.append(_finding(
+                "sidekiq-queue-unserved", "error",
+                "queue %s: %d jobs and no process listens to it" % (row["queue"], row["size"]),
+                "add the queue to sidekiq_queues on a sidekiq host", queue=row["queue"], size=row["size"]))
+        if latency > error_seconds:
+            findings.append(_finding(
+                "sidekiq-latency-over-lock-expiry", "error",
+                "queue %s: the oldest job has waited %.0f s, past Mastodon's %d s lock expiry: its jobs fail with "
+                "Mastodon::RaceConditionError and their retries pile up" % (row["queue"], latency, error_seconds),
+                "add processes to the queue now (the advisor says how many the budget allows)",
+                queue=row["queue"], latency=latency, threshold=error_seconds))
+        elif latency > warning_seconds:
+            findings.append(_finding(
+                "sidekiq-latency-over-threshold", "warning",
+                "queue %s: the oldest job has waited %.1f s (threshold %g s)" % (row["queue"], latency,
+                                                                                 warning_seconds),
+                "add processes to the queue if the latency keeps growing (the advisor says how many fit)",
+                queue=row["queue"], latency=latency, threshold=warning_seconds))
+    return findings
