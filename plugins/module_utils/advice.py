@@ -37,27 +37,40 @@ def database_bottleneck(postgres: Dict[str, Any], wait_percent: int = DATABASE_W
     return reason
 
 
-def _with_instances(description: Dict[str, Any], host: str, queue: str, instances: int) -> Dict[str, Any]:
+# What a pgbouncer runs with: when the new plan changes one of these on any host, the pgbouncer play must run too.
+PGBOUNCER_SIZING = ("default_pool_size", "reserve_pool_size", "max_client_conn", "max_db_connections", "processes")
+
+
+def _plan_with(description: Dict[str, Any], host: str, queue: str, instances: int) -> Dict[str, Any]:
     changed = copy.deepcopy(description)
     for entry in changed["hosts"][host]["sidekiq"]["queues"]:
         if entry.get("queue") == queue:
             entry["instances"] = instances
-    return changed
+    return plan.connection_budget(changed)
 
 
-def _fits(description: Dict[str, Any]) -> bool:
+def _fits(report: Dict[str, Any]) -> bool:
     """The plan passes: no error and not over the 90 % line."""
-    findings = plan.connection_budget(description)["findings"]
     return not any(item["severity"] == "error" or item["rule"] == "connections-over-warning-line"
-                   for item in findings)
+                   for item in report["findings"])
+
+
+def _tags(before: Dict[str, Any], after: Dict[str, Any]) -> str:
+    """The site.yml tags that apply a change of sidekiq instances: the pgbouncer play as well when the plan
+    re-sized a pgbouncer (auto pools share the room by client count)."""
+    resized = any({key: bouncer.get(key) for key in PGBOUNCER_SIZING}
+                  != {key: before["pgbouncer"].get(host, {}).get(key) for key in PGBOUNCER_SIZING}
+                  for host, bouncer in after["pgbouncer"].items())
+    return "sidekiq,pgbouncer" if resized else "sidekiq"
 
 
 def _queue_line(row: Dict[str, Any]) -> str:
     trend = ""
     if "growing" in row:
         trend = " and growing" if row["growing"] else " and falling" if row["latency"] < row["latency_before"] else ""
-    return "%s: %d jobs, latency %.1f s%s; %d processes, %d of %d threads busy" % (
-        row["queue"], row["size"], row["latency"], trend, row["processes"], row["busy"], row["threads"])
+    return "%s: %d jobs, latency %.1f s%s; %d process%s, %d of %d threads busy" % (
+        row["queue"], row["size"], row["latency"], trend, row["processes"], "" if row["processes"] == 1 else "es",
+        row["busy"], row["threads"])
 
 
 def _scale(description: Dict[str, Any], report: Dict[str, Any], row: Dict[str, Any]) -> Dict[str, Any]:
@@ -73,7 +86,7 @@ def _scale(description: Dict[str, Any], report: Dict[str, Any], row: Dict[str, A
     servers = report["servers"]
     room = min(server["headroom"]["connections"] for server in servers.values())
     allowed = max(room, 0) // concurrency
-    while allowed and not _fits(_with_instances(description, host, queue, instances + allowed)):
+    while allowed and not _fits(_plan_with(description, host, queue, instances + allowed)):
         allowed -= 1
     if not allowed:
         return {"line": "%s is late, but the budget has no room for another %s process (%d connections, %d free "
@@ -81,13 +94,13 @@ def _scale(description: Dict[str, Any], report: Dict[str, Any], row: Dict[str, A
                         % (queue, queue, concurrency, room)}
     # At most double the queue's processes at once; read the latency again before adding more.
     add = min(allowed, max(instances, 1))
+    tags = _tags(report, _plan_with(description, host, queue, instances + add))
     return {"line": "%s: latency %.0f s%s; the budget allows %d more %s processes on %s (%d connections each, %d "
                     "free below the 90 %% line): add %d, set instances: %d"
                     % (queue, row["latency"], " and growing" if row.get("growing") else "", allowed, queue, host,
                        concurrency, room, add, instances + add),
             "change": {"host": host, "queue": queue, "instances": instances + add, "concurrency": concurrency,
-                       "allowed": allowed}}
-
+                       "allowed": allowed, "tags": tags}}
 
 def advise(description: Dict[str, Any], queues: List[Dict[str, Any]], postgres: Optional[Dict[str, Any]] = None,
            latency_warning_seconds: float = SIDEKIQ_LATENCY_WARNING_SECONDS) -> Dict[str, Any]:
@@ -113,7 +126,7 @@ def advise(description: Dict[str, Any], queues: List[Dict[str, Any]], postgres: 
                 changes.append(advice["change"])
     for change in changes:
         lines.append("inventory: on %s, set the sidekiq_queues entry of %s to {queue: %s, instances: %d, "
-                     "concurrency: %d}, then run site.yml --tags sidekiq"
+                     "concurrency: %d}, then run site.yml --tags %s"
                      % (change["host"], change["queue"], change["queue"], change["instances"],
-                        change["concurrency"]))
+                        change["concurrency"], change["tags"]))
     return {"lines": lines, "changes": changes}

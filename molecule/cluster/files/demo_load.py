@@ -11,6 +11,9 @@
         holds COUNT direct connections named NAME (application_name) for S seconds, as a tool the inventory names
         in mastodon_direct_connections (PgHero, an exporter) would
 
+    demo_load.py flood --queue Q --rate R --seconds T --hold S
+        pushes R jobs a second into queue Q for T seconds, each holding a connection for S seconds: more than the
+        queue's processes take, so its latency grows (the advisor's test)
     demo_load.py finished --wait S JID ...
         waits up to S seconds until every job id has its row in stand_in_jobs; prints how many have
 
@@ -69,20 +72,34 @@ def counts(pairs):
     return {name: int(count) for name, count in (pair.split("=", 1) for pair in pairs)}
 
 
-def jobs(args):
+def sidekiq_redis():
     import redis
-    client = redis.Redis.from_url(os.environ.get("SIDEKIQ_REDIS_URL") or os.environ["REDIS_URL"])
-    jids = []
-    for queue, count in counts(args.queues).items():
-        for _ in range(count):
-            now = int(time.time() * 1000)
-            jid = uuid.uuid4().hex[:24]
-            client.lpush("queue:" + queue, json.dumps({
-                "class": "StandIn::HoldJob", "args": [args.hold], "jid": jid, "queue": queue, "retry": True,
-                "created_at": now, "enqueued_at": now}))
-            jids.append(jid)
-        client.sadd("queues", queue)
-    print(json.dumps(jids))
+    return redis.Redis.from_url(os.environ.get("SIDEKIQ_REDIS_URL") or os.environ["REDIS_URL"])
+
+
+def push(client, queue, hold):
+    """One job as Sidekiq 8 enqueues it; returns its id."""
+    now = int(time.time() * 1000)
+    jid = uuid.uuid4().hex[:24]
+    client.sadd("queues", queue)
+    client.lpush("queue:" + queue, json.dumps({"class": "StandIn::HoldJob", "args": [hold], "jid": jid,
+                                               "queue": queue, "retry": True, "created_at": now, "enqueued_at": now}))
+    return jid
+
+
+def jobs(args):
+    client = sidekiq_redis()
+    print(json.dumps([push(client, queue, args.hold) for queue, count in counts(args.queues).items()
+                      for _ in range(count)]))
+
+
+def flood(args):
+    client, started, pushed = sidekiq_redis(), time.monotonic(), 0
+    while time.monotonic() - started < args.seconds:
+        push(client, args.queue, args.hold)
+        pushed += 1
+        time.sleep(max(started + pushed / args.rate - time.monotonic(), 0))
+    print(json.dumps({"pushed": pushed}))
 
 
 def connect(name=""):
@@ -131,11 +148,16 @@ def main():
     named = commands.add_parser("direct")
     named.add_argument("--hold", type=float, required=True)
     named.add_argument("connections", nargs="+", metavar="NAME=COUNT")
+    burst = commands.add_parser("flood")
+    burst.add_argument("--queue", required=True)
+    burst.add_argument("--rate", type=float, required=True)
+    burst.add_argument("--seconds", type=float, required=True)
+    burst.add_argument("--hold", type=float, required=True)
     done = commands.add_parser("finished")
     done.add_argument("--wait", type=float, required=True)
     done.add_argument("jids", nargs="+", metavar="JID")
     args = parser.parse_args()
-    {"http": http_load, "jobs": jobs, "direct": direct, "finished": finished}[args.command](args)
+    {"http": http_load, "jobs": jobs, "direct": direct, "flood": flood, "finished": finished}[args.command](args)
 
 
 if __name__ == "__main__":

@@ -27,13 +27,24 @@ class TestLateQueue:
         # 58 planned, 90 % line of 200 at 180: 122 free, 24 pull processes of 5 connections.
         answer = advise(cluster(), [row(latency_before=30.0, growing=True)], latency_warning_seconds=30)
         [change] = answer["changes"]
-        assert change == {"host": "worker1", "queue": "pull", "instances": 2, "concurrency": 5, "allowed": 24}
+        # No pgbouncer in this cluster: the sidekiq play applies it alone.
+        assert change == {"host": "worker1", "queue": "pull", "instances": 2, "concurrency": 5, "allowed": 24,
+                          "tags": "sidekiq"}
         verdict = [line for line in answer["lines"] if line.startswith("verdict:")]
         assert verdict == ["verdict: pull: latency 42 s and growing; the budget allows 24 more pull processes on "
                            "worker1 (5 connections each, 122 free below the 90 % line): add 1, set instances: 2"]
-        assert answer["lines"][0] == "pull: 500 jobs, latency 42.0 s and growing; 1 processes, 5 of 5 threads busy"
+        assert answer["lines"][0] == "pull: 500 jobs, latency 42.0 s and growing; 1 process, 5 of 5 threads busy"
         assert answer["lines"][-1].startswith("inventory: on worker1, set the sidekiq_queues entry of pull to "
                                               "{queue: pull, instances: 2, concurrency: 5}")
+
+    def test_behind_pgbouncer_the_advice_runs_the_pgbouncer_play_when_pools_are_shared_anew(self):
+        # worker1's pgbouncer gets 5 more clients; the auto pools share the room by client count: web1's 18 become 17.
+        description = cluster(hosts__worker1__pgbouncer={"enabled": True}, hosts__web1__pgbouncer={"enabled": True},
+                              hosts__db1={"postgresql": {"max_connections": 60, "ram": "16GB"}})
+        [change] = advise(description, [row()], latency_warning_seconds=30)["changes"]
+        assert change["tags"] == "sidekiq,pgbouncer"
+        assert advise(description, [row()], latency_warning_seconds=30)["lines"][-1].endswith(
+            "then run site.yml --tags sidekiq,pgbouncer")
 
     def test_the_allowed_number_is_the_last_the_plan_keeps_below_the_line(self):
         rules = {item["rule"] for item in plan.connection_budget(with_pull_instances(25))["findings"]}
