@@ -102,6 +102,7 @@ def _scale(description: Dict[str, Any], report: Dict[str, Any], row: Dict[str, A
             "change": {"host": host, "queue": queue, "instances": instances + add, "concurrency": concurrency,
                        "allowed": allowed, "tags": tags}}
 
+
 def advise(description: Dict[str, Any], queues: List[Dict[str, Any]], postgres: Optional[Dict[str, Any]] = None,
            latency_warning_seconds: float = SIDEKIQ_LATENCY_WARNING_SECONDS) -> Dict[str, Any]:
     """The advice for a cluster description (the plan's input) and the live readings.

@@ -221,5 +221,6 @@ def watch(connections, several, seconds, interval):
             return peak_clients, peak_servers
         time.sleep(interval)
 
+
 if __name__ == "__main__":
     main()

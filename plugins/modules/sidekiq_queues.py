@@ -15,7 +15,8 @@ description:
     C(Mastodon::RaceConditionError) and retry), and for jobs in a queue no process listens to. A warning for a
     latency past O(latency_warning_seconds).
   - Changes nothing; runs where it can reach the Redis instance that holds Sidekiq's data (the persistent one, or
-    a member of its sentinel set: replicas answer the same reads). The C(fediscale.mastodon.advise) playbook uses it.
+    a member of its sentinel set, since replicas answer the same reads). The C(fediscale.mastodon.advise) playbook
+    uses it.
 requirements:
   - redis-py (Debian's C(python3-redis)) on the host it runs on; the redis role installs it
 options:
@@ -36,7 +37,7 @@ options:
     elements: str
     default: []
   trend_seconds:
-    description: Seconds between two readings of the queues; V(0) reads once and leaves RV(queues[].growing) out.
+    description: Seconds between two readings of the queues; V(0) reads once and says nothing of a trend.
     type: float
     default: 0
   latency_warning_seconds:
@@ -162,8 +163,8 @@ def main():
         names = sorted(set(names) | {name for process in processes for name in process["queues"]})
         sizes, latencies = _queues(conn, names)
     except redis_client.redis.RedisError as error:
-        module.fail_json(msg="cannot read Sidekiq's data at %s:%s: %s" % (params["login_host"], params["login_port"],
-                                                                         error))
+        module.fail_json(msg="cannot read Sidekiq's data at %s:%s: %s"
+                         % (params["login_host"], params["login_port"], error))
     rows = sidekiq_queue_rows(sizes, latencies, processes, work)
     if before:
         for row in rows:

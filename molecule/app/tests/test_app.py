@@ -112,7 +112,7 @@ def test_every_sidekiq_process_beats_in_redis_with_its_queue_and_concurrency(web
     running = sorted((info["queues"], info["concurrency"]) for info in beats)
     # The side effect left one pull process of the plan's three.
     planned = sorted([([unit["queue"]], unit["concurrency"]) for unit in UNITS["sidekiq"]
-                      for _ in unit["instances"] if unit["queue"] != "pull"] + [(["pull"], 2)])
+                      for _instance in unit["instances"] if unit["queue"] != "pull"] + [(["pull"], 2)])
     assert running == planned
 
 

@@ -58,9 +58,9 @@ def http_load(args):
             answers[("streaming " if stream else "web ") + status] += 1
 
     threads = [threading.Thread(target=request, args=("/stand-in/hold?seconds=%g" % args.hold, False))
-               for _ in range(args.web)]
+               for _number in range(args.web)]
     threads += [threading.Thread(target=request, args=("/api/v1/streaming/public?stand_in_hold=%g" % args.hold, True))
-                for _ in range(args.streaming)]
+                for _number in range(args.streaming)]
     for thread in threads:
         thread.start()
     for thread in threads:
@@ -90,7 +90,7 @@ def push(client, queue, hold):
 def jobs(args):
     client = sidekiq_redis()
     print(json.dumps([push(client, queue, args.hold) for queue, count in counts(args.queues).items()
-                      for _ in range(count)]))
+                      for _number in range(count)]))
 
 
 def flood(args):
@@ -114,7 +114,7 @@ def direct(args):
             db.execute("SELECT pg_sleep(%s)", (args.hold,))
 
     threads = [threading.Thread(target=hold, args=(name,))
-               for name, count in counts(args.connections).items() for _ in range(count)]
+               for name, count in counts(args.connections).items() for _number in range(count)]
     for thread in threads:
         thread.start()
     for thread in threads:
@@ -135,7 +135,7 @@ def finished(args):
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n", maxsplit=1)[0])
     commands = parser.add_subparsers(dest="command", required=True)
     load = commands.add_parser("http")
     load.add_argument("--web", type=int, required=True)

@@ -226,7 +226,7 @@ def puma_worker(listener, threads, pool_size):
     """One worker: `threads` threads accept on the shared socket; a busy worker accepts nothing."""
     Web.pools = rails_pools(pool_size)
     stopping = threading.Event()
-    signal.signal(signal.SIGTERM, lambda *_: stopping.set())
+    signal.signal(signal.SIGTERM, lambda *_signal: stopping.set())
 
     def serve():
         while not stopping.is_set():
@@ -241,7 +241,7 @@ def puma_worker(listener, threads, pool_size):
             finally:
                 connection.close()
 
-    for _ in range(threads):
+    for _number in range(threads):
         threading.Thread(target=serve, daemon=True).start()
     while not stopping.wait(1):
         pass
@@ -268,7 +268,7 @@ def puma():
             puma_worker(listener, threads, pool_size)
         children.add(pid)
 
-    def stop(*_):
+    def stop(*_signal):
         for pid in list(children):
             os.kill(pid, signal.SIGTERM)
         for pid in list(children):
@@ -278,8 +278,8 @@ def puma():
     restart = threading.Event()
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
-    signal.signal(signal.SIGUSR1, lambda *_: restart.set())  # phased restart: one worker after the other
-    for _ in range(workers):
+    signal.signal(signal.SIGUSR1, lambda *_signal: restart.set())  # phased restart: one worker after the other
+    for _number in range(workers):
         spawn()
     while True:
         if restart.wait(1):
@@ -304,7 +304,7 @@ def sidekiq(args):
         if flag in ("-c", "--concurrency"):
             concurrency = int(args.pop(0))
         elif flag in ("-q", "--queue"):
-            name, _, weight = args.pop(0).partition(",")
+            name, _comma, weight = args.pop(0).partition(",")
             queues.append((name, int(weight or 1)))
         elif flag in ("-t", "--timeout"):
             timeout = int(args.pop(0))
@@ -315,18 +315,18 @@ def sidekiq(args):
     quiet, stopping, lock = threading.Event(), threading.Event(), threading.Lock()
     running = {}  # thread id -> (queue, payload, started)
     info = json.dumps({"hostname": socket.gethostname(), "started_at": time.time(), "pid": os.getpid(), "tag": "",
-                       "concurrency": concurrency, "queues": [name for name, _ in queues], "labels": [],
+                       "concurrency": concurrency, "queues": [name for name, _weight in queues], "labels": [],
                        "weights": [dict(queues)], "identity": identity, "version": "stand-in"})
     log("Sidekiq stand-in %s: %d threads on %s, pool %d, shutdown timeout %d s"
-        % (identity, concurrency, ",".join(name for name, _ in queues), pool.size, timeout))
+        % (identity, concurrency, ",".join(name for name, _weight in queues), pool.size, timeout))
 
     def order():
         """Weighted queues are tried in a random order drawn by weight, as Sidekiq's fetcher does."""
-        if len({weight for _, weight in queues}) == 1:
-            return ["queue:" + name for name, _ in queues]
+        if len({weight for _name, weight in queues}) == 1:
+            return ["queue:" + name for name, _weight in queues]
         pending, drawn = list(queues), []
         while pending:
-            pick = random.choices(pending, [weight for _, weight in pending])[0]
+            pick = random.choices(pending, [weight for _name, weight in pending])[0]
             pending.remove(pick)
             drawn.append("queue:" + pick[0])
         return drawn
@@ -372,11 +372,11 @@ def sidekiq(args):
                 pipe.execute()
             stopping.wait(5)
 
-    signal.signal(signal.SIGTSTP, lambda *_: quiet.set())
-    signal.signal(signal.SIGTERM, lambda *_: stopping.set())
-    signal.signal(signal.SIGINT, lambda *_: stopping.set())
+    signal.signal(signal.SIGTSTP, lambda *_signal: quiet.set())
+    signal.signal(signal.SIGTERM, lambda *_signal: stopping.set())
+    signal.signal(signal.SIGINT, lambda *_signal: stopping.set())
     client.ping()  # Sidekiq fails at boot when Redis is out of reach
-    for _ in range(concurrency):
+    for _number in range(concurrency):
         threading.Thread(target=work, daemon=True).start()
     threading.Thread(target=heartbeat, daemon=True).start()
     stopping.wait()
@@ -389,7 +389,7 @@ def sidekiq(args):
         time.sleep(0.2)
     with lock:
         unfinished = list(running.values())
-    for key, payload, _ in unfinished:  # Sidekiq's BasicFetch#bulk_requeue: back to the head of the queue
+    for key, payload, _started in unfinished:  # Sidekiq's BasicFetch#bulk_requeue: back to the head of the queue
         client.rpush(key, payload)
         log("pushed back %s to %s" % (json.loads(payload).get("jid"), key))
     client.srem("processes", identity)
@@ -490,7 +490,7 @@ def streaming():
     Streaming.subscriber = Subscriber()
     server = ThreadingHTTPServer((os.environ.get("BIND", "127.0.0.1"), int(os.environ.get("PORT", 4000))), Streaming)
     server.daemon_threads = True
-    signal.signal(signal.SIGTERM, lambda *_: os._exit(0))
+    signal.signal(signal.SIGTERM, lambda *_signal: os._exit(0))
     log("streaming stand-in: pool %d on %s:%s" % (Streaming.pool.size, *server.server_address[:2]))
     server.serve_forever()
 
@@ -523,7 +523,7 @@ def tootctl(args):
     seconds = float(args[args.index("--stand-in-hold") + 1]) if "--stand-in-hold" in args else 0
     pool = Pool("tootctl", database_settings(), concurrency + 1, 300)
     workers = [threading.Thread(target=pool.run, args=("SELECT pg_sleep(%s)", (seconds,)))
-               for _ in range(concurrency + 1)]
+               for _number in range(concurrency + 1)]
     for worker in workers:
         worker.start()
     for worker in workers:

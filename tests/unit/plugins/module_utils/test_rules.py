@@ -427,6 +427,7 @@ class TestSidekiqStopTimeoutWithinShutdownTimeout:
     def test_the_defaults_fit(self):
         assert found(cluster(), "sidekiq-stop-timeout-within-shutdown-timeout") == []
 
+
 class TestStreamingClusterNumIgnored:
     def test_error_on_4_2_and_later(self):
         [item] = found(cluster(hosts__web1__mastodon={"env_production": {"STREAMING_CLUSTER_NUM": "4"}}),
