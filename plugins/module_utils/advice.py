@@ -24,9 +24,7 @@ DATABASE_WAIT_PERCENT = 20
 def database_bottleneck(postgres: Dict[str, Any], wait_percent: int = DATABASE_WAIT_PERCENT) -> Optional[str]:
     """Why the database is the bottleneck, or None: lock and WALWrite waits of client backends."""
     active = postgres.get("states", {}).get("active", 0)
-    waits = [row for row in postgres.get("waits", []) if row.get("backend_type") == "client backend"]
-    locks = sum(row["count"] for row in waits if row.get("wait_event_type") == "Lock")
-    wal = sum(row["count"] for row in waits if row.get("wait_event") == "WALWrite")
+    locks, wal = _wait_counts(postgres)
     if not active or 100.0 * (locks + wal) / active <= wait_percent:
         return None
     reason = "the database is the bottleneck: %d of %d active connections wait (%d on locks, %d on WAL writes); " \
@@ -39,6 +37,26 @@ def database_bottleneck(postgres: Dict[str, Any], wait_percent: int = DATABASE_W
 
 # What a pgbouncer runs with: when the new plan changes one of these on any host, the pgbouncer play must run too.
 PGBOUNCER_SIZING = ("default_pool_size", "reserve_pool_size", "max_client_conn", "max_db_connections", "processes")
+
+
+def _wait_counts(postgres: Dict[str, Any]) -> tuple:
+    waits = [row for row in postgres.get("waits", []) if row.get("backend_type") == "client backend"]
+    return (sum(row["count"] for row in waits if row.get("wait_event_type") == "Lock"),
+            sum(row["count"] for row in waits if row.get("wait_event") == "WALWrite"))
+
+
+def database_lines(postgres: Dict[str, Any], behind_pgbouncer: bool) -> List[str]:
+    """The primary's client connections by state and its waits; behind pgbouncer, no idle connection means the
+    pools are full (the compendium: pgbouncer is then the bottleneck)."""
+    states = postgres.get("states", {})
+    total, idle = sum(states.values()), states.get("idle", 0)
+    locks, wal = _wait_counts(postgres)
+    lines = ["primary: %d client connections, %d active, %d idle (%.0f %% idle); %d waiting on locks, %d on WAL "
+             "writes" % (total, states.get("active", 0), idle, 100.0 * idle / total if total else 0.0, locks, wal)]
+    if behind_pgbouncer and total and not idle:
+        lines.append("primary: no idle connection behind pgbouncer: its pools are full, and more processes behind "
+                     "them wait for a server connection (pgbouncer_pools reports them waiting)")
+    return lines
 
 
 def _plan_with(description: Dict[str, Any], host: str, queue: str, instances: int) -> Dict[str, Any]:
@@ -112,6 +130,8 @@ def advise(description: Dict[str, Any], queues: List[Dict[str, Any]], postgres: 
     """
     report = plan.connection_budget(description)
     lines = [_queue_line(row) for row in queues]
+    if postgres:
+        lines += database_lines(postgres, bool(report["pgbouncer"]))
     late = [row for row in queues if row["size"] and row["latency"] > latency_warning_seconds]
     bottleneck = database_bottleneck(postgres) if postgres else None
     changes = []

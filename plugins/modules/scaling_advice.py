@@ -9,7 +9,8 @@ version_added: 0.1.0
 description:
   - Combines the live readings of M(fediscale.mastodon.sidekiq_queues) and M(fediscale.mastodon.postgres_connections)
     with the plan made from the inventory, and answers in plain lines. It prints one line per queue (size,
-    latency and its trend, processes, busy threads), then the verdict.
+    latency and its trend, processes, busy threads), one for the primary (client connections by state, the idle
+    share, lock and C(WALWrite) waits; behind pgbouncer, none idle means its pools are full), then the verdict.
   - A queue whose latency is above O(latency_warning_seconds) gets more processes on the first host that runs it.
     They are at most as many as it has (read the latency again before adding more), and only as many as the plan,
     made again with them, keeps without an error and below the 90 % line.

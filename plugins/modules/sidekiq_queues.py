@@ -79,7 +79,8 @@ queues:
   type: list
   elements: dict
 processes:
-  description: Sidekiq's live processes, each with C(identity), C(hostname), C(queues), C(concurrency), C(busy), C(quiet).
+  description:
+    - Sidekiq's live processes, each with C(identity), C(hostname), C(queues), C(concurrency), C(busy) and C(quiet).
   returned: success
   type: list
   elements: dict

@@ -3,7 +3,8 @@
 import pytest
 
 from ansible_collections.fediscale.mastodon.plugins.module_utils import plan
-from ansible_collections.fediscale.mastodon.plugins.module_utils.advice import advise, database_bottleneck
+from ansible_collections.fediscale.mastodon.plugins.module_utils.advice import (
+    advise, database_bottleneck, database_lines)
 from ansible_collections.fediscale.mastodon.plugins.module_utils.live import (
     job_latency, sidekiq_queue_findings, sidekiq_queue_rows)
 
@@ -86,6 +87,17 @@ class TestDatabaseBottleneck:
         postgres = {"states": {"active": 10}, "waits": [
             {"backend_type": "client backend", "wait_event_type": "IO", "wait_event": "WALWrite", "count": 3}]}
         assert "synchronous_commit = off" in database_bottleneck(postgres)
+
+    def test_the_primary_line_shows_idle_share_and_waits(self):
+        postgres = {"states": {"active": 8, "idle": 2}, "waits": [
+            {"backend_type": "client backend", "wait_event_type": "IO", "wait_event": "WALWrite", "count": 1}]}
+        assert database_lines(postgres, behind_pgbouncer=False) == [
+            "primary: 10 client connections, 8 active, 2 idle (20 % idle); 0 waiting on locks, 1 on WAL writes"]
+
+    def test_no_idle_connection_behind_pgbouncer_means_full_pools(self):
+        lines = database_lines({"states": {"active": 20}, "waits": []}, behind_pgbouncer=True)
+        assert len(lines) == 2 and "its pools are full" in lines[1]
+        assert len(database_lines({"states": {"active": 20}, "waits": []}, behind_pgbouncer=False)) == 1
 
     def test_a_few_waits_are_normal(self):
         postgres = {"states": {"active": 10}, "waits": [
