@@ -378,8 +378,10 @@ def sidekiq(args):
     client.ping()  # Sidekiq fails at boot when Redis is out of reach
     for _number in range(concurrency):
         threading.Thread(target=work, daemon=True).start()
-    threading.Thread(target=heartbeat, daemon=True).start()
+    beating = threading.Thread(target=heartbeat, daemon=True)
+    beating.start()
     stopping.wait()
+    beating.join(5)  # its last beat must not land after the process left the set
     quiet.set()
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
