@@ -1,6 +1,7 @@
 # fediscale.mastodon: one entry point for tests, lint and the local cluster.
 #   make test                     lint, sanity, unit and plan tests, every Molecule scenario
 #   make unit                     the fast loop: model, filters, plan playbook
+#   make watch                    make unit again on every save
 #   make molecule SCENARIO=smoke  one Molecule scenario (default: all) on Debian 13; DEBIAN=12 for Debian 12,
 #                                 REDIS_SERVER=valkey for Valkey instead of Redis
 #   make demo                     the local container cluster with site.yml on it, then a load: planned against peak
@@ -33,10 +34,10 @@ export PATH := $(BIN):$(PATH)
 # Run a stage and record how long it took.
 timed = start=$$(date +%s); $(2); echo "$(1) $$(( $$(date +%s) - start ))s" >> $(TIMINGS)
 
-.PHONY: help test unit lint sanity molecule demo demo-load bench bench-pooling clean venv collection image
+.PHONY: help test unit watch lint sanity molecule demo demo-load bench bench-pooling clean venv collection image
 
 help:
-	@sed -n '2,12p' Makefile
+	@sed -n '2,13p' Makefile
 
 venv:
 	@$(RIG) venv
@@ -57,6 +58,9 @@ test: venv collection
 
 unit: venv collection
 	$(BIN)/python -m pytest -q tests/unit tests/plan
+
+watch: venv collection
+	@$(ROOT)/tools/watch unit
 
 lint: venv collection
 	$(BIN)/ansible-lint --offline
