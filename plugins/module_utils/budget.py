@@ -19,6 +19,7 @@ from typing import Any, Dict, List, Optional
 
 from ansible_collections.fediscale.mastodon.plugins.module_utils import mastodon
 from ansible_collections.fediscale.mastodon.plugins.module_utils import pgtune
+from ansible_collections.fediscale.mastodon.plugins.module_utils.capacity import usable, warning_line
 from ansible_collections.fediscale.mastodon.plugins.module_utils.schema import (
     AUTO, LIVE_LIMITS, WORK_MEM_MINIMUM_KB, PlanInputError, format_size_kb, host_where, parse_description,
     version_tuple,
@@ -30,19 +31,13 @@ from ansible_collections.fediscale.mastodon.plugins.module_utils.sizing import (
 PGBOUNCER_PORT = 6432
 POSTGRESQL_PORT = 5432
 NGINX_PORTS = (80, 443)
-WARNING_LINE_PERCENT = 90
 DEFAULT_HEADROOM_CONCURRENCY = 10
 PGBOUNCER_SINGLE_PROCESS = {"peer_id": None, "unit": "pgbouncer.service", "config": "/etc/pgbouncer/pgbouncer.ini",
                             "socket_dir": "/run/pgbouncer"}
 
 
-def warning_line(max_connections: int) -> int:
-    """The most connections that stay at or below 90 % of max_connections."""
-    return max_connections * WARNING_LINE_PERCENT // 100
-
-
 def usable_connections(server: Dict[str, Any]) -> int:
-    return server["max_connections"] - server["superuser_reserved_connections"] - server["reserved_connections"]
+    return usable(server["max_connections"], server["superuser_reserved_connections"], server["reserved_connections"])
 
 
 def check_ports(host: str, sections: Dict[str, Any]) -> None:

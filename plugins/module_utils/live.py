@@ -13,19 +13,21 @@ from __future__ import annotations
 
 from typing import Any, Dict, List, Optional
 
-UTILISATION_WARNING_PERCENT = 90
+from ansible_collections.fediscale.mastodon.plugins.module_utils.capacity import (
+    WARNING_LINE_PERCENT, usable, warning_line)
+
 IDLE_WARNING_PERCENT = 20
 WAL_WRITE_WARNING_PERCENT = 20
 MAXWAIT_WARNING_SECONDS = 1.0
 
 
-def _finding(finding_id: str, severity: str, message: str, hint: str, **numbers: Any) -> Dict[str, Any]:
-    return {"id": finding_id, "severity": severity, "message": message, "hint": hint, "numbers": numbers}
+def _finding(rule_id: str, severity: str, message: str, hint: str, **numbers: Any) -> Dict[str, Any]:
+    return {"rule": rule_id, "severity": severity, "message": message, "hint": hint, "numbers": numbers}
 
 
 def postgres_findings(stats: Dict[str, Any], planned_max_connections: Optional[int] = None,
                       planned_total: Optional[int] = None, behind_pgbouncer: bool = False,
-                      utilisation_warning_percent: int = UTILISATION_WARNING_PERCENT,
+                      utilisation_warning_percent: int = WARNING_LINE_PERCENT,
                       idle_warning_percent: int = IDLE_WARNING_PERCENT,
                       wal_write_warning_percent: int = WAL_WRITE_WARNING_PERCENT,
                       peak_connections: Optional[int] = None) -> List[Dict[str, Any]]:
@@ -33,7 +35,7 @@ def postgres_findings(stats: Dict[str, Any], planned_max_connections: Optional[i
     ``peak_connections`` (the most seen while watching), the plan is judged against that peak."""
     findings = []
     max_connections = stats["max_connections"]
-    usable = max_connections - stats["superuser_reserved_connections"] - stats.get("reserved_connections", 0)
+    usable_now = usable(max_connections, stats["superuser_reserved_connections"], stats.get("reserved_connections", 0))
     states = stats["states"]
     connections = sum(states.values())
     idle = states.get("idle", 0)
@@ -53,13 +55,14 @@ def postgres_findings(stats: Dict[str, Any], planned_max_connections: Optional[i
             ".env.production) and add them to the plan",
             live=judged, planned=planned_total))
     percent = 100.0 * connections / max_connections if max_connections else 0.0
-    if percent > utilisation_warning_percent:
+    # The plan's line: over it is over the percentage (connections are whole numbers).
+    if connections > warning_line(max_connections, utilisation_warning_percent):
         findings.append(_finding(
             "live-utilisation-over-warning-line", "warning",
             "%d of %d max_connections in use (%.1f %%), over %d %%"
             % (connections, max_connections, percent, utilisation_warning_percent),
             "a deploy's overlap or a migration may be refused: lower pools or raise max_connections",
-            connections=connections, max_connections=max_connections, usable=usable))
+            connections=connections, max_connections=max_connections, usable=usable_now))
     if connections and 100.0 * idle / connections > idle_warning_percent and not behind_pgbouncer:
         findings.append(_finding(
             "live-idle-over-threshold", "warning",

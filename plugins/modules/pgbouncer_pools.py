@@ -121,7 +121,7 @@ peak_servers:
   returned: when O(watch_seconds) is above 0
   type: int
 findings:
-  description: Each with C(id), C(severity), C(message), C(hint) and C(numbers).
+  description: Each with C(rule), C(severity), C(message), C(hint) and C(numbers).
   returned: success
   type: list
   elements: dict

@@ -139,7 +139,7 @@ peak:
   returned: when O(watch_seconds) is above 0
   type: dict
 findings:
-  description: What the numbers say, each with C(id), C(severity), C(message), C(hint) and C(numbers).
+  description: What the numbers say, each with C(rule), C(severity), C(message), C(hint) and C(numbers).
   returned: success
   type: list
   elements: dict
@@ -149,6 +149,7 @@ import time
 
 from ansible.module_utils.basic import AnsibleModule, missing_required_lib
 
+from ansible_collections.fediscale.mastodon.plugins.module_utils.capacity import usable
 from ansible_collections.fediscale.mastodon.plugins.module_utils.live import postgres_findings
 
 try:
@@ -237,8 +238,8 @@ def main():
                                  peak["connections"] if peak else None)
     result = dict(
         changed=False,
-        usable=settings["max_connections"] - settings["superuser_reserved_connections"]
-        - settings["reserved_connections"],
+        usable=usable(settings["max_connections"], settings["superuser_reserved_connections"],
+                      settings["reserved_connections"]),
         connections=sum(states.values()), states=states, by_client=by_client, waits=waits, findings=findings,
         **settings)
     if peak:

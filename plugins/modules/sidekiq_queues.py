@@ -85,7 +85,7 @@ processes:
   type: list
   elements: dict
 findings:
-  description: Each with C(id), C(severity), C(message), C(hint) and C(numbers).
+  description: Each with C(rule), C(severity), C(message), C(hint) and C(numbers).
   returned: success
   type: list
   elements: dict

@@ -306,7 +306,7 @@ def test_postgres_connections_reads_the_live_server(db):
 
 def test_postgres_connections_flags_a_plan_that_assumed_another_max_connections(db):
     result = postgres_connections(db, planned_max_connections=41, behind_pgbouncer="true")
-    assert [finding["id"] for finding in result["findings"]] == ["live-max-connections-differs-from-plan"]
+    assert [finding["rule"] for finding in result["findings"]] == ["live-max-connections-differs-from-plan"]
     failed = postgres_connections(db, planned_max_connections=41, fail_on_error="true")
     # (ansible --tree, which testinfra reads, leaves the failed flag out; the message is the module's failure.)
     assert failed["msg"] == "the server runs with max_connections 40, the plan assumed 41"
@@ -335,10 +335,10 @@ def test_under_load_pgbouncer_queues_clients_and_postgres_sees_only_the_pools(ap
     assert total["cl_active"] + total["cl_waiting"] == clients == pools["clients"]
     assert total["sv_active"] == sum(min(row["cl_active"] + row["cl_waiting"], pool) for row in per_process)
     assert total["cl_waiting"] >= clients - pool * BOUNCER["processes"] > 0
-    assert "pgbouncer-clients-waiting" in [finding["id"] for finding in pools["findings"]]
+    assert "pgbouncer-clients-waiting" in [finding["rule"] for finding in pools["findings"]]
     from_pgbouncer = sum(item["count"] for item in live["by_client"] if item["client_addr"] == "172.30.42.202")
     assert from_pgbouncer == total["sv_active"] <= BOUNCER["primary_connections"]
-    assert "live-no-idle-behind-pgbouncer" in [finding["id"] for finding in live["findings"]]
+    assert "live-no-idle-behind-pgbouncer" in [finding["rule"] for finding in live["findings"]]
 
 
 # --- Live limits: a server the postgresql role does not manage ---

@@ -125,6 +125,6 @@ class TestSidekiqReadings:
     def test_findings_at_the_warning_and_at_mastodons_lock_expiry(self):
         rows = [row(latency=61.0), row(queue="push", latency=901.0), row(queue="mailers", latency=59.0),
                 row(queue="fasp", size=2, latency=1.0, processes=0)]
-        findings = {(item["id"], item["numbers"]["queue"]) for item in sidekiq_queue_findings(rows)}
+        findings = {(item["rule"], item["numbers"]["queue"]) for item in sidekiq_queue_findings(rows)}
         assert findings == {("sidekiq-latency-over-threshold", "pull"), ("sidekiq-latency-over-lock-expiry", "push"),
                             ("sidekiq-queue-unserved", "fasp")}

@@ -12,7 +12,7 @@ def stats(states, waits=(), max_connections=100):
 
 
 def ids(findings):
-    return [finding["id"] for finding in findings]
+    return [finding["rule"] for finding in findings]
 
 
 def test_a_healthy_server_has_no_findings():
@@ -27,7 +27,7 @@ def test_live_max_connections_differs_from_the_plan():
 
 def test_more_connections_than_planned():
     [finding] = postgres_findings(stats({"active": 30, "idle": 5}), planned_total=30)
-    assert finding["id"] == "live-connections-over-plan" and finding["numbers"] == {"live": 35, "planned": 30}
+    assert finding["rule"] == "live-connections-over-plan" and finding["numbers"] == {"live": 35, "planned": 30}
 
 
 def test_a_watched_peak_over_the_plan_is_judged_though_the_load_has_gone():
@@ -54,7 +54,7 @@ def test_no_idle_connection_behind_pgbouncer_means_pgbouncer_is_the_bottleneck()
 def test_many_wal_write_waits_suggest_synchronous_commit_off():
     waits = [{"backend_type": "client backend", "wait_event_type": "IO", "wait_event": "WALWrite", "count": 5}]
     [finding] = postgres_findings(stats({"active": 20}, waits))
-    assert finding["id"] == "live-wal-write-bound" and "synchronous_commit = off" in finding["hint"]
+    assert finding["rule"] == "live-wal-write-bound" and "synchronous_commit = off" in finding["hint"]
     assert postgres_findings(stats({"active": 30}, waits)) == []
 
 
@@ -68,9 +68,9 @@ def pool(**values):
 def test_waiting_clients_and_long_waits():
     assert pgbouncer_findings([pool()]) == []
     [waiting] = pgbouncer_findings([pool(cl_waiting=3)])
-    assert waiting["id"] == "pgbouncer-clients-waiting" and "mastodon_production/mastodon: 3 clients" in waiting["message"]
+    assert waiting["rule"] == "pgbouncer-clients-waiting" and "mastodon_production/mastodon: 3 clients" in waiting["message"]
     [slow] = pgbouncer_findings([pool(maxwait=1, maxwait_us=500000)])
-    assert slow["id"] == "pgbouncer-maxwait-over-threshold" and slow["numbers"]["maxwait"] == pytest.approx(1.5)
+    assert slow["rule"] == "pgbouncer-maxwait-over-threshold" and slow["numbers"]["maxwait"] == pytest.approx(1.5)
     assert pgbouncer_findings([pool(database="pgbouncer", user="pgbouncer", cl_waiting=1)]) == []
 
 
