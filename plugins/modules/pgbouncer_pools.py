@@ -36,28 +36,13 @@ options:
   login_password:
     description: Password of O(login_user).
     type: str
-  watch_seconds:
-    description:
-      - Watch every process's pools for this many seconds (one reading every O(watch_interval)) and return the most
-        clients and the most server connections seen at once (RV(peak_clients), RV(peak_servers)). V(0) reads once.
-      - Run the task with C(async) to watch while something else makes the load.
-    type: float
-    default: 0
-  watch_interval:
-    description: Seconds between two readings while watching.
-    type: float
-    default: 0.2
   maxwait_warning_seconds:
     description: C(maxwait) above which to warn.
     type: float
     default: 1.0
-attributes:
-  check_mode:
-    description: Reads only; the same in check mode.
-    support: full
-  diff_mode:
-    description: Nothing to diff.
-    support: none
+extends_documentation_fragment:
+  - fediscale.mastodon.live_check
+  - fediscale.mastodon.live_check.watch
 author:
   - fediscale.mastodon contributors (@fediscale)
 """

@@ -59,29 +59,13 @@ options:
     description: Share of active connections waiting on C(WALWrite) above which to warn.
     type: int
     default: 20
-  watch_seconds:
-    description:
-      - Watch the client connections for this many seconds (one reading every O(watch_interval)) and return the
-        most seen at once in RV(peak); the plan is then judged against that peak. V(0) reads once.
-      - For a load that comes and goes, such as a deploy's overlap or a C(tootctl) run; run the task with
-        C(async) to watch while something else makes the load.
-    type: float
-    default: 0
-  watch_interval:
-    description: Seconds between two readings while watching.
-    type: float
-    default: 0.2
   fail_on_error:
     description: Fail when a finding is an error.
     type: bool
     default: false
-attributes:
-  check_mode:
-    description: Reads only; the same in check mode.
-    support: full
-  diff_mode:
-    description: Nothing to diff.
-    support: none
+extends_documentation_fragment:
+  - fediscale.mastodon.live_check
+  - fediscale.mastodon.live_check.watch
 author:
   - fediscale.mastodon contributors (@fediscale)
 """

@@ -48,13 +48,8 @@ options:
     description: Latency above which a queue gets an error; Mastodon's lock expiry.
     type: float
     default: 900
-attributes:
-  check_mode:
-    description: Reads only; the same in check mode.
-    support: full
-  diff_mode:
-    description: Nothing to diff.
-    support: none
+extends_documentation_fragment:
+  - fediscale.mastodon.live_check
 author:
   - fediscale.mastodon contributors (@fediscale)
 """
