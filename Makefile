@@ -60,7 +60,7 @@ unit: venv collection
 	$(BIN)/python -m pytest -q tests/unit tests/plan
 
 watch: venv collection
-	@$(ROOT)/tools/watch unit
+	@$(BIN)/python $(ROOT)/tools/watch.py unit
 
 lint: venv collection
 	$(BIN)/ansible-lint --offline

@@ -57,8 +57,8 @@ def timed(arm: str, forks: int) -> float:
     elapsed = time.monotonic() - started
     changed = [int(number) for number in re.findall(r"changed=(\d+)", result.stdout)]
     if result.returncode or any(changed):
-        raise SystemExit("%s did not run clean (rc %d, changed %s):\n%s" % (arm, result.returncode, changed,
-                                                                          result.stdout[-3000:]))
+        raise SystemExit("%s did not run clean (rc %d, changed %s):\n%s"
+                         % (arm, result.returncode, changed, result.stdout[-3000:]))
     return elapsed
 
 
@@ -72,14 +72,14 @@ def main() -> None:
     for number in range(args.rounds):
         for arm in ARMS:
             samples[arm].append(timed(arm, args.forks))
-        print("round %d: %s" % (number + 1, ", ".join("%s %.1f s" % (arm, values[-1])
-                                                     for arm, values in samples.items())), file=sys.stderr)
+        latest = ", ".join("%s %.1f s" % (arm, values[-1]) for arm, values in samples.items())
+        print("round %d: %s" % (number + 1, latest), file=sys.stderr)
     facts = statistics.median(samples["facts"])
     print("| arm | forks | median of %d | / facts |" % args.rounds)
     print("| --- | ---: | ---: | ---: |")
     for arm, values in samples.items():
-        print("| %s | %d | %.1f s | %.1f |" % (arm, args.forks, statistics.median(values),
-                                              statistics.median(values) / facts))
+        median = statistics.median(values)
+        print("| %s | %d | %.1f s | %.1f |" % (arm, args.forks, median, median / facts))
     if args.profile:
         result = run("site", args.forks, {"ANSIBLE_CALLBACKS_ENABLED": "ansible.posix.profile_tasks",
                                           "PROFILE_TASKS_TASK_OUTPUT_LIMIT": "25"})

@@ -1,7 +1,6 @@
-#!/usr/bin/env python3
 """Re-run the fast loop (make unit) whenever a file under plugins/, tests/, playbooks/ or roles/ changes.
 
-    tools/watch [make target]     default: unit; Ctrl-C stops it
+    python3 tools/watch.py [make target]     default: unit (make watch); Ctrl-C stops it
 
 It polls modification times once a second: no inotify package is needed.
 """
