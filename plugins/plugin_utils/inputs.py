@@ -4,16 +4,12 @@
 
 from __future__ import annotations
 
-import glob
-import os
-
-import yaml
-
 from ansible.errors import AnsibleError
 from ansible.module_utils.common.text.converters import to_native
 
 from ansible_collections.fediscale.mastodon.plugins.module_utils import inventory
 from ansible_collections.fediscale.mastodon.plugins.module_utils.schema import PlanInputError
+from ansible_collections.fediscale.mastodon.plugins.plugin_utils.role_options import ROLE_OPTIONS
 
 try:
     import jmespath
@@ -49,15 +45,8 @@ def select(data, query):
 
 
 def role_variables():
-    """Option names of the collection's roles, from their meta/argument_specs.yml."""
-    names = set()
-    roles = os.path.join(os.path.dirname(__file__), "..", "..", "roles")
-    for path in glob.glob(os.path.join(roles, "*", "meta", "argument_specs.yml")):
-        with open(path, encoding="utf-8") as stream:
-            specs = yaml.safe_load(stream) or {}
-        for entry in (specs.get("argument_specs") or {}).values():
-            names.update((entry.get("options") or {}).keys())
-    return names
+    """Option names of the collection's roles (role_options.py, kept in step with their argument specs)."""
+    return set(ROLE_OPTIONS)
 
 
 # Variables whose usual value is a template over facts, and how to give them in a play without facts.
