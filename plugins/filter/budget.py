@@ -9,7 +9,7 @@ from functools import wraps
 from ansible.errors import AnsibleFilterError
 from ansible.module_utils.common.text.converters import to_native
 
-from ansible_collections.fediscale.mastodon.plugins.module_utils import budget, inventory, pgtune, plan, sizing
+from ansible_collections.fediscale.mastodon.plugins.module_utils import inventory, pgtune, plan, redis_plan, sizing
 from ansible_collections.fediscale.mastodon.plugins.module_utils.schema import (
     AUTO, POSTGRESQL, REDIS, PlanInputError, parse_int, parse_size_kb,
 )
@@ -46,7 +46,7 @@ def cluster_from_inventory(hostvars, groups):
 @_model_errors
 def redis_sentinel_plan(hostvars, groups):
     try:
-        return plain(budget.redis_sentinel_of(inventory_description(hostvars, groups)))
+        return plain(redis_plan.redis_sentinel_of(inventory_description(hostvars, groups)))
     except PlanInputError as error:
         raise inventory.inventory_wording(error)
 
@@ -101,7 +101,7 @@ def postgresql_tuning(ram, cpus=None, connections=None, disk_type="ssd", databas
 @_model_errors
 def redis_instance_settings(instances):
     items = REDIS["instances"].parse(plain(instances), "redis_instances")
-    return budget.redis_instance_settings(items, "redis_instances")
+    return redis_plan.redis_instance_settings(items, "redis_instances")
 
 
 class FilterModule:

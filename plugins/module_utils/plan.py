@@ -7,7 +7,7 @@ from __future__ import annotations
 import gc
 from typing import Any, Dict, List
 
-from ansible_collections.fediscale.mastodon.plugins.module_utils import budget, rules
+from ansible_collections.fediscale.mastodon.plugins.module_utils import model, rules
 
 BAR_WIDTH = 50
 
@@ -20,7 +20,7 @@ def connection_budget(description: Any) -> Dict[str, Any]:
     collecting = gc.isenabled()
     gc.disable()
     try:
-        report = budget.compute(description)
+        report = model.compute(description)
     finally:
         if collecting:
             gc.enable()

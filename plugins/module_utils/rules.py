@@ -2,7 +2,7 @@
 # GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
 """Every scaling rule the collection enforces, one function each, found by its id.
 
-A rule reads the budget report (``budget.compute``) and yields findings: the
+A rule reads the budget report (``model.compute``) and yields findings: the
 rule id, error or warning, the host and service at fault, the numbers, and
 what to do. Tests: tests/unit/plugins/module_utils/test_rules.py, one class
 per rule, named after it.
@@ -13,7 +13,8 @@ from __future__ import annotations
 import ipaddress
 from typing import Any, Callable, Dict, Iterator, List, Optional
 
-from ansible_collections.fediscale.mastodon.plugins.module_utils import budget, debian, mastodon
+from ansible_collections.fediscale.mastodon.plugins.module_utils import debian, mastodon
+from ansible_collections.fediscale.mastodon.plugins.module_utils.redis_plan import sentinel_majority
 from ansible_collections.fediscale.mastodon.plugins.module_utils.pgtune import work_mem_limit_kb
 from ansible_collections.fediscale.mastodon.plugins.module_utils.schema import (
     LIVE_LIMITS, format_size_kb, version_tuple)
@@ -692,7 +693,7 @@ def redis_sentinel_too_few_sentinels(report: Report) -> Iterator[Finding]:
             "redis-sentinel-too-few-sentinels", ERROR, None, "redis sentinel %s" % entry["name"],
             "%d sentinel(s) (%s) monitor the set %s: once one host is lost the others are no majority of %d, "
             "and without a majority Sentinel never fails over"
-            % (count, _sentinel_hosts(report), entry["name"], budget.sentinel_majority(count)),
+            % (count, _sentinel_hosts(report), entry["name"], sentinel_majority(count)),
             "set redis_sentinel: true on at least 3 hosts of group redis, on separate machines (a host may run a "
             "sentinel and no instance)",
             sentinels=count, needed=3)
@@ -708,7 +709,7 @@ def redis_sentinel_quorum_over_sentinels(report: Report) -> Iterator[Finding]:
                 "quorum %d, but only %d sentinels (%s) exist: the master of %s is never agreed to be down"
                 % (entry["quorum"], count, _sentinel_hosts(report), entry["name"]),
                 "set mastodon_redis_sentinel_quorum to at most %d (auto: a majority, %d)"
-                % (count, budget.sentinel_majority(count)),
+                % (count, sentinel_majority(count)),
                 quorum=entry["quorum"], sentinels=count)
 
 

@@ -6,7 +6,7 @@ import pytest
 
 from hypothesis import given, settings, strategies as st
 
-from ansible_collections.fediscale.mastodon.plugins.module_utils import budget, plan
+from ansible_collections.fediscale.mastodon.plugins.module_utils import model, plan, redis_plan
 
 from ...clusters import QUEUES, cluster
 
@@ -348,7 +348,7 @@ clusters = st.builds(random_cluster, st.lists(host_entry, min_size=1, max_size=5
 @settings(max_examples=150, deadline=None)
 @given(clusters)
 def test_total_is_the_sum_of_its_parts(description):
-    report = budget.compute(description)
+    report = model.compute(description)
     primary = report["servers"]["primary"]
     expected = sum(report["direct_connections"].values())
     for host, clients in report["clients"].items():
@@ -366,7 +366,7 @@ def test_total_is_the_sum_of_its_parts(description):
 @settings(max_examples=150, deadline=None)
 @given(clusters, st.integers(0, 4), st.integers(1, 30))
 def test_adding_a_process_never_lowers_the_total(description, host_index, concurrency):
-    before = budget.compute(description)["servers"]["primary"]["total"]
+    before = model.compute(description)["servers"]["primary"]["total"]
     grown = copy.deepcopy(description)
     hosts = sorted(name for name in grown["hosts"] if name.startswith("app"))
     host = grown["hosts"][hosts[host_index % len(hosts)]]
@@ -376,13 +376,13 @@ def test_adding_a_process_never_lowers_the_total(description, host_index, concur
         pull[0]["instances"] += 1
     else:
         queues.append({"queue": "pull", "concurrency": concurrency})
-    assert budget.compute(grown)["servers"]["primary"]["total"] >= before
+    assert model.compute(grown)["servers"]["primary"]["total"] >= before
 
 
 @settings(max_examples=150, deadline=None)
 @given(clusters, st.integers(1, 30))
 def test_headroom_is_exact(description, concurrency):
-    report = budget.compute(description)
+    report = model.compute(description)
     primary = report["servers"]["primary"]
     if primary["headroom"]["connections"] < 0:
         return
@@ -395,7 +395,7 @@ def test_headroom_is_exact(description, concurrency):
         for index, start in enumerate(range(0, processes, 1000)):
             grown["hosts"]["extra%d" % index] = {"pgbouncer": {"enabled": False}, "sidekiq": {"queues": [
                 {"queue": "pull", "instances": min(1000, processes - start), "concurrency": headroom_concurrency}]}}
-        return budget.compute(grown)["servers"]["primary"]
+        return model.compute(grown)["servers"]["primary"]
 
     assert with_extra(fits)["total"] <= primary["warning_line"]
     assert with_extra(fits + 1)["total"] > primary["warning_line"]
@@ -410,7 +410,7 @@ def test_auto_pools_stay_below_the_line_when_they_can(client_counts, max_connect
     del description["hosts"]["web1"]
     for index, clients in enumerate(client_counts):
         description["hosts"]["app%d" % index] = {"streaming": {"ports": [4000], "db_pool": clients}}
-    report = budget.compute(description)
+    report = model.compute(description)
     primary = report["servers"]["primary"]
     if len(report["pgbouncer"]) + 30 <= primary["warning_line"]:  # room for at least one connection each
         assert primary["total"] <= primary["warning_line"]
@@ -448,7 +448,7 @@ def test_sentinel_set_replaces_the_urls_of_the_datasets_it_holds():
     assert units["CACHE_REDIS_URL"] == "redis://10.0.0.11:6380"
     assert report["redis"]["configurations"]["REDIS"]["instance"] == "persistent"
     assert report["findings"] == []
-    assert budget.redis_sentinel_of(description) == sentinel
+    assert redis_plan.redis_sentinel_of(description) == sentinel
 
 
 @pytest.mark.parametrize("changes, expected", [

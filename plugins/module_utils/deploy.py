@@ -1,0 +1,161 @@
+# Copyright (c) fediscale.mastodon contributors
+# GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
+"""What each host deploys, from the plan: pgbouncer's databases and listeners, PostgreSQL's settings and
+pg_hba clients, nginx's limits and upstreams, and each app host's units and environment.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from typing import Any, Dict, List, Optional
+
+from ansible_collections.fediscale.mastodon.plugins.module_utils import mastodon, pgtune
+from ansible_collections.fediscale.mastodon.plugins.module_utils.connections import (
+    PGBOUNCER_PORT, POSTGRESQL_PORT, address_of,
+)
+from ansible_collections.fediscale.mastodon.plugins.module_utils.sizing import nginx_sizing
+
+
+def replica_alias(db_name: str) -> str:
+    """The name a local pgbouncer gives the replica's database (its primary twin keeps DB_NAME)."""
+    return db_name + "_replica"
+
+
+def pgbouncer_databases(cluster: Dict[str, Any], servers: Dict[str, Any]) -> List[Dict[str, Any]]:
+    """The [databases] entries of every pgbouncer: the primary under DB_NAME, the replica under its alias."""
+    entries = [{"alias": cluster["db_name"], "role": "primary", "host": servers["primary"]["address"],
+                "port": POSTGRESQL_PORT, "dbname": cluster["db_name"]}]
+    if "replica" in servers:
+        entries.append({"alias": replica_alias(cluster["db_name"]), "role": "replica",
+                        "host": servers["replica"]["address"], "port": POSTGRESQL_PORT, "dbname": cluster["db_name"]})
+    return entries
+
+
+def postgresql_hosts(cluster: Dict[str, Any], servers: Dict[str, Any], hosts: Dict[str, Dict[str, Any]],
+                     app_hosts: List[str]) -> Dict[str, Dict[str, Any]]:
+    """What the postgresql role writes on each database host: settings and who may connect."""
+    result = {}
+    for role, server in servers.items():
+        settings = dict(pgtune.formatted(server["tuning"]),
+                        superuser_reserved_connections=server["superuser_reserved_connections"])
+        if server["version"] >= 16:
+            settings["reserved_connections"] = server["reserved_connections"]
+        result[server["host"]] = {
+            "role": role, "version": server["version"], "address": server["address"], "port": POSTGRESQL_PORT,
+            "database": cluster["db_name"], "user": cluster["db_user"], "settings": settings,
+            # pgbouncer and the direct connections (migrations, tootctl) come from the app hosts.
+            "clients": sorted({hba_address(address_of(host, hosts[host])) for host in app_hosts}),
+        }
+    return result
+
+
+def hba_address(address: str) -> str:
+    """A pg_hba.conf ADDRESS field: an IP as a single-host CIDR, a name as it is."""
+    try:
+        ip = ipaddress.ip_address(address)
+    except ValueError:
+        return address
+    return "%s/%d" % (ip, ip.max_prefixlen)
+
+
+def bind_address(host: str, hosts: Dict[str, Dict[str, Any]], nginx: Dict[str, Any]) -> str:
+    """Where Puma and streaming listen (BIND): loopback, unless nginx runs on another host."""
+    if set(nginx) <= {host}:
+        return "127.0.0.1"
+    return address_of(host, hosts[host])
+
+
+def upstreams(proxy: str, processes: List[Dict[str, Any]], binds: Dict[str, str]) -> Dict[str, List[str]]:
+    """nginx's upstream servers: every Puma, and every streaming instance (balanced with least_conn)."""
+    servers: Dict[str, List[str]] = {"web_upstream": [], "streaming_upstream": []}
+    for row in processes:
+        if row["service"] in ("web", "streaming"):
+            servers[row["service"] + "_upstream"].append("%s:%d" % (binds[row["host"]], row["port"]))
+    return servers
+
+
+def app_units(processes: List[Dict[str, Any]], bouncer: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
+    """The units the app roles write on one host (its ``processes``), each with its sizing environment, and
+    the units they start after (the host's pgbouncer processes).
+
+    Every sizing variable is written out, never left to Mastodon's defaults
+    or to .env.production (Puma ignores some of them there: mastodon issue 28440).
+    """
+    after = ["network.target"] + [process["unit"] for process in (bouncer or {}).get("process_units", [])]
+    units: Dict[str, Any] = {"web": None, "streaming": [], "sidekiq": [], "after": after}
+    for row in processes:
+        if row["service"] == "web":
+            units["web"] = {"unit": row["unit"], "port": row["port"], "environment": {
+                "WEB_CONCURRENCY": str(row["processes"]), "MAX_THREADS": str(row["threads"]),
+                "DB_POOL": str(row["pool"]), "PORT": str(row["port"])}}
+        elif row["service"] == "streaming":
+            units["streaming"].append({"unit": row["unit"], "port": row["port"],
+                                       "environment": {"DB_POOL": str(row["pool"])}})
+        elif row["service"] == "sidekiq":
+            template = row["unit"]
+            units["sidekiq"].append({
+                "queue": row["queues"][0] if len(row["queues"]) == 1 else row["queues"],
+                "template": template,
+                "instances": [template.replace("@.", "@%d." % number) for number in range(1, row["instances"] + 1)],
+                "concurrency": row["threads"],
+                "db_pool": row["pool"],
+                "shutdown_timeout": row["shutdown_timeout"],
+                "stop_timeout": row["stop_timeout"],
+                "environment": {"DB_POOL": str(row["pool"]), "CONCURRENCY": str(row["threads"])},
+            })
+    return units
+
+
+def environment(host: str, sections: Dict[str, Any], cluster: Dict[str, Any], servers: Dict[str, Any],
+                bouncer: Optional[Dict[str, Any]], redis_settings: Dict[str, str],
+                bind: str) -> Dict[str, Dict[str, str]]:
+    """Mastodon's database and Redis settings for a host's units, and the direct ones for migrations."""
+    primary = servers["primary"]
+    direct = {"DB_HOST": primary["address"], "DB_PORT": str(POSTGRESQL_PORT)}
+    env = dict(direct, DB_NAME=cluster["db_name"], DB_USER=cluster["db_user"], BIND=bind)
+    # Behind transaction pooling Mastodon prepares statements only where pgbouncer tracks them (an opt-in).
+    prepared = "true" if bouncer is not None and bouncer["max_prepared_statements"] else "false"
+    if bouncer is not None:
+        env.update(DB_HOST="127.0.0.1", DB_PORT=str(PGBOUNCER_PORT))
+        if bouncer["pool_mode"] != "session":
+            env["PREPARED_STATEMENTS"] = prepared
+    if "replica" in servers:
+        if bouncer is not None:
+            env.update(REPLICA_DB_HOST="127.0.0.1", REPLICA_DB_PORT=str(PGBOUNCER_PORT),
+                       REPLICA_DB_NAME=replica_alias(cluster["db_name"]))
+            if bouncer["pool_mode"] != "session":
+                env["REPLICA_PREPARED_STATEMENTS"] = prepared
+        else:
+            env.update(REPLICA_DB_HOST=servers["replica"]["address"], REPLICA_DB_PORT=str(POSTGRESQL_PORT))
+    env.update(redis_settings)
+    # Read by Ruby only (Puma, Sidekiq, tootctl); streaming's Node ignores it.
+    env["RUBY_YJIT_ENABLE"] = "1" if mastodon.yjit_enabled(cluster["yjit"], cluster["version"]) else "0"
+    if cluster["trusted_proxy_ip"]:
+        env["TRUSTED_PROXY_IP"] = cluster["trusted_proxy_ip"]
+    # The admin's own unit-wide variables win: the rules check what they set.
+    env.update(sections["mastodon"]["environment"])
+    migrations = dict(env, **direct)
+    for name in ("REPLICA_DB_HOST", "REPLICA_DB_PORT", "REPLICA_DB_NAME"):
+        migrations.pop(name, None)
+    return {"units": env, "migrations": migrations}
+
+
+def nginx_hosts(hosts: Dict[str, Dict[str, Any]]) -> Dict[str, Dict[str, Any]]:
+    """Each proxy's nginx with its limits sized (upstreams come later, once every app host's bind is known)."""
+    nginx = {}
+    for host, sections in sorted(hosts.items()):
+        if sections.get("nginx") is not None:
+            section = sections["nginx"]
+            nginx[host] = dict(section, **nginx_sizing(section["worker_connections"], section["worker_rlimit_nofile"],
+                                                       section["limit_nofile"], section["expected_clients"]),
+                               nofile_hard_limit=sections["mastodon"]["nofile_hard_limit"])
+    return nginx
+
+
+def add_pgbouncer_listeners(bouncers: Dict[str, Dict[str, Any]], cluster: Dict[str, Any],
+                            servers: Dict[str, Any]) -> None:
+    """Where each pgbouncer listens and the databases it serves."""
+    databases = pgbouncer_databases(cluster, servers)
+    for bouncer in bouncers.values():
+        bouncer.update(listen_addr="127.0.0.1", listen_port=PGBOUNCER_PORT, database_entries=databases,
+                       user=cluster["db_user"])

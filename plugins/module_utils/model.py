@@ -1,0 +1,69 @@
+# Copyright (c) fediscale.mastodon contributors
+# GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
+"""The connection budget of a cluster description, as plain data (JSON-ready); ``rules.check`` adds the findings.
+
+One step per concern: ``connections`` (who opens how many PostgreSQL connections, and where), ``redis_plan``
+(the Redis instances, sentinels and Mastodon's Redis settings), ``deploy`` (what each host deploys).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Dict
+
+from ansible_collections.fediscale.mastodon.plugins.module_utils import connections, deploy, mastodon
+from ansible_collections.fediscale.mastodon.plugins.module_utils.redis_plan import plan_redis
+from ansible_collections.fediscale.mastodon.plugins.module_utils.schema import PlanInputError, parse_description
+
+
+def _check_modelled(cluster: Dict[str, Any]) -> None:
+    if mastodon.version_outside_model(cluster["version"]) < 0:
+        raise PlanInputError("mastodon.version", "Mastodon %s is older than %s, the oldest release the plan models: "
+                             "its pools and processes differ (streaming ran STREAMING_CLUSTER_NUM workers)"
+                             % (cluster["version"], mastodon.OLDEST_MODELLED),
+                             "upgrade Mastodon to %s or later first" % mastodon.OLDEST_MODELLED)
+
+
+def compute(description: Any) -> Dict[str, Any]:
+    """The budget report of a cluster description, without findings."""
+    parsed = parse_description(description)
+    cluster, hosts = parsed["mastodon"], parsed["hosts"]
+    _check_modelled(cluster)
+    for host in sorted(hosts):
+        connections.check_ports(host, hosts[host])
+
+    servers = connections.database_servers(hosts)
+    processes, clients = connections.processes_and_clients(cluster, hosts, servers)
+    direct = mastodon.direct_connections(cluster["direct_connections"], cluster["tootctl_concurrency"],
+                                         "mastodon.direct_connections")
+    bouncers = connections.allocate_pgbouncers(hosts, clients, servers, sum(direct.values()))
+    server_reports = connections.server_reports(servers, hosts, bouncers, clients, direct,
+                                                connections.headroom_concurrency(processes))
+    connections.mark_routes(processes, bouncers, servers)
+
+    redis = plan_redis(hosts, cluster)
+    nginx = deploy.nginx_hosts(hosts)
+    app_hosts = [host for host in sorted(hosts) if any(s in hosts[host] for s in ("web", "streaming", "sidekiq"))]
+    binds = {host: deploy.bind_address(host, hosts, nginx) for host in app_hosts}
+    for host in nginx:
+        nginx[host].update(deploy.upstreams(host, processes, binds))
+    deploy.add_pgbouncer_listeners(bouncers, cluster, servers)
+    return {
+        "mastodon": cluster,
+        "servers": server_reports,
+        "processes": processes,
+        "clients": clients,
+        "pgbouncer": bouncers,
+        "direct_connections": direct,
+        "redis": redis,
+        "nginx": nginx,
+        "postgresql": deploy.postgresql_hosts(cluster, servers, hosts, app_hosts),
+        "environment": {host: deploy.environment(host, hosts[host], cluster, servers, bouncers.get(host),
+                                                 redis["settings"], binds[host])
+                        for host in app_hosts},
+        "units": {host: deploy.app_units([row for row in processes if row["host"] == host], bouncers.get(host))
+                  for host in app_hosts},
+        "hosts": {host: sorted(section for section in hosts[host] if section != "mastodon") for host in sorted(hosts)},
+        "debian": {host: hosts[host]["mastodon"]["debian_version"] for host in sorted(hosts)},
+        "env_production": {host: hosts[host]["mastodon"]["env_production"] for host in sorted(hosts)},
+        "inventory": parsed["inventory"],
+    }
