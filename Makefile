@@ -2,6 +2,7 @@
 #   make test                     lint, sanity, unit and plan tests, every Molecule scenario
 #   make unit                     the fast loop: model, filters, plan playbook
 #   make watch                    make unit again on every save
+#   make compat                   the unit and plan tests under the oldest and newest Ansible (tools/compat.txt)
 #   make molecule SCENARIO=smoke  one Molecule scenario (default: all) on Debian 13; DEBIAN=12 for Debian 12,
 #                                 REDIS_SERVER=valkey for Valkey instead of Redis
 #   make demo                     the local container cluster with site.yml on it, then a load: planned against peak
@@ -34,10 +35,10 @@ export PATH := $(BIN):$(PATH)
 # Run a stage and record how long it took.
 timed = start=$$(date +%s); $(2); echo "$(1) $$(( $$(date +%s) - start ))s" >> $(TIMINGS)
 
-.PHONY: help test unit watch lint sanity molecule demo demo-load bench bench-pooling clean venv collection image
+.PHONY: help test unit watch compat lint sanity molecule demo demo-load bench bench-pooling clean venv collection image
 
 help:
-	@sed -n '2,13p' Makefile
+	@sed -n '2,14p' Makefile
 
 venv:
 	@$(RIG) venv
@@ -58,6 +59,9 @@ test: venv collection
 
 unit: venv collection
 	$(BIN)/python -m pytest -q tests/unit tests/plan
+
+compat: venv
+	@$(RIG) compat
 
 watch: venv collection
 	@$(BIN)/python $(ROOT)/tools/watch.py unit

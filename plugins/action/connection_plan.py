@@ -86,9 +86,9 @@ class ActionModule(ActionBase):
         # The table as people read it: plain lines on the console, not a JSON list of strings.
         Display().display(table)
         if report["errors"] and args["fail_on_error"]:
-            # The failure shows the verdict; the table is on the console already.
-            result["failed"] = True
-            del result["table"]
+            # The failure is the verdict alone, one line on every ansible-core (2.18 prints the whole result);
+            # the table is on the console already.
+            return {"failed": True, "changed": False, "msg": result["msg"]}
         elif args["return_report"]:
             # The caller uses the report; printing it would flood the output.
             result["report"] = report

@@ -99,6 +99,14 @@ def _origins(hostvars, hosts):
     return result
 
 
+def _template_left(value):
+    """The first string in ``value`` that still holds a Jinja expression, or None."""
+    if isinstance(value, str):
+        return value if "{{" in value or "{%" in value else None
+    items = value.values() if isinstance(value, dict) else value if isinstance(value, list) else ()
+    return next((found for found in (_template_left(item) for item in items) if found), None)
+
+
 def inventory_description(hostvars, groups):
     """The cluster description of a play's inventory, read as the plan reads it.
 
@@ -116,6 +124,10 @@ def inventory_description(hostvars, groups):
                 continue
             try:
                 values[name] = plain(variables[name])
+                # ansible-core before 2.19 leaves a template over an undefined variable as it is.
+                unresolved = _template_left(values[name])
+                if unresolved:
+                    raise AnsibleError("%s stays a template: a variable in it is undefined" % unresolved)
             except AnsibleError as error:
                 raise PlanInputError(
                     "host %s, variable %s" % (host, name),
