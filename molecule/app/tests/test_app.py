@@ -123,7 +123,7 @@ def test_a_stopped_sidekiq_pushes_its_running_job_back_and_it_runs_again(web, mi
                                                                if item["queue"] == "mailers")
     jid = "stop-proof-%d" % time.time()
     now = int(time.time() * 1000)  # Sidekiq 8 writes epoch milliseconds
-    job = json.dumps({"class": "StandIn::HoldJob", "args": [20], "jid": jid, "queue": "mailers", "retry": True,
+    job = json.dumps({"class": "StandIn::HoldJob", "args": [16], "jid": jid, "queue": "mailers", "retry": True,
                       "created_at": now, "enqueued_at": now})
     sidekiq_redis(web, "client.lpush('queue:mailers', %r)\n"
                        "deadline = time.time() + 10\n"
@@ -137,7 +137,7 @@ def test_a_stopped_sidekiq_pushes_its_running_job_back_and_it_runs_again(web, mi
     assert jid in sidekiq_redis(web, "print(client.lrange('queue:mailers', 0, -1))")
     assert sql(web, "SELECT count(*) FROM stand_in_jobs WHERE jid = '%s'" % jid) == [[0]]
     web.run("systemctl start %s" % unit)
-    deadline = time.monotonic() + 40
+    deadline = time.monotonic() + 30
     while time.monotonic() < deadline and not sql(web, "SELECT runs FROM stand_in_jobs WHERE jid = '%s'" % jid):
         time.sleep(1)
     assert sql(web, "SELECT runs FROM stand_in_jobs WHERE jid = '%s'" % jid) == [[1]]

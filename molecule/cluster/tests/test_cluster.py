@@ -122,10 +122,10 @@ def test_the_advisor_names_a_flooded_queue_and_its_advice_brings_the_latency_dow
     numbers come back."""
     node = hosts["demo-sidekiq1"]
     node.run(FLOOD)
-    time.sleep(12)
+    time.sleep(8)
     env = dict(os.environ, ANSIBLE_NOCOLOR="1", ANSIBLE_FORCE_COLOR="0")
     advice = subprocess.run([PLAYBOOK, "fediscale.mastodon.advise", "-i", host.backend.ansible_inventory,
-                             "-e", "advise_latency_warning_seconds=3"], env=env, capture_output=True, text=True,
+                             "-e", "advise_latency_warning_seconds=2"], env=env, capture_output=True, text=True,
                             timeout=300, check=False)
     assert advice.returncode == 0, advice.stdout[-3000:] + advice.stderr[-3000:]
     verdict = re.search(r"verdict: push: latency \d+ s and growing; the budget allows (\d+) more push processes on "
