@@ -74,7 +74,7 @@ def main() -> None:
     args = parser.parse_args()
     arms = dict(ARMS)
     if args.before:
-        old = tempfile.NamedTemporaryFile("w", suffix=".yml", dir=str(ROOT / "playbooks"), delete=False)
+        old = tempfile.NamedTemporaryFile("w", prefix="site-before-", suffix=".yml", delete=False)
         old.write(subprocess.run(["git", "show", "%s:playbooks/site.yml" % args.before], cwd=str(ROOT),
                                  capture_output=True, text=True, check=True).stdout)
         old.close()
