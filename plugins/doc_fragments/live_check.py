@@ -4,7 +4,7 @@
 
 
 class ModuleDocFragment:
-    # Every live check: reads only.
+    # Every live check, and the advice made from them: reads only.
     DOCUMENTATION = r"""
 attributes:
   check_mode:

@@ -31,13 +31,8 @@ options:
     description: Latency above which a queue is late.
     type: float
     default: 60
-attributes:
-  check_mode:
-    description: Reads only; the same in check mode.
-    support: full
-  diff_mode:
-    description: Nothing to diff.
-    support: none
+extends_documentation_fragment:
+  - fediscale.mastodon.live_check
 author:
   - fediscale.mastodon contributors (@fediscale)
 """
