@@ -29,6 +29,9 @@ ALSO_ON_DEBIAN_12 := cluster
 # The Redis package family (redis or valkey); a full run adds these scenarios with Valkey.
 REDIS_SERVER ?= redis
 ALSO_WITH_VALKEY := redis sentinel
+# Molecule runs in two queues side by side: these scenarios' runs in one, every other in the second. Runs of
+# one scenario share container names and stay in one queue; every platform has its own address.
+FIRST_QUEUE := cluster
 export ANSIBLE_COLLECTIONS_PATH := $(COLLECTIONS)
 export PATH := $(BIN):$(PATH)
 
@@ -89,13 +92,10 @@ molecule: image collection
 	  runs="$(foreach scenario,$(or $(SCENARIO),$(SCENARIOS)),$(scenario):$(DEBIAN):$(REDIS_SERVER))"; \
 	  if [ -z "$(SCENARIO)" ] && [ "$(DEBIAN)" = 13 ] && [ "$(REDIS_SERVER)" = redis ]; then \
 	    runs="$$runs $(ALSO_ON_DEBIAN_12:=:12:redis) $(ALSO_WITH_VALKEY:=:13:valkey)"; fi; \
-	  for run in $$runs; do \
-	    IFS=: read -r scenario release server <<< "$$run"; start=$$(date +%s); \
-	    echo "== molecule test -s $$scenario on Debian $$release with $$server"; \
-	    FEDISCALE_RIG_DEBIAN=$$release FEDISCALE_RIG_IMAGE=$$($(RIG) image-name $$release) \
-	      FEDISCALE_RIG_REDIS_SERVER=$$server $(BIN)/molecule test -s $$scenario || exit 1; \
-	    echo "molecule $$scenario (Debian $$release, $$server) $$(( $$(date +%s) - start ))s" >> $(TIMINGS); \
-	  done
+	  first=""; second=""; for run in $$runs; do \
+	    if [[ " $(FIRST_QUEUE) " == *" $${run%%:*} "* ]]; then first="$$first $$run"; else second="$$second $$run"; fi; \
+	  done; \
+	  $(RIG) molecule "$$first" "$$second"
 
 # The local container cluster, left running: molecule/cluster (make clean removes it). Its side effect is the
 # load that compares the plan with the peak (molecule/cluster/side_effect.yml).
