@@ -28,6 +28,9 @@ from ansible_collections.fediscale.mastodon.plugins.module_utils.sizing import (
 PGBOUNCER_PORT = 6432
 POSTGRESQL_PORT = 5432
 NGINX_PORTS = (80, 443)
+# While a restart replaces a Puma or streaming instance, a second one of the same unit listens this many ports
+# above it; nginx has it as a backup server, so requests keep an answer meanwhile.
+HANDOVER_PORT_OFFSET = 100
 DEFAULT_HEADROOM_CONCURRENCY = 10
 PGBOUNCER_SINGLE_PROCESS = {"peer_id": None, "unit": "pgbouncer.service", "config": "/etc/pgbouncer/pgbouncer.ini",
                             "socket_dir": "/run/pgbouncer"}
@@ -41,10 +44,12 @@ def check_ports(host: str, sections: Dict[str, Any]) -> None:
     """Every listener a host's sections plan needs a port of its own."""
     taken: Dict[int, str] = {}
 
-    def take(port: int, where: Optional[str], label: str) -> None:
+    def take(port: int, where: Optional[str], label: str, handover: bool = False) -> None:
         if port in taken:
-            raise PlanInputError(where or host_where(host, label), "port %d is also %s's on %s"
-                                 % (port, taken[port], host), "give each service on a host its own port")
+            raise PlanInputError(where or host_where(host, label), "port %d%s is also %s's on %s"
+                                 % (port, " (%s)" % label if handover else "", taken[port], host),
+                                 "give each service on a host its own port%s"
+                                 % (", %d apart from every other" % HANDOVER_PORT_OFFSET if handover else ""))
         taken[port] = label
 
     if "postgresql" in sections:
@@ -59,6 +64,14 @@ def check_ports(host: str, sections: Dict[str, Any]) -> None:
     if "streaming" in sections:
         for index, port in enumerate(sections["streaming"]["ports"]):
             take(port, host_where(host, "streaming.ports[%d]" % index), "streaming_ports[%d]" % index)
+    # Handover ports after every planned one, so that an error names the planned port it shadows.
+    if "web" in sections:
+        take(sections["web"]["port"] + HANDOVER_PORT_OFFSET, host_where(host, "web.port"),
+             "the handover port of web_port, +%d" % HANDOVER_PORT_OFFSET, True)
+    if "streaming" in sections:
+        for index, port in enumerate(sections["streaming"]["ports"]):
+            take(port + HANDOVER_PORT_OFFSET, host_where(host, "streaming.ports[%d]" % index),
+                 "the handover port of streaming_ports[%d], +%d" % (index, HANDOVER_PORT_OFFSET), True)
     if "redis" in sections:
         for index, instance in enumerate(sections["redis"]["instances"]):
             take(instance["port"], host_where(host, "redis.instances[%d].port" % index),

@@ -11,7 +11,7 @@ from typing import Any, Dict, List, Optional
 
 from ansible_collections.fediscale.mastodon.plugins.module_utils import mastodon, pgtune
 from ansible_collections.fediscale.mastodon.plugins.module_utils.connections import (
-    PGBOUNCER_PORT, POSTGRESQL_PORT, address_of,
+    HANDOVER_PORT_OFFSET, PGBOUNCER_PORT, POSTGRESQL_PORT, address_of,
 )
 from ansible_collections.fediscale.mastodon.plugins.module_utils.sizing import nginx_sizing
 
@@ -66,11 +66,15 @@ def bind_address(host: str, hosts: Dict[str, Dict[str, Any]], nginx: Dict[str, A
 
 
 def upstreams(proxy: str, processes: List[Dict[str, Any]], binds: Dict[str, str]) -> Dict[str, List[str]]:
-    """nginx's upstream servers: every Puma, and every streaming instance (balanced with least_conn)."""
-    servers: Dict[str, List[str]] = {"web_upstream": [], "streaming_upstream": []}
+    """nginx's upstream servers: every Puma, and every streaming instance (balanced with least_conn); each with
+    its handover port as a backup server, which answers only while a restart replaces the planned one."""
+    servers: Dict[str, List[str]] = {"web_upstream": [], "streaming_upstream": [], "web_backup_upstream": [],
+                                     "streaming_backup_upstream": []}
     for row in processes:
         if row["service"] in ("web", "streaming"):
             servers[row["service"] + "_upstream"].append("%s:%d" % (binds[row["host"]], row["port"]))
+            servers[row["service"] + "_backup_upstream"].append(
+                "%s:%d" % (binds[row["host"]], row["port"] + HANDOVER_PORT_OFFSET))
     return servers
 
 
@@ -85,11 +89,15 @@ def app_units(processes: List[Dict[str, Any]], bouncer: Optional[Dict[str, Any]]
     units: Dict[str, Any] = {"web": None, "streaming": [], "sidekiq": [], "after": after}
     for row in processes:
         if row["service"] == "web":
-            units["web"] = {"unit": row["unit"], "port": row["port"], "environment": {
+            units["web"] = {"unit": row["unit"], "port": row["port"],
+                            "handover_port": row["port"] + HANDOVER_PORT_OFFSET, "environment": {
                 "WEB_CONCURRENCY": str(row["processes"]), "MAX_THREADS": str(row["threads"]),
                 "DB_POOL": str(row["pool"]), "PORT": str(row["port"])}}
         elif row["service"] == "streaming":
             units["streaming"].append({"unit": row["unit"], "port": row["port"],
+                                       "handover_unit": "mastodon-streaming@%d.service"
+                                                        % (row["port"] + HANDOVER_PORT_OFFSET),
+                                       "handover_port": row["port"] + HANDOVER_PORT_OFFSET,
                                        "environment": {"DB_POOL": str(row["pool"])}})
         elif row["service"] == "sidekiq":
             template = row["unit"]

@@ -158,6 +158,10 @@ def sidekiq_sizing(version: str, concurrency: Optional[int], unit: Mapping[str, 
     return {"processes": 1, "threads": threads, "pool": pool, "pool_source": source}
 
 
+# Where Mastodon connects: the settings .env.production holds after the official guide's setup wizard.
+ENDPOINT_SETTINGS = ("DB_HOST", "DB_PORT", "DB_NAME", "DB_USER", "DATABASE_URL", "REDIS_HOST", "REDIS_PORT",
+                     "REDIS_URL", "SIDEKIQ_REDIS_URL", "CACHE_REDIS_URL")
+
 REDIS_PREFIXES = ("REDIS", "SIDEKIQ_REDIS", "CACHE_REDIS")
 REDIS_URL_SETTINGS = tuple(prefix + "_URL" for prefix in REDIS_PREFIXES)
 

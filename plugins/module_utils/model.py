@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Any, Dict
 
-from ansible_collections.fediscale.mastodon.plugins.module_utils import connections, deploy, mastodon
+from ansible_collections.fediscale.mastodon.plugins.module_utils import adoption, connections, deploy, mastodon
 from ansible_collections.fediscale.mastodon.plugins.module_utils.redis_plan import plan_redis
 from ansible_collections.fediscale.mastodon.plugins.module_utils.schema import PlanInputError, parse_description
 
@@ -40,7 +40,10 @@ def compute(description: Any) -> Dict[str, Any]:
                                                 connections.headroom_concurrency(processes))
     connections.mark_routes(processes, bouncers, servers)
 
+    adopted = adoption.adoptions(hosts, cluster["version"])
+
     redis = plan_redis(hosts, cluster)
+    adoption.add_planned_redis(adopted, redis["configurations"], hosts)
     nginx = deploy.nginx_hosts(hosts)
     app_hosts = [host for host in sorted(hosts) if any(s in hosts[host] for s in ("web", "streaming", "sidekiq"))]
     binds = {host: deploy.bind_address(host, hosts, nginx) for host in app_hosts}
@@ -66,4 +69,6 @@ def compute(description: Any) -> Dict[str, Any]:
         "debian": {host: hosts[host]["mastodon"]["debian_version"] for host in sorted(hosts)},
         "env_production": {host: hosts[host]["mastodon"]["env_production"] for host in sorted(hosts)},
         "inventory": parsed["inventory"],
+        "adoption": adopted,
+        "during_change": adoption.during_change(server_reports, adopted) if adopted else None,
     }

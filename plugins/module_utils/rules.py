@@ -480,6 +480,115 @@ def sidekiq_stop_timeout_within_shutdown_timeout(report: Report) -> Iterator[Fin
             stop_timeout=stop, shutdown_timeout=shutdown)
 
 
+# --- taking over a host that runs Mastodon already (adoption.py) ---
+
+def _adopted(report: Report) -> Iterator[tuple]:
+    for host, found in sorted((report.get("adoption") or {}).items()):
+        yield host, found
+
+
+def _unit_counted(row: Dict[str, Any]) -> str:
+    return "%s (%s, pool %d%s: %d connections)" % (
+        row["name"], row["command"], row["pool"],
+        " × %d workers" % row["processes"] if row["processes"] > 1 else "", row["connections"])
+
+
+@rule("mastodon-unit-outside-plan")
+def mastodon_unit_outside_plan(report: Report) -> Iterator[Finding]:
+    for host, found in _adopted(report):
+        for row in found["outside_plan"]:
+            state = " and ".join(word for word, on in (("runs", row["active"]), ("starts at boot", row["enabled"]))
+                                 if on)
+            if row["stock"] or row["listed"]:
+                why = ("the plan runs no %s on %s to take over from it, so it would keep running beside the planned "
+                       "processes, uncounted" % (row["program"].capitalize() if row["program"] == "puma"
+                                                 else row["program"], host))
+                hint = ("put %s in group %s, or stop and disable it first (systemctl disable --now %s) if nothing "
+                        "needs it" % (host, row["service"], row["name"]))
+            else:
+                why = ("it is neither the official guide's unit nor planned, so it would keep running beside the "
+                       "planned processes, uncounted")
+                hint = ("stop and disable it (systemctl disable --now %s), or list it in mastodon_replace_units "
+                        "so that the run quiets, stops and backs it up like the official guide's units" % row["name"])
+            yield finding(
+                "mastodon-unit-outside-plan", ERROR, host, row["service"],
+                "%s (%s) %s %s from Mastodon's checkout: %s"
+                % (row["name"], row["path"] or "no unit file", state, _unit_counted(row), why),
+                hint, connections=row["connections"])
+
+
+@rule("change-over-usable-capacity")
+def change_over_usable_capacity(report: Report) -> Iterator[Finding]:
+    change = report.get("during_change")
+    if not change:
+        return
+    server = report["servers"]["primary"]
+    if change["total"] > server["usable"]:
+        units = ", ".join("%s on %s %d" % (row["unit"], row["host"], row["connections"]) for row in change["units"])
+        yield finding(
+            "change-over-usable-capacity", ERROR, server["host"], "postgresql primary",
+            "while the run replaces the running units (%s), they connect straight to PostgreSQL beside the planned "
+            "processes: the primary would hold %d connections (planned %d + running units %d) but only %d are "
+            "usable" % (units, change["total"], change["planned"], change["running_units"], server["usable"]),
+            "make room for %d connections during the change: raise postgresql_max_connections first, lower the "
+            "planned pools for this run (sidekiq_queues concurrency, pgbouncer_default_pool_size), or stop the "
+            "running units in a maintenance window" % (change["total"] - server["usable"]),
+            total=change["total"], planned=change["planned"], running_units=change["running_units"],
+            usable=server["usable"])
+
+
+@rule("redis-changes-under-running-units")
+def redis_changes_under_running_units(report: Report) -> Iterator[Finding]:
+    for host, found in _adopted(report):
+        for row in found["replace"]:
+            for name, endpoint in sorted(row["redis"].items()):
+                planned = found["planned_redis"][name]
+                what = "the queued jobs" if name == "SIDEKIQ_REDIS" else "home feeds and settings"
+                if endpoint != planned["endpoint"]:
+                    problem = ("the planned units would use %s (%s): %s in the running server would stay behind"
+                               % (_endpoint(planned["endpoint"]), planned["source"], what))
+                elif planned["instance"] is not None:
+                    problem = ("that is where the plan puts Redis instance %s, which the redis role starts afresh "
+                               "after stopping Debian's redis-server there: %s would be lost"
+                               % (planned["instance"], what))
+                else:
+                    continue
+                yield finding(
+                    "redis-changes-under-running-units", ERROR, host, "redis",
+                    "%s keeps %s in Redis at %s (%s settings); %s" % (row["name"], what, _endpoint(endpoint), name,
+                                                                      problem),
+                    "keep that server for this run: leave its host out of group redis and set "
+                    "mastodon_redis_settings: {REDIS_HOST: %s, REDIS_PORT: '%s'}; move the data to planned "
+                    "instances in a later change" % (endpoint[0] if endpoint else "...",
+                                                     endpoint[1] if endpoint else "..."),
+                    configuration=name)
+
+
+def _endpoint(endpoint: Optional[List[Any]]) -> str:
+    return "%s:%s" % tuple(endpoint) if endpoint else "Sentinel"
+
+
+@rule("env-production-endpoint-overridden")
+def env_production_endpoint_overridden(report: Report) -> Iterator[Finding]:
+    for host, found in _adopted(report):
+        env = report["env_production"].get(host, {})
+        planned = report["environment"].get(host, {}).get("units", {})
+        lines = ["%s=%s" % (name, env[name]) for name in mastodon.ENDPOINT_SETTINGS
+                 if name in env and planned.get(name) != env[name]]
+        if not lines:
+            continue
+        yield finding(
+            "env-production-endpoint-overridden", WARNING, host, "mastodon",
+            "%s's .env.production has %s; the planned units set their own (%s), which win, but a command run by "
+            "hand from the checkout (bin/tootctl, rails) still reads these lines and goes around the plan"
+            % (host, ", ".join(lines), ", ".join("%s=%s" % (name, planned[name]) for name in
+                                                  mastodon.ENDPOINT_SETTINGS if name in planned and name in env)
+               or "none of them"),
+            "the collection leaves .env.production as it is: remove these lines yourself, and run such commands "
+            "with the app role's migrations.env, which connects directly as the plan counts it",
+            lines=lines)
+
+
 # --- Mastodon's environment ---
 
 def _env_settings(report: Report, name: str) -> Iterator[tuple]:

@@ -462,6 +462,20 @@ def debian_release(value: Any, where: str) -> int:
     return release
 
 
+# A Mastodon unit found running on a host (the mastodon_units module, through site.yml's plan play).
+RUNNING_UNIT = {
+    "name": Field(named(r"[A-Za-z0-9][A-Za-z0-9:_.@-]{0,250}[.]service", "systemd service name"), MISSING, ""),
+    "program": Field(choice("puma", "sidekiq", "streaming"), MISSING, "what its ExecStart runs"),
+    "managed": Field(parse_bool, False, "written by this collection (it loads the app role's environment file)"),
+    "active": Field(parse_bool, False, ""),
+    "enabled": Field(parse_bool, False, ""),
+    "path": Field(parse_str, "", "its unit file"),
+    "arguments": Field(lambda value, where: string_list(value, where, 1000), [], "ExecStart's arguments"),
+    "environment": Field(env_mapping, {}, "its sizing and endpoint settings (Environment=, EnvironmentFile=)"),
+    "live_postgresql_connections": Field(optional(integer(0, 1000000)), None,
+                                         "PostgreSQL connections its processes hold now"),
+}
+
 HOST = {
     "debian_version": Field(debian_release, debian.DEFAULT_RELEASE,
                             "the host's Debian release; PostgreSQL's, pgbouncer's and Redis' versions follow it"),
@@ -469,6 +483,10 @@ HOST = {
     "env_production": Field(env_mapping, {}, "sizing variables found in .env.production"),
     "environment": Field(unit_environment, {}, "extra variables in every Mastodon unit's environment"),
     "address": Field(optional(host_address), None, "address other hosts use for this host"),
+    "running_units": Field(optional(records(RUNNING_UNIT, "running units", 1000)), None,
+                           "set by site.yml's plan play: the Mastodon units the host runs now"),
+    "replace_units": Field(string_list, [], "units besides the official guide's that the run may quiet, stop and "
+                                            "back up like them"),
 }
 
 # Below 64kB PostgreSQL refuses work_mem.

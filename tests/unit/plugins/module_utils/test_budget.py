@@ -7,6 +7,7 @@ import pytest
 from hypothesis import given, settings, strategies as st
 
 from ansible_collections.fediscale.mastodon.plugins.module_utils import model, plan, redis_plan
+from ansible_collections.fediscale.mastodon.plugins.module_utils.schema import PlanInputError
 
 from ...clusters import QUEUES, cluster
 
@@ -263,7 +264,9 @@ def test_app_units_write_out_every_sizing_variable():
     units = plan.connection_budget(cluster())["units"]
     assert units["web1"]["web"]["environment"] == {"WEB_CONCURRENCY": "2", "MAX_THREADS": "5", "DB_POOL": "5",
                                                    "PORT": "3000"}
+    assert units["web1"]["web"]["handover_port"] == 3100
     assert units["web1"]["streaming"] == [{"unit": "mastodon-streaming@4000.service", "port": 4000,
+                                           "handover_unit": "mastodon-streaming@4100.service", "handover_port": 4100,
                                            "environment": {"DB_POOL": "10"}}]
     assert [unit["queue"] for unit in units["worker1"]["sidekiq"]] == QUEUES
     assert units["worker1"]["web"] is None
@@ -280,6 +283,16 @@ def test_app_hosts_listen_on_their_address_only_when_nginx_is_elsewhere():
     assert apart["environment"]["web1"]["units"]["BIND"] == "10.0.0.21"
     assert apart["nginx"]["lb1"]["web_upstream"] == ["10.0.0.21:3000", "web2:3000"]
     assert apart["nginx"]["lb1"]["streaming_upstream"] == ["10.0.0.21:4000", "web2:4000", "web2:4001"]
+    assert apart["nginx"]["lb1"]["streaming_backup_upstream"] == ["10.0.0.21:4100", "web2:4100", "web2:4101"]
+
+
+def test_a_handover_port_that_is_a_planned_port_is_refused():
+    with pytest.raises(PlanInputError) as caught:
+        plan.connection_budget(cluster(hosts__web1__streaming={"ports": [4000, 4100]}))
+    assert caught.value.where == "host web1, streaming.ports[0]"
+    assert ("port 4100 (the handover port of streaming_ports[0], +100) is also streaming_ports[1]'s on web1"
+            in str(caught.value))
+    assert "100 apart from every other" in str(caught.value)
 
 
 def test_nginx_worker_connections_follow_the_expected_clients():

@@ -842,3 +842,131 @@ class TestRedisBelowMastodonFloor:
         for release in (12, 13):
             assert found(cluster(hosts__redis1__mastodon={"debian_version": release}),
                          "redis-below-mastodon-floor") == []
+
+
+# A host as Mastodon's official guide leaves it: the units of dist/, DB_POOL=25 and -c 25 for sidekiq, settings in
+# .env.production (what the mastodon_units module reports).
+GUIDE_ENV_PRODUCTION = {"DB_HOST": "/var/run/postgresql", "DB_PORT": "5432", "REDIS_HOST": "localhost",
+                        "REDIS_PORT": "6379"}
+
+
+def running(name, program, arguments, environment=None, **fields):
+    return dict({"name": name, "program": program, "managed": False, "active": True, "enabled": True,
+                 "path": "/etc/systemd/system/" + name, "arguments": arguments, "environment": environment or {}},
+                **fields)
+
+
+STOCK_SIDEKIQ = running("mastodon-sidekiq.service", "sidekiq",
+                        ["/home/mastodon/.rbenv/shims/bundle", "exec", "sidekiq", "-c", "25"], {"DB_POOL": "25"})
+STOCK_WEB = running("mastodon-web.service", "puma", ["/home/mastodon/.rbenv/shims/bundle", "exec", "puma", "-C",
+                                                      "config/puma.rb"], {"PORT": "3000"})
+STOCK_STREAMING = running("mastodon-streaming@4000.service", "streaming", ["/usr/bin/node", "./streaming"],
+                          {"PORT": "4000"})
+
+
+def adopting(worker_units=(STOCK_SIDEKIQ,), web_units=(STOCK_WEB, STOCK_STREAMING), **changes):
+    """The base cluster, its app hosts found running the guide's units against a Redis the plan keeps as it is
+    (redis9, outside the inventory) for base and Sidekiq data."""
+    env = dict(GUIDE_ENV_PRODUCTION, REDIS_HOST="redis9")
+    settings = dict({"hosts__worker1__mastodon": {"running_units": list(worker_units), "env_production": env},
+                     "hosts__web1__mastodon": {"running_units": list(web_units), "env_production": env},
+                     "mastodon__redis_settings": {"REDIS_URL": "redis://redis9:6379",
+                                                  "CACHE_REDIS_URL": "redis://redis1:6380"}}, **changes)
+    return cluster(**settings)
+
+
+class TestMastodonUnitOutsidePlan:
+    def test_a_foreign_sidekiq_unit_is_an_error_with_its_count(self):
+        extra = running("sidekiq-pull.service", "sidekiq", ["bundle", "exec", "sidekiq", "-c", "10", "-q", "pull"],
+                        {"DB_POOL": "10"}, enabled=False)
+        [item] = found(adopting(worker_units=(STOCK_SIDEKIQ, extra)), "mastodon-unit-outside-plan")
+        assert (item["severity"], item["host"], item["service"]) == ("error", "worker1", "sidekiq")
+        assert "sidekiq-pull.service (/etc/systemd/system/sidekiq-pull.service) runs sidekiq" in item["message"]
+        assert "pool 10: 10 connections" in item["message"] and "uncounted" in item["message"]
+        assert "mastodon_replace_units" in item["hint"] and "systemctl disable --now sidekiq-pull.service" in item["hint"]
+        assert item["numbers"] == {"connections": 10}
+
+    def test_a_listed_unit_is_replaced(self):
+        extra = running("sidekiq-pull.service", "sidekiq", ["bundle", "exec", "sidekiq", "-c", "10"],
+                        {"DB_POOL": "10"})
+        report = plan.connection_budget(adopting(worker_units=(STOCK_SIDEKIQ, extra),
+                                                 hosts__worker1__mastodon__replace_units=["sidekiq-pull.service"]))
+        assert [item for item in report["findings"] if item["rule"] == "mastodon-unit-outside-plan"] == []
+        assert report["adoption"]["worker1"]["quiet_sidekiq"] == ["mastodon-sidekiq.service", "sidekiq-pull.service"]
+
+    def test_a_stock_unit_with_nothing_planned_in_its_place(self):
+        [item] = found(adopting(worker_units=(STOCK_SIDEKIQ, STOCK_WEB)), "mastodon-unit-outside-plan")
+        assert (item["host"], item["service"]) == ("worker1", "web")
+        assert "the plan runs no Puma on worker1" in item["message"]
+        assert "2 workers: 10 connections" in item["message"]
+        assert "put worker1 in group web" in item["hint"]
+
+    def test_stopped_and_disabled_units_and_planned_ones_are_left_alone(self):
+        ours = dict(STOCK_SIDEKIQ, name="mastodon-sidekiq-pull@1.service", managed=True)
+        off = running("old-sidekiq.service", "sidekiq", ["bundle", "exec", "sidekiq"], active=False, enabled=False)
+        report = plan.connection_budget(adopting(worker_units=(ours, off)))
+        assert "worker1" not in report["adoption"]
+        assert [item for item in report["findings"] if item["rule"] == "mastodon-unit-outside-plan"] == []
+
+
+class TestChangeOverUsableCapacity:
+    def test_the_running_units_count_beside_the_plan(self):
+        report = plan.connection_budget(adopting())
+        change = report["during_change"]
+        # sidekiq -c 25 with DB_POOL 25; Puma 2 workers × pool 5 (Rails' default, MAX_THREADS 5); streaming 10.
+        assert [(row["unit"], row["connections"]) for row in change["units"]] == [
+            ("mastodon-web.service", 10), ("mastodon-streaming@4000.service", 10), ("mastodon-sidekiq.service", 25)]
+        assert change["total"] == report["servers"]["primary"]["total"] + 45
+        assert [item for item in report["findings"] if item["rule"] == "change-over-usable-capacity"] == []
+
+    def test_over_usable_is_an_error_with_the_numbers(self):
+        big = dict(STOCK_SIDEKIQ, arguments=["bundle", "exec", "sidekiq", "-c", "150"],
+                   environment={"DB_POOL": "150"})
+        [item] = found(adopting(worker_units=(big,)), "change-over-usable-capacity")
+        planned = plan.connection_budget(adopting())["servers"]["primary"]["total"]
+        assert (item["severity"], item["host"], item["service"]) == ("error", "db1", "postgresql primary")
+        assert item["numbers"] == {"total": planned + 170, "planned": planned, "running_units": 170, "usable": 197}
+        assert "mastodon-sidekiq.service on worker1 150" in item["message"]
+        assert "raise postgresql_max_connections first" in item["hint"]
+
+
+class TestRedisChangesUnderRunningUnits:
+    def test_planned_units_on_another_redis_strand_the_jobs(self):
+        # Derived settings: redis1's planned persistent instance, not the running units' redis9.
+        moved = found(adopting(mastodon__redis_settings=None), "redis-changes-under-running-units")
+        item = next(item for item in moved if item["host"] == "worker1" and item["numbers"]["configuration"] == "REDIS")
+        assert item["severity"] == "error"
+        assert "keeps home feeds and settings in Redis at redis9:6379" in item["message"]
+        assert "the planned units would use redis1:6379 (REDIS_URL)" in item["message"]
+        assert "REDIS_HOST: redis9, REDIS_PORT: '6379'" in item["hint"]
+        assert any("the queued jobs" in item["message"] for item in moved)
+
+    def test_a_planned_instance_where_the_running_redis_is(self):
+        # The guide's Redis on the app host itself, which the plan also makes a Redis host.
+        items = found(adopting(hosts__worker1__mastodon={"running_units": [STOCK_SIDEKIQ],
+                                                         "env_production": GUIDE_ENV_PRODUCTION},
+                               web_units=(),
+                               hosts__worker1__redis={"instances": [
+                                   {"name": "persistent", "purpose": "persistent", "port": 6379}]},
+                               mastodon__redis_settings={"REDIS_URL": "redis://worker1:6379",
+                                                         "CACHE_REDIS_URL": "redis://redis1:6380"}),
+                      "redis-changes-under-running-units")
+        item = next(item for item in items if item["host"] == "worker1")
+        assert "at worker1:6379" in item["message"] and "Redis instance persistent" in item["message"]
+        assert "would be lost" in item["message"]
+
+    def test_the_same_redis_is_kept(self):
+        assert found(adopting(), "redis-changes-under-running-units") == []
+
+
+class TestEnvProductionEndpointOverridden:
+    def test_the_exact_lines_are_named(self):
+        items = found(adopting(), "env-production-endpoint-overridden")
+        item = next(item for item in items if item["host"] == "worker1")
+        assert item["severity"] == "warning"
+        # DB_PORT=5432 is what the planned units (no pgbouncer in the base cluster) set too.
+        assert item["numbers"]["lines"] == ["DB_HOST=/var/run/postgresql", "REDIS_HOST=redis9", "REDIS_PORT=6379"]
+        assert "DB_HOST=db1" in item["message"] and "leaves .env.production as it is" in item["hint"]
+
+    def test_no_adoption_no_warning(self):
+        assert found(cluster(), "env-production-endpoint-overridden") == []
