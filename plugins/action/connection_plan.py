@@ -30,10 +30,26 @@ def _add_live_limits(description, results):
             section["live_limits"] = {key: result[key] for key in LIVE_LIMITS}
 
 
+def _add_running_units(description, results):
+    """Each app host's registered mastodon_units result: the units the plan counts and the roles take over, and
+    the sizing and endpoint settings of .env.production where the inventory gives none."""
+    for host, result in results.items():
+        sections = (description.get("hosts") or {}).get(host)
+        if not isinstance(sections, dict) or not isinstance(result, dict) or "units" not in result:
+            continue
+        section = sections.setdefault("mastodon", {})
+        if not isinstance(section, dict):
+            continue
+        section["running_units"] = result["units"]
+        if not section.get("env_production"):
+            section["env_production"] = result.get("env_production") or {}
+
+
 class ActionModule(ActionBase):
     TRANSFERS_FILES = False
     _requires_connection = False
-    _VALID_ARGS = frozenset(("cluster", "query", "report_dir", "fail_on_error", "return_report", "live_limits"))
+    _VALID_ARGS = frozenset(("cluster", "query", "report_dir", "fail_on_error", "return_report", "live_limits",
+                             "running_units"))
 
     def run(self, tmp=None, task_vars=None):
         result = super().run(tmp, task_vars)
@@ -44,6 +60,7 @@ class ActionModule(ActionBase):
             fail_on_error=dict(type="bool", default=True),
             return_report=dict(type="bool", default=False),
             live_limits=dict(type="dict", default={}),
+            running_units=dict(type="dict", default={}),
         ))[1]
         from_inventory = args["cluster"] is None
         try:
@@ -52,6 +69,7 @@ class ActionModule(ActionBase):
             else:
                 description = select(plain(args["cluster"]), args["query"])
             _add_live_limits(description, plain(args["live_limits"]))
+            _add_running_units(description, plain(args["running_units"]))
             report = plan.connection_budget(description)
         except PlanInputError as error:
             if from_inventory:

@@ -45,6 +45,9 @@ def postgresql_hosts(cluster: Dict[str, Any], servers: Dict[str, Any], hosts: Di
             "database": cluster["db_name"], "user": cluster["db_user"], "settings": settings,
             # pgbouncer and the direct connections (migrations, tootctl) come from the app hosts.
             "clients": sorted({hba_address(address_of(host, hosts[host])) for host in app_hosts}),
+            # Mastodon's processes on the database host itself may log in as the official guide has them: by
+            # peer, over the socket, as the system user of Mastodon's role name.
+            "local_peer": server["host"] in app_hosts,
         }
     return result
 

@@ -36,6 +36,15 @@ options:
       - The plan role fills it in; skipped and missing results are ignored.
     type: dict
     default: {}
+  running_units:
+    description:
+      - Per app host, the registered result of M(fediscale.mastodon.mastodon_units) run on it. The plan counts the
+        units that are not the collection's beside the planned ones, refuses those it would leave running, and
+        takes the sizing and endpoint settings of C(.env.production) where the inventory gives no
+        C(mastodon_env_production).
+      - The plan role fills it in; skipped and missing results are ignored.
+    type: dict
+    default: {}
   fail_on_error:
     description: Fail the task when the plan has an error finding.
     type: bool

@@ -475,3 +475,10 @@ def test_yjit_follows_mastodons_image_unless_the_inventory_says(changes, expecte
     """Mastodon's image sets RUBY_YJIT_ENABLE=1 from 4.3; the environment file carries it to every unit."""
     report = plan.connection_budget(cluster(**changes))
     assert {env["units"]["RUBY_YJIT_ENABLE"] for env in report["environment"].values()} == {expected}
+
+
+def test_mastodon_on_the_database_host_logs_in_by_peer_there():
+    apart = plan.connection_budget(cluster())["postgresql"]["db1"]
+    assert apart["local_peer"] is False
+    together = plan.connection_budget(cluster(hosts__db1__sidekiq={"queues": [{"queue": "pull"}]}))
+    assert together["postgresql"]["db1"]["local_peer"] is True
