@@ -107,13 +107,16 @@ def host_adoption(host: str, hosts: Dict[str, Dict[str, Any]], version: str) -> 
             "name": unit["name"], "program": unit["program"], "service": service, "active": unit["active"],
             "enabled": unit["enabled"], "path": unit["path"], "command": shlex.join(unit["arguments"]),
             "stock": is_stock(unit["name"]), "listed": unit["name"] in listed,
-            "backup": "%s/%s" % (BACKUP_DIR, unit["name"]),
+            # An instance's file is its template's: the backup keeps the file's own name.
+            "backup": "%s/%s" % (BACKUP_DIR, (unit["path"] or unit["name"]).rsplit("/", 1)[-1]),
             "live_postgresql_connections": unit["live_postgresql_connections"],
         }
         row.update(unit_sizing(version, unit, env_production, "%s.%s" % (where, unit["name"])))
         # dotenv: the unit's own settings win over .env.production.
         row["redis"] = redis_endpoints(dict(env_production, **unit["environment"]), host, hosts)
-        if (row["stock"] or row["listed"]) and service in sections:
+        # A listed Puma or streaming unit under another name would hold the planned one's port: only the guide's
+        # names, which the planned units take over in place, are replaced there.
+        if (row["stock"] or row["listed"] and service == "sidekiq") and service in sections:
             replace.append(row)
         else:
             outside.append(row)

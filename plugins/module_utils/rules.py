@@ -499,7 +499,11 @@ def mastodon_unit_outside_plan(report: Report) -> Iterator[Finding]:
         for row in found["outside_plan"]:
             state = " and ".join(word for word, on in (("runs", row["active"]), ("starts at boot", row["enabled"]))
                                  if on)
-            if row["stock"] or row["listed"]:
+            if row["listed"] and not row["stock"] and row["service"] != "sidekiq":
+                why = ("mastodon_replace_units takes over sidekiq units only: the planned %s has the official "
+                       "guide's unit name and port, and this unit would hold them" % row["service"])
+                hint = "stop and disable it (systemctl disable --now %s) before the run" % row["name"]
+            elif row["stock"] or row["listed"]:
                 why = ("the plan runs no %s on %s to take over from it, so it would keep running beside the planned "
                        "processes, uncounted" % (row["program"].capitalize() if row["program"] == "puma"
                                                  else row["program"], host))

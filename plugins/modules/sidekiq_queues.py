@@ -75,7 +75,8 @@ queues:
   elements: dict
 processes:
   description:
-    - Sidekiq's live processes, each with C(identity), C(hostname), C(queues), C(concurrency), C(busy) and C(quiet).
+    - Sidekiq's live processes, each with C(identity), C(hostname), C(pid), C(queues), C(concurrency), C(busy) and
+      C(quiet).
   returned: success
   type: list
   elements: dict
@@ -121,7 +122,7 @@ def _processes(conn):
         if not info:  # its heartbeat expired: the process is gone
             continue
         info = json.loads(info)
-        processes.append({"identity": identity, "hostname": info.get("hostname"),
+        processes.append({"identity": identity, "hostname": info.get("hostname"), "pid": info.get("pid"),
                           "queues": [name.split(",")[0] for name in info.get("queues", [])],
                           "concurrency": int(info.get("concurrency", 0)), "busy": int(busy or 0),
                           "quiet": quiet == "true"})

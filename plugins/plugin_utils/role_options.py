@@ -39,4 +39,5 @@ ROLE_OPTIONS = frozenset((
     "redis_sentinel",
     "redis_sentinel_port",
     "redis_server",
+    "sidekiq_takeover_wait_seconds",
 ))

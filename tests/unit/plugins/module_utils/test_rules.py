@@ -901,6 +901,13 @@ class TestMastodonUnitOutsidePlan:
         assert "2 workers: 10 connections" in item["message"]
         assert "put worker1 in group web" in item["hint"]
 
+    def test_a_listed_puma_under_another_name_is_refused(self):
+        puma = dict(STOCK_WEB, name="puma.service")
+        [item] = found(adopting(web_units=(puma, STOCK_STREAMING), hosts__web1__mastodon__replace_units=["puma.service"]),
+                       "mastodon-unit-outside-plan")
+        assert item["host"] == "web1" and "takes over sidekiq units only" in item["message"]
+        assert "systemctl disable --now puma.service" in item["hint"]
+
     def test_stopped_and_disabled_units_and_planned_ones_are_left_alone(self):
         ours = dict(STOCK_SIDEKIQ, name="mastodon-sidekiq-pull@1.service", managed=True)
         off = running("old-sidekiq.service", "sidekiq", ["bundle", "exec", "sidekiq"], active=False, enabled=False)
