@@ -17,10 +17,10 @@ import shlex
 from typing import Any, Dict, List, Optional
 
 from ansible_collections.fediscale.mastodon.plugins.module_utils import mastodon
+from ansible_collections.fediscale.mastodon.plugins.module_utils.connections import endpoint_host
 from ansible_collections.fediscale.mastodon.plugins.module_utils.redis_plan import resolve_redis_settings
 from ansible_collections.fediscale.mastodon.plugins.module_utils.schema import host_where
 
-LOOPBACK_NAMES = ("localhost", "127.0.0.1", "::1", "[::1]")
 # The Redis configurations whose data a replaced unit must find again under the planned units: the base one
 # (home feeds, settings) and Sidekiq's (the queued jobs). The cache may start empty.
 KEPT_REDIS_CONFIGURATIONS = ("REDIS", "SIDEKIQ_REDIS")
@@ -63,16 +63,6 @@ def unit_sizing(version: str, unit: Dict[str, Any], env_production: Dict[str, st
     else:
         sizing = mastodon.sidekiq_sizing(version, sidekiq_concurrency(unit["arguments"]), env, env_production, where)
     return dict(sizing, connections=sizing["processes"] * sizing["pool"])
-
-
-def endpoint_host(name: str, host: str, hosts: Dict[str, Dict[str, Any]]) -> str:
-    """An endpoint's host as the inventory names it: loopback is the host itself, an address its host's name."""
-    if name in LOOPBACK_NAMES:
-        return host
-    for other, sections in hosts.items():
-        if sections["mastodon"]["address"] == name:
-            return other
-    return name
 
 
 def redis_endpoints(settings: Dict[str, str], host: str, hosts: Dict[str, Dict[str, Any]]) -> Dict[str, Any]:

@@ -84,6 +84,20 @@ def address_of(host: str, sections: Dict[str, Any]) -> str:
     return sections["mastodon"]["address"] or host
 
 
+LOOPBACK_NAMES = ("localhost", "127.0.0.1", "::1", "[::1]")
+
+
+def endpoint_host(name: str, host: str, hosts: Dict[str, Dict[str, Any]]) -> str:
+    """An endpoint's host as the inventory names it, seen from ``host``: loopback is ``host`` itself, an address
+    its host's name."""
+    if name in LOOPBACK_NAMES:
+        return host
+    for other, sections in hosts.items():
+        if sections["mastodon"]["address"] == name:
+            return other
+    return name
+
+
 def database_servers(hosts: Dict[str, Dict[str, Any]]) -> Dict[str, Dict[str, Any]]:
     servers: Dict[str, Dict[str, Any]] = {}
     for host, sections in hosts.items():

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any, Dict, List, Optional
 
-from ansible_collections.fediscale.mastodon.plugins.module_utils.connections import address_of
+from ansible_collections.fediscale.mastodon.plugins.module_utils.connections import address_of, endpoint_host
 from ansible_collections.fediscale.mastodon.plugins.module_utils.schema import (
     AUTO, PlanInputError, host_where, parse_description,
 )
@@ -129,8 +129,31 @@ def plan_redis(hosts: Dict[str, Dict[str, Any]], cluster: Dict[str, Any]) -> Dic
         for prefix, target in targets.items():
             if target:
                 settings.update(_redis_target_settings(prefix, target, sentinel))
+    configurations = resolve_redis_settings(settings, instances)
     return {"instances": instances, "settings": settings, "derived": derived, "sentinel": sentinel,
-            "configurations": resolve_redis_settings(settings, instances)}
+            "configurations": configurations,
+            "keep_debian_instance": debian_instances_in_use(configurations, hosts)}
+
+
+# The port of the instance Debian's redis-server (or valkey-server) package starts.
+DEBIAN_INSTANCE_PORT = 6379
+
+
+def debian_instances_in_use(configurations: Dict[str, Dict[str, Any]], hosts: Dict[str, Dict[str, Any]]) -> List[str]:
+    """Redis hosts whose Debian instance Mastodon's settings still use (as the official guide's install does): a
+    configuration points at its port there and no planned instance holds it. The redis role leaves it running."""
+    kept = set()
+    app_hosts = [host for host, sections in hosts.items() if any(s in sections for s in ("web", "streaming", "sidekiq"))]
+    for configuration in configurations.values():
+        endpoint = configuration["endpoint"]
+        if configuration["instance"] is not None or endpoint is None or endpoint[1] != DEBIAN_INSTANCE_PORT:
+            continue
+        # A loopback endpoint is each app host's own.
+        for host in app_hosts or sorted(hosts):
+            target = endpoint_host(endpoint[0], host, hosts)
+            if "redis" in hosts.get(target, {}):
+                kept.add(target)
+    return sorted(kept)
 
 
 def redis_sentinel_of(description: Any) -> Dict[str, Any]:

@@ -482,3 +482,15 @@ def test_mastodon_on_the_database_host_logs_in_by_peer_there():
     assert apart["local_peer"] is False
     together = plan.connection_budget(cluster(hosts__db1__sidekiq={"queues": [{"queue": "pull"}]}))
     assert together["postgresql"]["db1"]["local_peer"] is True
+
+
+def test_the_debian_instance_mastodon_still_uses_is_kept():
+    # The official guide's Redis (Debian's instance on 6379) keeps base and Sidekiq data; the plan adds a cache.
+    kept = plan.connection_budget(cluster(
+        mastodon__redis_settings={"REDIS_HOST": "localhost", "REDIS_PORT": "6379",
+                                  "CACHE_REDIS_URL": "redis://web1:6380"},
+        hosts__web1__redis={"instances": [{"name": "cache", "purpose": "cache", "port": 6380, "maxmemory": "1GB"}]},
+        hosts__worker1__web={"concurrency": 1}))
+    assert kept["redis"]["keep_debian_instance"] == ["web1"]
+    # worker1 reaches its own localhost, where no Redis is planned: nothing to keep there.
+    assert plan.connection_budget(cluster())["redis"]["keep_debian_instance"] == []
