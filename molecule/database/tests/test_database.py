@@ -320,13 +320,19 @@ def test_under_load_pgbouncer_queues_clients_and_postgres_sees_only_the_pools(ap
     """
     pool = BOUNCER["default_pool_size"]
     clients = pool * BOUNCER["processes"] + 5
+    # The clients hold their connections longer than the readings below take on a busy machine; they are
+    # stopped once read.
     app.run("for i in $(seq %d); do PGPASSWORD=%s psql -XAtq 'host=127.0.0.1 port=6432 user=mastodon "
-            "dbname=mastodon_production' -c 'SELECT pg_sleep(6)' >/dev/null 2>&1 & done; sleep 2"
+            "dbname=mastodon_production' -c 'SELECT pg_sleep(60)' >/dev/null 2>&1 & done; sleep 2"
             % (clients, PASSWORD))
-    pools = app.ansible("fediscale.mastodon.pgbouncer_pools", "login_password=%s login_host=%s" % (
-        STATS_PASSWORD, ",".join(process["socket_dir"] for process in PROCESSES)), check=True)
-    live = postgres_connections(db, behind_pgbouncer="true")
-    app.run("sleep 5")
+    try:
+        pools = app.ansible("fediscale.mastodon.pgbouncer_pools", "login_password=%s login_host=%s" % (
+            STATS_PASSWORD, ",".join(process["socket_dir"] for process in PROCESSES)), check=True)
+        live = postgres_connections(db, behind_pgbouncer="true")
+    finally:
+        app.run("pkill -x psql")
+        # A backend notices its client has gone only when pg_sleep returns: end them now.
+        psql(db, "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE query = 'SELECT pg_sleep(60)'")
     assert pools["processes"] == BOUNCER["processes"]
     per_process = [row for row in pools["pools"] if row["database"] == "mastodon_production"]
     assert len(per_process) == BOUNCER["processes"]
