@@ -581,13 +581,13 @@ def env_production_endpoint_overridden(report: Report) -> Iterator[Finding]:
                  if name in env and planned.get(name) != env[name]]
         if not lines:
             continue
+        theirs = ["%s=%s" % (name, planned[name]) for name in mastodon.ENDPOINT_SETTINGS
+                  if name in planned and name in env]
         yield finding(
             "env-production-endpoint-overridden", WARNING, host, "mastodon",
             "%s's .env.production has %s; the planned units set their own (%s), which win, but a command run by "
             "hand from the checkout (bin/tootctl, rails) still reads these lines and goes around the plan"
-            % (host, ", ".join(lines), ", ".join("%s=%s" % (name, planned[name]) for name in
-                                                  mastodon.ENDPOINT_SETTINGS if name in planned and name in env)
-               or "none of them"),
+            % (host, ", ".join(lines), ", ".join(theirs) or "none of them"),
             "the collection leaves .env.production as it is: remove these lines yourself, and run such commands "
             "with the app role's migrations.env, which connects directly as the plan counts it",
             lines=lines)

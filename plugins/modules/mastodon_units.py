@@ -24,7 +24,7 @@ options:
   managed_environment_file:
     description:
       - The environment file the collection's units load (the app role's); a unit that loads it is the
-        collection's own (RV(units[].managed)).
+        collection's own (C(managed) in RV(units)).
     type: path
     default: /etc/mastodon/environment
 extends_documentation_fragment:

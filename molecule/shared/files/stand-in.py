@@ -223,9 +223,11 @@ class Web(BaseHTTPRequestHandler):
 
 
 def puma_worker(listener, threads, pool_size):
-    """One worker: `threads` threads accept on the shared socket; a busy worker accepts nothing."""
+    """One worker: `threads` threads accept on the shared socket; a busy worker accepts nothing. TERM stops the
+    accepting and lets the requests in progress finish (Puma's graceful stop), for up to 30 s."""
     Web.pools = rails_pools(pool_size)
     stopping = threading.Event()
+    serving, lock = [0], threading.Lock()
     signal.signal(signal.SIGTERM, lambda *_signal: stopping.set())
 
     def serve():
@@ -234,17 +236,24 @@ def puma_worker(listener, threads, pool_size):
                 connection, address = listener.accept()
             except OSError:
                 continue
+            with lock:
+                serving[0] += 1
             try:
                 Web(connection, address, None)
             except Exception as error:
                 log("request failed: %s" % error)
             finally:
                 connection.close()
+                with lock:
+                    serving[0] -= 1
 
     for _number in range(threads):
         threading.Thread(target=serve, daemon=True).start()
     while not stopping.wait(1):
         pass
+    deadline = time.monotonic() + 30
+    while serving[0] and time.monotonic() < deadline:
+        time.sleep(0.1)
     os._exit(0)
 
 

@@ -4,7 +4,8 @@ from ansible_collections.fediscale.mastodon.plugins.module_utils import discover
 
 # systemctl show of the official guide's sidekiq unit and of a unit that has nothing to do with Mastodon.
 SHOW = """Id=mastodon-sidekiq.service
-ExecStart={ path=/home/mastodon/.rbenv/shims/bundle ; argv[]=/home/mastodon/.rbenv/shims/bundle exec sidekiq -c 25 ; ignore_errors=no ; start_time=[n/a] ; stop_time=[n/a] ; pid=0 ; code=(null) ; status=0/0 }
+ExecStart={ path=/home/mastodon/.rbenv/shims/bundle ; argv[]=/home/mastodon/.rbenv/shims/bundle exec sidekiq -c 25 ; \
+ignore_errors=no ; start_time=[n/a] ; stop_time=[n/a] ; pid=0 ; code=(null) ; status=0/0 }
 WorkingDirectory=/home/mastodon/live
 Environment=RAILS_ENV=production DB_POOL=25 MALLOC_ARENA_MAX=2 "LD_PRELOAD=libjemalloc.so"
 EnvironmentFiles=/etc/mastodon/environment (ignore_errors=no)
@@ -15,7 +16,8 @@ FragmentPath=/etc/systemd/system/mastodon-sidekiq.service
 ControlGroup=/system.slice/mastodon-sidekiq.service
 
 Id=cron.service
-ExecStart={ path=/usr/sbin/cron ; argv[]=/usr/sbin/cron -f $EXTRA_OPTS ; ignore_errors=no ; start_time=[n/a] ; stop_time=[n/a] ; pid=0 ; code=(null) ; status=0/0 }
+ExecStart={ path=/usr/sbin/cron ; argv[]=/usr/sbin/cron -f $EXTRA_OPTS ; ignore_errors=no ; start_time=[n/a] ; \
+stop_time=[n/a] ; pid=0 ; code=(null) ; status=0/0 }
 WorkingDirectory=
 Environment=
 EnvironmentFiles=-/etc/default/cron (ignore_errors=yes)

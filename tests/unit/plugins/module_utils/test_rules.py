@@ -858,8 +858,8 @@ def running(name, program, arguments, environment=None, **fields):
 
 STOCK_SIDEKIQ = running("mastodon-sidekiq.service", "sidekiq",
                         ["/home/mastodon/.rbenv/shims/bundle", "exec", "sidekiq", "-c", "25"], {"DB_POOL": "25"})
-STOCK_WEB = running("mastodon-web.service", "puma", ["/home/mastodon/.rbenv/shims/bundle", "exec", "puma", "-C",
-                                                      "config/puma.rb"], {"PORT": "3000"})
+STOCK_WEB = running("mastodon-web.service", "puma",
+                    ["/home/mastodon/.rbenv/shims/bundle", "exec", "puma", "-C", "config/puma.rb"], {"PORT": "3000"})
 STOCK_STREAMING = running("mastodon-streaming@4000.service", "streaming", ["/usr/bin/node", "./streaming"],
                           {"PORT": "4000"})
 

@@ -1,0 +1,158 @@
+"""Taking over the official guide's server while it works, counted: every job, every request, every sample.
+
+The load (files/takeover_load.py) ran from prepare through converge, idempotence and the second check; the
+first test stops it and waits until every job it queued has run. Then: nothing lost, nothing run twice but the
+jobs Sidekiq pushed back, never two schedulers, no sample above the plan, no request refused, the guide's units
+kept and disabled, .env.production untouched, and rollback puts the guide's units back.
+"""
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+PLAN_DIR = Path(os.environ["MOLECULE_EPHEMERAL_DIRECTORY"]) / "plan"
+TAKEOVER = json.loads((PLAN_DIR / "takeover-budget.json").read_text())
+AFTER = json.loads((PLAN_DIR / "budget.json").read_text())
+HOST = "adopt-solo"
+BACKUP_DIR = "/var/backups/fediscale-mastodon/units"
+GUIDE_UNITS = ["mastodon-web.service", "mastodon-sidekiq.service", "mastodon-streaming@.service",
+               "mastodon-streaming.service"]
+PLAYBOOK = str(Path(sys.executable).with_name("ansible-playbook"))
+
+testinfra_hosts = ["ansible://" + HOST]
+
+
+def psql(host, query):
+    result = host.run("runuser -u postgres -- psql -XAtq -d mastodon_production -c %s" % json.dumps(query))
+    assert result.rc == 0, result.stderr
+    return result.stdout.strip()
+
+
+@pytest.fixture(scope="module")
+def load(host):
+    """Stop the load, wait until every job it queued has a row, and return what it saw."""
+    host.run("systemctl stop takeover-load.service")
+    seen = json.loads(host.file("/var/tmp/takeover-load.json").content_string)
+    jids = [job["jid"] for job in seen["jobs"]]
+    deadline = time.monotonic() + 240
+    while True:
+        done = int(psql(host, "SELECT count(*) FROM stand_in_jobs WHERE finished_at IS NOT NULL"))
+        if done >= len(jids) or time.monotonic() > deadline:
+            break
+        time.sleep(2)
+    rows = psql(host, "SELECT jid, runs FROM stand_in_jobs")
+    seen["runs"] = {jid: int(runs) for jid, runs in (line.split("|") for line in rows.splitlines())}
+    return seen
+
+
+def test_the_plan_counted_the_guide_units_beside_its_own():
+    change = TAKEOVER["during_change"]
+    assert sorted(row["unit"] for row in change["units"]) == [
+        "mastodon-sidekiq.service", "mastodon-streaming@4000.service", "mastodon-web.service"]
+    # -c 25 and DB_POOL=25; Puma's defaults, 2 workers × pool 5; streaming's default pool of 10.
+    assert {row["unit"]: row["connections"] for row in change["units"]} == {
+        "mastodon-sidekiq.service": 25, "mastodon-web.service": 10, "mastodon-streaming@4000.service": 10}
+    assert change["total"] == change["planned"] + 45 <= TAKEOVER["servers"]["primary"]["usable"]
+    # Read live from the guide's server, not taken from the inventory.
+    assert TAKEOVER["servers"]["primary"]["limits_source"] == "live"
+    assert AFTER["during_change"] is None and AFTER["adoption"] == {}
+
+
+def test_the_lines_of_env_production_to_move_are_named():
+    [warning] = [item for item in TAKEOVER["findings"] if item["rule"] == "env-production-endpoint-overridden"]
+    # The planned units go through pgbouncer; their Redis settings are the guide's.
+    assert warning["numbers"]["lines"] == ["DB_HOST=/var/run/postgresql", "DB_PORT=5432"]
+
+
+def test_env_production_is_untouched(host):
+    assert host.run("sha256sum -c /var/tmp/env-production.sha256").rc == 0
+
+
+def test_no_job_is_lost(load):
+    missing = [job for job in load["jobs"] if job["jid"] not in load["runs"]]
+    print("%d jobs queued during the takeover, %d with their row" % (len(load["jobs"]), len(load["runs"])))
+    assert len(load["jobs"]) > 500 and missing == []
+
+
+def test_only_the_jobs_sidekiq_pushed_back_ran_twice(host, load):
+    pushed_back = set(host.run("journalctl -u mastodon-sidekiq.service -o cat | sed -n 's/^pushed back \\([0-9a-f]*\\) to .*/\\1/p'")
+                      .stdout.split())
+    twice = {jid for jid, runs in load["runs"].items() if runs > 1}
+    print("jobs pushed back by the guide's sidekiq and run again: %d %s" % (len(pushed_back), sorted(pushed_back)))
+    assert twice == pushed_back
+    assert all(load["runs"][jid] == 2 for jid in twice)
+    # The long jobs that outlived the 5 s wait and Sidekiq's 25 s; the short ones all finished in time.
+    long_jobs = {job["jid"] for job in load["jobs"] if job["hold"] > 1}
+    assert pushed_back <= long_jobs and len(pushed_back) >= 1
+
+
+def test_never_two_schedulers(load):
+    assert load["samples"] and max(sample["schedulers"] for sample in load["samples"]) <= 1
+    # One took scheduler jobs at every sample but those around the handover (stopped, then the planned started).
+    assert sum(1 for sample in load["samples"] if sample["schedulers"] == 0) < 30
+
+
+def test_no_sample_above_the_plan(host, load):
+    peak = max(sample["connections"] for sample in load["samples"])
+    limit = TAKEOVER["during_change"]["total"]
+    print("peak %d connections to mastodon_production in %d samples; the plan's during the change %d, after %d"
+          % (peak, len(load["samples"]), limit, AFTER["servers"]["primary"]["total"]))
+    assert peak <= limit
+    now = int(psql(host, "SELECT count(*) FROM pg_stat_activity WHERE datname = 'mastodon_production'"))
+    assert now <= AFTER["servers"]["primary"]["total"]
+
+
+def test_no_request_was_refused(load):
+    answers = load["answers"]
+    print("answers through nginx: %s" % answers)
+    assert set(answers) == {"web 200", "streaming 200"}
+    assert answers["web 200"] > 500 and answers["streaming 200"] > 500
+
+
+def test_the_guide_units_are_kept_and_gone(host):
+    for name in GUIDE_UNITS:
+        assert host.file("%s/%s" % (BACKUP_DIR, name)).exists, name
+    assert "exec sidekiq -c 25" in host.file(BACKUP_DIR + "/mastodon-sidekiq.service").content_string
+    assert not host.file("/etc/systemd/system/mastodon-sidekiq.service").exists
+    sidekiq = host.service("mastodon-sidekiq.service")
+    assert not sidekiq.is_running and not sidekiq.is_enabled
+    # The planned units took the guide's names for Puma and streaming.
+    for unit in ("mastodon-web.service", "mastodon-streaming@4000.service"):
+        assert "/etc/mastodon/environment" in host.run("systemctl show -P EnvironmentFiles %s" % unit).stdout
+        assert host.service(unit).is_running
+    for unit in ("mastodon-web-handover.service", "mastodon-streaming@4100.service"):
+        assert not host.service(unit).is_running, unit
+    assert not host.file("/etc/nginx/sites-enabled/mastodon").exists
+
+
+def test_every_planned_queue_runs(host):
+    for unit in AFTER["units"][HOST]["sidekiq"]:
+        for instance in unit["instances"]:
+            assert host.service(instance).is_running and host.service(instance).is_enabled, instance
+
+
+def test_rollback_puts_the_guide_units_back(host, load):
+    env = dict(os.environ, ANSIBLE_NOCOLOR="1", ANSIBLE_FORCE_COLOR="0")
+    run = subprocess.run([PLAYBOOK, "fediscale.mastodon.rollback", "-i", host.backend.ansible_inventory], env=env,
+                         capture_output=True, text=True, timeout=600, check=False)
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    for unit in ("mastodon-sidekiq.service", "mastodon-web.service", "mastodon-streaming@4000.service"):
+        assert host.service(unit).is_running, unit
+        assert "/etc/mastodon/environment" not in host.run("systemctl show -P EnvironmentFiles %s" % unit).stdout
+    assert host.service("mastodon-sidekiq.service").is_enabled
+    assert host.run("systemctl list-units --plain --no-legend 'mastodon-sidekiq-*'").stdout.strip() == ""
+    assert host.file("/etc/nginx/sites-enabled/mastodon").exists
+    # The guide's sidekiq takes jobs again, and Puma answers through nginx.
+    jid = "rollback%016d" % int(time.time())
+    host.run("redis-cli LPUSH queue:default %s" % json.dumps(json.dumps(
+        {"class": "StandIn::HoldJob", "args": [0], "jid": jid, "queue": "default"})))
+    deadline = time.monotonic() + 60
+    while psql(host, "SELECT count(*) FROM stand_in_jobs WHERE jid = '%s'" % jid) != "1":
+        assert time.monotonic() < deadline, "the job queued after the rollback never ran"
+        time.sleep(1)
+    assert host.run("curl -fsS -H 'Host: mastodon.test' http://127.0.0.1/health").rc == 0
