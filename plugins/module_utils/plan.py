@@ -125,6 +125,15 @@ def _rows(report: Dict[str, Any]) -> List[List[str]]:
     return rows
 
 
+def _during_change(report: Dict[str, Any]) -> str:
+    change = report["during_change"]
+    return ("During the change: the running units %s connect straight to the primary beside the planned processes:"
+            " %d connections (planned %d + running units %d) of %d usable"
+            % (", ".join("%s on %s (%d)" % (row["unit"], row["host"], row["connections"]) for row in change["units"]),
+               change["total"], change["planned"], change["running_units"],
+               report["servers"]["primary"]["usable"]))
+
+
 def render_table(report: Dict[str, Any]) -> str:
     """The plan as plain text: one bar per database server, a row per process group, the findings."""
     lines = ["Connection budget for Mastodon %s" % report["mastodon"]["version"], ""]
@@ -137,6 +146,8 @@ def render_table(report: Dict[str, Any]) -> str:
         lines.append("  ".join(cell.rjust(width) if 3 <= index <= 5 else cell.ljust(width)
                                for index, (cell, width) in enumerate(zip(row, widths))).rstrip())
     lines.extend(["", "Headroom: %s" % report["headroom"], ""])
+    if report.get("during_change"):
+        lines.extend([_during_change(report), ""])
     lines.append("%d errors, %d warnings" % (report["errors"], report["warnings"]))
     for item in report["findings"]:
         lines.append("%s %s [%s%s]: %s" % (item["severity"].upper(), item["rule"],
@@ -160,7 +171,10 @@ def render_markdown(report: Dict[str, Any]) -> str:
     lines.append("| " + " | ".join(rows[0]) + " |")
     lines.append("| " + " | ".join("---:" if 3 <= index <= 5 else "---" for index in range(len(rows[0]))) + " |")
     lines.extend("| " + " | ".join(cell.replace("|", "\\|") for cell in row) + " |" for row in rows[1:])
-    lines.extend(["", "Headroom: %s" % report["headroom"], "", "## Findings", ""])
+    lines.extend(["", "Headroom: %s" % report["headroom"]])
+    if report.get("during_change"):
+        lines.extend(["", "## During the change", "", _during_change(report)])
+    lines.extend(["", "## Findings", ""])
     if not report["findings"]:
         lines.append("None.")
     for item in report["findings"]:

@@ -977,3 +977,10 @@ class TestEnvProductionEndpointOverridden:
 
     def test_no_adoption_no_warning(self):
         assert found(cluster(), "env-production-endpoint-overridden") == []
+
+
+def test_the_reports_show_the_count_during_the_change():
+    report = plan.connection_budget(adopting())
+    text = "During the change: the running units mastodon-web.service on web1 (10), "
+    assert text in plan.render_table(report) and text in plan.render_markdown(report)
+    assert "During the change" not in plan.render_table(plan.connection_budget(cluster()))
