@@ -48,6 +48,18 @@ options:
     description: Latency above which a queue gets an error; Mastodon's lock expiry.
     type: float
     default: 900
+  idle_pids:
+    description:
+      - Sidekiq processes, by PID, to wait for until they run no job (their C(busy) count is 0), for at most
+        O(idle_wait_seconds); the sidekiq role waits so for a unit it has quieted before stopping it.
+      - A process that has left Redis' C(processes) set runs nothing.
+    type: list
+    elements: int
+    default: []
+  idle_wait_seconds:
+    description: How long to wait for O(idle_pids); the reading is returned either way (RV(idle)).
+    type: float
+    default: 0
 extends_documentation_fragment:
   - fediscale.mastodon.live_check
 author:
@@ -80,6 +92,10 @@ processes:
   returned: success
   type: list
   elements: dict
+idle:
+  description: With O(idle_pids), whether they ran no job at the last reading, and C(busy), how many they ran.
+  returned: when O(idle_pids) is given
+  type: dict
 findings:
   description: Each with C(rule), C(severity), C(message), C(hint) and C(numbers).
   returned: success
@@ -144,6 +160,8 @@ def main():
             trend_seconds=dict(type="float", default=0),
             latency_warning_seconds=dict(type="float", default=60),
             latency_error_seconds=dict(type="float", default=900),
+            idle_pids=dict(type="list", elements="int", default=[]),
+            idle_wait_seconds=dict(type="float", default=0),
         ),
         supports_check_mode=True,
     )
@@ -157,6 +175,16 @@ def main():
         if before:
             time.sleep(params["trend_seconds"])
         processes, work = _processes(conn)
+        idle = None
+        if params["idle_pids"]:
+            deadline = time.monotonic() + params["idle_wait_seconds"]
+            while True:
+                busy = sum(process["busy"] for process in processes if process["pid"] in params["idle_pids"])
+                if busy == 0 or time.monotonic() >= deadline:
+                    break
+                time.sleep(1)
+                processes, work = _processes(conn)
+            idle = {"idle": busy == 0, "busy": busy}
         names = sorted(set(names) | {name for process in processes for name in process["queues"]})
         sizes, latencies = _queues(conn, names)
     except redis_client.redis.RedisError as error:
@@ -168,7 +196,7 @@ def main():
             row.update(size_before=before[0].get(row["queue"], 0),
                        latency_before=round(before[1].get(row["queue"], 0.0), 3))
             row["growing"] = row["latency"] > row["latency_before"]
-    module.exit_json(changed=False, queues=rows, processes=processes,
+    module.exit_json(changed=False, queues=rows, processes=processes, idle=idle,
                      findings=sidekiq_queue_findings(rows, params["latency_warning_seconds"],
                                                      params["latency_error_seconds"]))
 
