@@ -8,6 +8,7 @@ the new list when they differ: plugins read no role file at run time.
 ROLE_OPTIONS = frozenset((
     "app_bundle",
     "app_config_dir",
+    "app_db_password",
     "app_dir",
     "app_malloc_conf",
     "app_node",

@@ -3,9 +3,9 @@
     takeover_load.py --out FILE
 
 Until SIGTERM, as the postgres user on the server itself:
-  - jobs: one short job every 0.2 s into each of Mastodon's queues in turn, and every 2 s a long one (32 s) into
-    pull, whose last ones outlive the takeover's wait and Sidekiq's 25 s and are pushed back; each job as
-    Sidekiq 8 enqueues it (LPUSH queue:NAME), with its id;
+  - jobs: one short job every 0.2 s into each of Mastodon's queues in turn, and every 5 s a long one (60 s) into
+    pull: those that started less than about 30 s before the takeover outlive its wait and Sidekiq's 25 s and
+    are pushed back; each job as Sidekiq 8 enqueues it (LPUSH queue:NAME), with its id;
   - requests: every 0.1 s a Puma page and a streaming health check through nginx, each answer's status counted;
   - samples every 0.5 s: the connections to Mastodon's database (pg_stat_activity), and Sidekiq's processes that
     take scheduler jobs (in Redis' processes set, not quiet).
@@ -26,7 +26,8 @@ import redis
 
 QUEUES = ["default", "push", "ingress", "mailers", "pull", "scheduler"]
 SHORT_HOLD = 0.2
-LONG_HOLD = 32
+LONG_HOLD = 60
+LONG_EVERY = 5
 
 
 def push(client, queue, hold):
@@ -55,7 +56,7 @@ def main():
             queue = QUEUES[turn % len(QUEUES)]
             turn += 1
             entries = [(push(client, queue, SHORT_HOLD), queue, SHORT_HOLD)]
-            if time.monotonic() - last_long >= 2:
+            if time.monotonic() - last_long >= LONG_EVERY:
                 last_long = time.monotonic()
                 entries.append((push(client, "pull", LONG_HOLD), "pull", LONG_HOLD))
             with lock:

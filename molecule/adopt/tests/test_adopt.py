@@ -96,9 +96,19 @@ def test_only_the_jobs_sidekiq_pushed_back_ran_twice(host, load):
 
 
 def test_never_two_schedulers(load):
-    assert load["samples"] and max(sample["schedulers"] for sample in load["samples"]) <= 1
-    # One took scheduler jobs at every sample but those around the handover (stopped, then the planned started).
-    assert sum(1 for sample in load["samples"] if sample["schedulers"] == 0) < 30
+    samples = load["samples"]
+    assert samples and max(sample["schedulers"] for sample in samples) <= 1
+    # None only from the guide's Sidekiq going quiet until the planned scheduler starts after it stopped: the
+    # wait (5 s), Sidekiq's -t (25 s) and the tasks between.
+    gaps, start = [], None
+    for sample in samples:
+        if sample["schedulers"] == 0 and start is None:
+            start = sample["time"]
+        elif sample["schedulers"] and start is not None:
+            gaps.append(sample["time"] - start)
+            start = None
+    print("seconds without a scheduler: %s" % [round(gap, 1) for gap in gaps])
+    assert start is None and len(gaps) <= 1 and sum(gaps) < 60
 
 
 def test_no_sample_above_the_plan(host, load, takeover):
@@ -123,8 +133,8 @@ def test_the_guide_units_are_kept_and_gone(host):
         assert host.file("%s/%s" % (BACKUP_DIR, name)).exists, name
     assert "exec sidekiq -c 25" in host.file(BACKUP_DIR + "/mastodon-sidekiq.service").content_string
     assert not host.file("/etc/systemd/system/mastodon-sidekiq.service").exists
-    sidekiq = host.service("mastodon-sidekiq.service")
-    assert not sidekiq.is_running and not sidekiq.is_enabled
+    assert host.run("systemctl is-enabled mastodon-sidekiq.service").stdout.strip() == "not-found"
+    assert not host.service("mastodon-sidekiq.service").is_running
     # The planned units took the guide's names for Puma and streaming.
     for unit in ("mastodon-web.service", "mastodon-streaming@4000.service"):
         assert "/etc/mastodon/environment" in host.run("systemctl show -P EnvironmentFiles %s" % unit).stdout
