@@ -87,12 +87,15 @@ def test_only_the_jobs_sidekiq_pushed_back_ran_twice(host, load):
     pushed_back = set(host.run("journalctl -u mastodon-sidekiq.service -o cat | sed -n 's/^pushed back \\([0-9a-f]*\\) to .*/\\1/p'")
                       .stdout.split())
     twice = {jid for jid, runs in load["runs"].items() if runs > 1}
-    print("jobs pushed back by the guide's sidekiq and run again: %d %s" % (len(pushed_back), sorted(pushed_back)))
-    assert twice == pushed_back
-    assert all(load["runs"][jid] == 2 for jid in twice)
+    print("jobs pushed back by the guide's sidekiq and run again: %d %s; run twice to the end: %d"
+          % (len(pushed_back), sorted(pushed_back), len(twice)))
+    # A pushed-back job's first run was cancelled inside its transaction (as the pg gem cancels the query of a
+    # thread Sidekiq's shutdown interrupts), so it usually committed once, after the push back.
+    assert twice <= pushed_back
     # The long jobs that outlived the 5 s wait and Sidekiq's 25 s; the short ones all finished in time.
     long_jobs = {job["jid"] for job in load["jobs"] if job["hold"] > 1}
     assert pushed_back <= long_jobs and len(pushed_back) >= 1
+    assert pushed_back <= set(load["runs"])
 
 
 def test_never_two_schedulers(load):

@@ -87,6 +87,7 @@ class Pool:
         # Rails prepares every statement unless PREPARED_STATEMENTS=false; psycopg does so with threshold 0.
         self.prepare_threshold = 0 if prepared_statements else None
         self.idle, self.opened, self.cond = [], 0, threading.Condition()
+        self.busy = set()
         threading.Thread(target=self._reap, daemon=True).start()
 
     def checkout(self):
@@ -98,13 +99,17 @@ class Pool:
                                        "pooled connections were in use" % (self.name, CHECKOUT_TIMEOUT, self.size))
                 self.cond.wait(deadline - time.monotonic())
             if self.idle:
-                return self.idle.pop()[0]
+                connection = self.idle.pop()[0]
+                self.busy.add(connection)
+                return connection
             self.opened += 1
         try:
             settings = dict(self.settings)
             conninfo = settings.pop("conninfo", "")
             connection = psycopg.connect(conninfo, autocommit=True, connect_timeout=15, **settings)
             connection.prepare_threshold = self.prepare_threshold
+            with self.cond:
+                self.busy.add(connection)
             return connection
         except Exception:
             with self.cond:
@@ -114,6 +119,7 @@ class Pool:
 
     def checkin(self, connection):
         with self.cond:
+            self.busy.discard(connection)
             if connection.closed or connection.info.transaction_status != psycopg.pq.TransactionStatus.IDLE:
                 connection.close()
                 self.opened -= 1
@@ -151,6 +157,17 @@ class Pool:
                     else:
                         keep.append((connection, since))
                 self.idle = keep
+
+    def cancel_running(self):
+        """Cancel the queries in progress, as the pg gem does when Sidekiq's shutdown interrupts a job's thread:
+        otherwise the server would run them on after the process has gone."""
+        with self.cond:
+            running = list(self.busy)
+        for connection in running:
+            try:
+                connection.cancel()
+            except Exception:
+                pass
 
     def state(self):
         with self.cond:
@@ -403,6 +420,8 @@ def sidekiq(args):
     for key, payload, _started in unfinished:  # Sidekiq's BasicFetch#bulk_requeue: back to the head of the queue
         client.rpush(key, payload)
         log("pushed back %s to %s" % (json.loads(payload).get("jid"), key))
+    if unfinished:
+        pool.cancel_running()
     client.srem("processes", identity)
     client.delete(identity, identity + ":work")
     os._exit(0)
