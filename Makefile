@@ -29,9 +29,10 @@ ALSO_ON_DEBIAN_12 := cluster
 # The Redis package family (redis or valkey); a full run adds these scenarios with Valkey.
 REDIS_SERVER ?= redis
 ALSO_WITH_VALKEY := redis sentinel
-# Molecule runs in two queues side by side: these scenarios' runs in one, every other in the second. Runs of
-# one scenario share container names and stay in one queue; every platform has its own address.
-FIRST_QUEUE := cluster
+# Molecule runs in two queues side by side: these scenarios' runs in one, every other in the second (about
+# half the time each). Runs of one scenario share container names and stay in one queue; every platform has
+# its own address.
+FIRST_QUEUE := cluster redis
 export ANSIBLE_COLLECTIONS_PATH := $(COLLECTIONS)
 export PATH := $(BIN):$(PATH)
 

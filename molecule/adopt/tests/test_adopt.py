@@ -101,8 +101,8 @@ def test_only_the_jobs_sidekiq_pushed_back_ran_twice(host, load):
 def test_never_two_schedulers(load):
     samples = load["samples"]
     assert samples and max(sample["schedulers"] for sample in samples) <= 1
-    # None only from the guide's Sidekiq going quiet until the planned scheduler starts after it stopped: the
-    # wait (5 s), Sidekiq's -t (25 s) and the tasks between.
+    # None from the guide's Sidekiq going quiet until the planned scheduler starts after it stopped (the wait,
+    # 5 s, Sidekiq's -t, 25 s, and the tasks between), and while a restart for the new environment replaces it.
     gaps, start = [], None
     for sample in samples:
         if sample["schedulers"] == 0 and start is None:
@@ -111,7 +111,7 @@ def test_never_two_schedulers(load):
             gaps.append(sample["time"] - start)
             start = None
     print("seconds without a scheduler: %s" % [round(gap, 1) for gap in gaps])
-    assert start is None and len(gaps) <= 1 and sum(gaps) < 60
+    assert start is None and sum(gaps) < 60
 
 
 def test_no_sample_above_the_plan(host, load, takeover):
