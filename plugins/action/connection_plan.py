@@ -32,7 +32,7 @@ def _add_live_limits(description, results):
 
 def _add_running_units(description, results):
     """Each app host's registered mastodon_units result: the units the plan counts and the roles take over, and
-    the sizing and endpoint settings of .env.production where the inventory gives none."""
+    the sizing and endpoint settings of .env.production they read."""
     for host, result in results.items():
         sections = (description.get("hosts") or {}).get(host)
         if not isinstance(sections, dict) or not isinstance(result, dict) or "units" not in result:
@@ -41,8 +41,7 @@ def _add_running_units(description, results):
         if not isinstance(section, dict):
             continue
         section["running_units"] = result["units"]
-        if not section.get("env_production"):
-            section["env_production"] = result.get("env_production") or {}
+        section["running_env_production"] = result.get("env_production") or {}
 
 
 class ActionModule(ActionBase):

@@ -86,7 +86,10 @@ def host_adoption(host: str, hosts: Dict[str, Dict[str, Any]], version: str) -> 
     if not running:
         return None
     listed = set(sections["mastodon"]["replace_units"])
-    env_production = sections["mastodon"]["env_production"]
+    # What the running units read, as found on the host (the inventory's mastodon_env_production otherwise).
+    env_production = sections["mastodon"]["running_env_production"]
+    if env_production is None:
+        env_production = sections["mastodon"]["env_production"]
     where = host_where(host, "mastodon") + ".running_units"
     replace, outside = [], []
     for unit in running:
@@ -115,6 +118,7 @@ def host_adoption(host: str, hosts: Dict[str, Dict[str, Any]], version: str) -> 
     return {
         "replace": replace,
         "outside_plan": outside,
+        "env_production": env_production,
         # The connections they add on the primary while they run beside the planned processes.
         "connections": sum(row["connections"] for row in replace if row["active"]),
         "backup_dir": BACKUP_DIR,

@@ -575,7 +575,7 @@ def _endpoint(endpoint: Optional[List[Any]]) -> str:
 @rule("env-production-endpoint-overridden")
 def env_production_endpoint_overridden(report: Report) -> Iterator[Finding]:
     for host, found in _adopted(report):
-        env = report["env_production"].get(host, {})
+        env = found["env_production"]
         planned = report["environment"].get(host, {}).get("units", {})
         lines = ["%s=%s" % (name, env[name]) for name in mastodon.ENDPOINT_SETTINGS
                  if name in env and planned.get(name) != env[name]]

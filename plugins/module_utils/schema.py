@@ -485,6 +485,9 @@ HOST = {
     "address": Field(optional(host_address), None, "address other hosts use for this host"),
     "running_units": Field(optional(records(RUNNING_UNIT, "running units", 1000)), None,
                            "set by site.yml's plan play: the Mastodon units the host runs now"),
+    "running_env_production": Field(optional(env_mapping), None,
+                                    "set by site.yml's plan play: the sizing and endpoint settings of the host's "
+                                    ".env.production, as the running units read them"),
     "replace_units": Field(string_list, [], "units besides the official guide's that the run may quiet, stop and "
                                             "back up like them"),
 }

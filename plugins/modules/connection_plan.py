@@ -39,9 +39,9 @@ options:
   running_units:
     description:
       - Per app host, the registered result of M(fediscale.mastodon.mastodon_units) run on it. The plan counts the
-        units that are not the collection's beside the planned ones, refuses those it would leave running, and
-        takes the sizing and endpoint settings of C(.env.production) where the inventory gives no
-        C(mastodon_env_production).
+        units that are not the collection's beside the planned ones (sized by what they read, their unit and
+        C(.env.production)), and refuses those it would leave running. The planned units set every sizing
+        variable themselves, so C(.env.production) does not size them.
       - The plan role fills it in; skipped and missing results are ignored.
     type: dict
     default: {}

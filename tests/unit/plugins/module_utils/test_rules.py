@@ -868,8 +868,8 @@ def adopting(worker_units=(STOCK_SIDEKIQ,), web_units=(STOCK_WEB, STOCK_STREAMIN
     """The base cluster, its app hosts found running the guide's units against a Redis the plan keeps as it is
     (redis9, outside the inventory) for base and Sidekiq data."""
     env = dict(GUIDE_ENV_PRODUCTION, REDIS_HOST="redis9")
-    settings = dict({"hosts__worker1__mastodon": {"running_units": list(worker_units), "env_production": env},
-                     "hosts__web1__mastodon": {"running_units": list(web_units), "env_production": env},
+    settings = dict({"hosts__worker1__mastodon": {"running_units": list(worker_units), "running_env_production": env},
+                     "hosts__web1__mastodon": {"running_units": list(web_units), "running_env_production": env},
                      "mastodon__redis_settings": {"REDIS_URL": "redis://redis9:6379",
                                                   "CACHE_REDIS_URL": "redis://redis1:6380"}}, **changes)
     return cluster(**settings)
@@ -951,7 +951,7 @@ class TestRedisChangesUnderRunningUnits:
     def test_a_planned_instance_where_the_running_redis_is(self):
         # The guide's Redis on the app host itself, which the plan also makes a Redis host.
         items = found(adopting(hosts__worker1__mastodon={"running_units": [STOCK_SIDEKIQ],
-                                                         "env_production": GUIDE_ENV_PRODUCTION},
+                                                         "running_env_production": GUIDE_ENV_PRODUCTION},
                                web_units=(),
                                hosts__worker1__redis={"instances": [
                                    {"name": "persistent", "purpose": "persistent", "port": 6379}]},
@@ -984,3 +984,13 @@ def test_the_reports_show_the_count_during_the_change():
     text = "During the change: the running units mastodon-web.service on web1 (10), "
     assert text in plan.render_table(report) and text in plan.render_markdown(report)
     assert "During the change" not in plan.render_table(plan.connection_budget(cluster()))
+
+
+def test_the_env_production_found_sizes_the_running_units_not_the_planned_ones():
+    # DB_POOL=5 in the host's .env.production: the guide's sidekiq sets its own (25); the planned units set theirs.
+    env = dict(GUIDE_ENV_PRODUCTION, REDIS_HOST="redis9", DB_POOL="5")
+    plain = plan.connection_budget(adopting())
+    found = plan.connection_budget(adopting(hosts__worker1__mastodon={
+        "running_units": [dict(STOCK_SIDEKIQ, environment={})], "running_env_production": env}))
+    assert found["adoption"]["worker1"]["replace"][0]["pool"] == 5
+    assert [row["pool"] for row in found["processes"]] == [row["pool"] for row in plain["processes"]]
