@@ -9,7 +9,8 @@ Until SIGTERM, as the postgres user on the server itself:
   - requests: every 0.1 s a Puma page and a streaming health check through nginx, each answer's status counted;
   - samples every 0.5 s: the connections to Mastodon's database (pg_stat_activity), and Sidekiq's processes that
     take scheduler jobs (in Redis' processes set, not quiet).
-On SIGTERM it writes FILE: the jobs' ids, the answers by status, the samples.
+On SIGTERM it writes FILE: the jobs' ids, the answers by status (and the time of each that was not a 200), the
+samples.
 """
 
 import argparse
@@ -47,7 +48,7 @@ def main():
     stopping = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_signal: stopping.set())
     lock = threading.Lock()
-    jobs, answers, samples = [], Counter(), []
+    jobs, answers, samples, failures = [], Counter(), [], []
     client = redis.Redis(host="localhost", port=6379)
 
     def enqueue():
@@ -76,6 +77,8 @@ def main():
                 connection.close()
             with lock:
                 answers["%s %s" % (label, status)] += 1
+                if status != "200":
+                    failures.append({"time": time.time(), "label": label, "status": status})
 
     def sample():
         database = psycopg.connect("dbname=postgres", autocommit=True)
@@ -99,7 +102,7 @@ def main():
     for thread in threads:
         thread.join(35)
     with open(args.out, "w") as out:
-        json.dump({"jobs": jobs, "answers": dict(answers), "samples": samples}, out)
+        json.dump({"jobs": jobs, "answers": dict(answers), "failures": failures, "samples": samples}, out)
 
 
 if __name__ == "__main__":
