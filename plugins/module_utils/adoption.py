@@ -123,10 +123,6 @@ def host_adoption(host: str, hosts: Dict[str, Dict[str, Any]], version: str) -> 
         "connections": sum(row["connections"] for row in replace if row["active"]),
         "backup_dir": BACKUP_DIR,
         "quiet_sidekiq": [row["name"] for row in replace if row["service"] == "sidekiq" and row["active"]],
-        "handover": {
-            "web": any(row["service"] == "web" and row["active"] for row in replace),
-            "streaming": any(row["service"] == "streaming" and row["active"] for row in replace),
-        },
     }
 
 
