@@ -9,7 +9,7 @@ from __future__ import annotations
 import ipaddress
 from typing import Any, Dict, List, Optional
 
-from ansible_collections.fediscale.mastodon.plugins.module_utils import mastodon, pgtune
+from ansible_collections.fediscale.mastodon.plugins.module_utils import mastodon, media, pgtune
 from ansible_collections.fediscale.mastodon.plugins.module_utils.connections import (
     HANDOVER_PORT_OFFSET, PGBOUNCER_PORT, POSTGRESQL_PORT, address_of,
 )
@@ -143,6 +143,8 @@ def environment(host: str, sections: Dict[str, Any], cluster: Dict[str, Any], se
     env["RUBY_YJIT_ENABLE"] = "1" if mastodon.yjit_enabled(cluster["yjit"], cluster["version"]) else "0"
     if cluster["trusted_proxy_ip"]:
         env["TRUSTED_PROXY_IP"] = cluster["trusted_proxy_ip"]
+    # The credentials are secrets: the app role adds them to the file, never the plan.
+    env.update(media.environment(cluster))
     # The admin's own unit-wide variables win: the rules check what they set.
     env.update(sections["mastodon"]["environment"])
     migrations = dict(env, **direct)

@@ -39,7 +39,9 @@ KNOWN = frozenset(KNOWN_VARIABLES)
 SET_BY_THE_PLAY = {"postgresql_live_limits": "site.yml's plan play reads them from the running server "
                                              "(postgresql_limits_from: live)",
                    "mastodon_running_units": "site.yml's plan play reads them from the host's systemd",
-                   "mastodon_running_env_production": "site.yml's plan play reads it from the host's .env.production"}
+                   "mastodon_running_env_production": "site.yml's plan play reads it from the host's .env.production",
+                   "mastodon_media_filesystem": "site.yml's plan play reads it from the host's mounts (to declare the "
+                                                "type yourself, set mastodon_media_path_fs)"}
 # Mastodon's own sizing names, written as inventory variables: Mastodon never sees them there.
 MASTODON_NAMES = dict(SIZING_VARIABLES, STREAMING_CLUSTER_NUM="streaming_ports (one instance per port)")
 # Keys whose right name is not a near miss of the wrong one.

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Any, Dict
 
-from ansible_collections.fediscale.mastodon.plugins.module_utils import adoption, connections, deploy, mastodon
+from ansible_collections.fediscale.mastodon.plugins.module_utils import adoption, connections, deploy, mastodon, media
 from ansible_collections.fediscale.mastodon.plugins.module_utils.redis_plan import plan_redis
 from ansible_collections.fediscale.mastodon.plugins.module_utils.schema import PlanInputError, parse_description
 
@@ -49,6 +49,7 @@ def compute(description: Any) -> Dict[str, Any]:
     binds = {host: deploy.bind_address(host, hosts, nginx) for host in app_hosts}
     for host in nginx:
         nginx[host].update(deploy.upstreams(host, processes, binds))
+        nginx[host]["media"] = media.nginx_media(cluster, hosts[host]["nginx"])
     deploy.add_pgbouncer_listeners(bouncers, cluster, servers)
     return {
         "mastodon": cluster,
@@ -60,6 +61,7 @@ def compute(description: Any) -> Dict[str, Any]:
         "redis": redis,
         "nginx": nginx,
         "postgresql": deploy.postgresql_hosts(cluster, servers, hosts, app_hosts),
+        "media": media.report(cluster, hosts),
         "environment": {host: deploy.environment(host, hosts[host], cluster, servers, bouncers.get(host),
                                                  redis["settings"], binds[host])
                         for host in app_hosts},

@@ -14,6 +14,7 @@ import ipaddress
 from typing import Any, Callable, Dict, Iterator, List, Optional
 
 from ansible_collections.fediscale.mastodon.plugins.module_utils import debian, mastodon
+from ansible_collections.fediscale.mastodon.plugins.module_utils.media import is_network_filesystem
 from ansible_collections.fediscale.mastodon.plugins.module_utils.redis_plan import sentinel_majority
 from ansible_collections.fediscale.mastodon.plugins.module_utils.pgtune import work_mem_limit_kb
 from ansible_collections.fediscale.mastodon.plugins.module_utils.schema import (
@@ -966,3 +967,89 @@ def trusted_proxy_ip_missing(report: Report) -> Iterator[Finding]:
             "Puma on %s sits behind nginx on %s, but TRUSTED_PROXY_IP is not set: Mastodon logs and rate-limits "
             "the proxy's address instead of the client's" % (host, ", ".join(sorted(proxies))),
             "set mastodon_trusted_proxy_ip to the proxies' addresses (it replaces the default private ranges)")
+
+
+# --- media ---
+
+def _hosts_text(hosts: List[str]) -> str:
+    return ", ".join(hosts)
+
+
+@rule("media-local-on-several-hosts")
+def media_local_on_several_hosts(report: Report) -> Iterator[Finding]:
+    plan = report["media"]
+    if plan["mode"] != "local":
+        return
+    involved = sorted(set(plan["hosts"]) | set(plan["proxies"]))
+    if len(involved) < 2:
+        return
+    proxies = [host for host in plan["proxies"] if host not in plan["hosts"]]
+    yield finding(
+        "media-local-on-several-hosts", ERROR, None, "media",
+        "local media lives on each host's own disk, and Puma and Sidekiq write it on %s%s: every host would keep "
+        "its own copy, and an upload on one is missing on the others"
+        % (_hosts_text(plan["hosts"]) or "no host",
+           " (nginx serves it from its own disk on %s)" % _hosts_text(proxies) if proxies else ""),
+        "keep media in object storage (mastodon_media: s3, with mastodon_s3_bucket and mastodon_s3_alias_host), "
+        "or run web, sidekiq and nginx on one host (streaming may stay apart: it never touches media)",
+        hosts=len(involved))
+
+
+@rule("media-on-network-filesystem")
+def media_on_network_filesystem(report: Report) -> Iterator[Finding]:
+    plan = report["media"]
+    if plan["mode"] != "local":
+        return
+    for host in plan["hosts"]:
+        filesystem = plan["filesystems"][host]
+        found = filesystem["found"] or {}
+        for fstype, how in ((filesystem["declared"], "mastodon_media_path_fs says"),
+                            (found.get("type"), "the host mounts %s there" % found.get("mount"))):
+            if fstype and is_network_filesystem(fstype):
+                yield finding(
+                    "media-on-network-filesystem", ERROR, host, "media",
+                    "the media path %s is on %s (%s): Mastodon writes media inside database transactions, so on a "
+                    "network file system Sidekiq and the database wait on each other, a slow write holding a "
+                    "transaction, its row locks and a pooled connection"
+                    % (found.get("path") or plan["path"] or "public/system", fstype, how),
+                    "keep media in object storage (mastodon_media: s3), or on a local disk of this host",
+                    filesystem=fstype)
+                break
+
+
+@rule("media-s3-setting-ignored")
+def media_s3_setting_ignored(report: Report) -> Iterator[Finding]:
+    plan = report["media"]
+    s3 = plan["s3"]
+    if plan["mode"] == "local":
+        ignored = sorted(key for key, value in s3.items() if value not in (None, False))
+        if s3["s3_protocol"] == "https":
+            ignored = [key for key in ignored if key != "s3_protocol"]
+        reason = "Mastodon reads S3_* only with S3_ENABLED=true, and mastodon_media is local"
+        fix = "set mastodon_media: s3, or remove %s"
+    else:
+        ignored = ["s3_override_path_style"] if s3["s3_override_path_style"] and not s3["s3_endpoint"] else []
+        reason = "Paperclip reads S3_OVERRIDE_PATH_STYLE only with S3_ENDPOINT"
+        fix = "set mastodon_s3_endpoint, or remove %s"
+    if ignored:
+        names = ", ".join("mastodon_" + key for key in ignored)
+        yield finding("media-s3-setting-ignored", ERROR, None, "media", "%s: Mastodon ignores it (%s)"
+                      % (names, reason), fix % names, settings=len(ignored))
+
+
+@rule("media-s3-without-bucket")
+def media_s3_without_bucket(report: Report) -> Iterator[Finding]:
+    if report["media"]["mode"] == "s3" and not report["media"]["s3"]["s3_bucket"]:
+        yield finding("media-s3-without-bucket", ERROR, None, "media",
+                      "mastodon_media is s3 but no bucket is named: every upload would fail",
+                      "set mastodon_s3_bucket (and mastodon_s3_endpoint for storage other than Amazon's)")
+
+
+@rule("media-s3-without-alias-host")
+def media_s3_without_alias_host(report: Report) -> Iterator[Finding]:
+    if report["media"]["mode"] == "s3" and not report["media"]["s3"]["s3_alias_host"]:
+        yield finding("media-s3-without-alias-host", WARNING, None, "media",
+                      "media is linked at the storage provider's own address: every view is metered bandwidth, "
+                      "nothing is cached, and links break if the instance moves to another provider",
+                      "set mastodon_s3_alias_host (e.g. files.example.com): nginx on the proxy hosts then serves it "
+                      "from the bucket through its cache")

@@ -16,7 +16,7 @@ import re
 from collections.abc import Mapping
 from typing import Any, Callable, Dict, List, NamedTuple, Optional
 
-from ansible_collections.fediscale.mastodon.plugins.module_utils import debian
+from ansible_collections.fediscale.mastodon.plugins.module_utils import debian, media
 
 MISSING = object()
 AUTO = "auto"
@@ -314,8 +314,17 @@ SIZING_VARIABLES = {"DB_POOL": "web_db_pool, streaming_db_pool or sidekiq_queues
 
 
 def unit_environment(value: Any, where: str) -> Dict[str, str]:
-    """mastodon_environment: every unit's extra variables, sizing excepted."""
+    """mastodon_environment: every unit's extra variables, sizing and media excepted."""
     result = env_mapping(value, where)
+    for name in media.MEDIA_VARIABLES:
+        if name in result:
+            raise PlanInputError("%s.%s" % (where, name), "is a media setting the plan writes itself from "
+                                 "mastodon_media and mastodon_s3_*, and checks",
+                                 "remove it and set %s" % ("mastodon_media" if name == "S3_ENABLED" else
+                                                           "mastodon_media_path" if name == "PAPERCLIP_ROOT_PATH"
+                                                           else "mastodon_" + next(
+                                                               key for key, item in media.S3_SETTINGS.items()
+                                                               if item == name)))
     for name, variable in SIZING_VARIABLES.items():
         if name in result:
             raise PlanInputError("%s.%s" % (where, name), "sizes every Mastodon unit on the host at once, and the "
@@ -373,6 +382,69 @@ def port_list(value: Any, where: str) -> List[int]:
     if len(set(ports)) != len(ports):
         raise PlanInputError(where, "lists a port twice: %s" % ports)
     return ports
+
+
+def absolute_path(value: Any, where: str) -> str:
+    text = parse_str(value, where)
+    if not text.startswith("/") or re.search(r"\s", text) or "/../" in text + "/":
+        raise PlanInputError(where, "%s is not an absolute path without spaces or .." % _show(text),
+                             "write it like /var/lib/mastodon/system")
+    return text.rstrip("/") or "/"
+
+
+def http_endpoint(value: Any, where: str) -> str:
+    """An S3 endpoint: http(s)://HOST[:PORT], no path (Paperclip appends the bucket)."""
+    text = parse_str(value, where)
+    match = re.fullmatch(r"(https?)://([^/:\s]+)(?::([0-9]{1,5}))?/?", text)
+    if not match:
+        raise PlanInputError(where, "%s is not an http:// or https:// URL of a host, with no path" % _show(text),
+                             "write it like https://s3.eu-central-1.example.com")
+    host_address(match.group(2), where)
+    if match.group(3):
+        port(match.group(3), where + " (its port)")
+    return text.rstrip("/")
+
+
+def alias_host(value: Any, where: str) -> str:
+    """S3_ALIAS_HOST: the host (and optional port and path) Mastodon links media at, without a scheme."""
+    text = parse_str(value, where)
+    match = re.fullmatch(r"([^/:\s]+)(?::([0-9]{1,5}))?(/[^\s]*)?", text)
+    if not match:
+        raise PlanInputError(where, "%s is not a host name with an optional port and path" % _show(text),
+                             "write it without a scheme, like files.example.com")
+    host_address(match.group(1), where)
+    if match.group(2):
+        port(match.group(2), where + " (its port)")
+    return text.rstrip("/")
+
+
+S3_CANNED_ACLS = ("private", "public-read", "public-read-write", "authenticated-read", "aws-exec-read",
+                  "bucket-owner-read", "bucket-owner-full-control")
+
+
+def s3_permission(value: Any, where: str) -> str:
+    """S3_PERMISSION: a canned ACL, or "" for a bucket without ACLs (Paperclip then sends none)."""
+    if value == "":
+        return ""
+    return choice(*S3_CANNED_ACLS)(value, where)
+
+
+def dns_servers(value: Any, where: str) -> str:
+    """nginx's resolver: DNS servers' IP addresses, separated by spaces."""
+    text = " ".join(string_list(value, where, 16)) if isinstance(value, (list, tuple)) else parse_str(value, where)
+    for item in text.split():
+        try:
+            ipaddress.ip_address(item)
+        except ValueError:
+            raise PlanInputError(where, "%s is not an IP address" % _show(item), "list DNS servers' addresses")
+    return " ".join(text.split())
+
+
+def found_filesystem(value: Any, where: str) -> Dict[str, str]:
+    """What the plan play read about the file system under a path: its type and mount point."""
+    if not isinstance(value, Mapping) or not all(key in value for key in ("path", "type", "mount")):
+        raise PlanInputError(where, "expected path, type and mount, got %s" % _show(value))
+    return {key: parse_str(value[key], "%s.%s" % (where, key)) for key in ("path", "type", "mount")}
 
 
 def named(pattern: str, what: str) -> Callable[[Any, str], str]:
@@ -451,6 +523,19 @@ CLUSTER = {
                                    "sentinels that must agree a master is down; default a majority"),
     "redis_sentinel_down_after_ms": Field(integer(1000, 3600000), 30000,
                                           "milliseconds a master stays unreachable before it counts as down"),
+    "media": Field(choice("local", "s3"), "local",
+                   "where media lives: local (each host's disk; one host only) or s3 (a bucket)"),
+    "media_path": Field(optional(absolute_path), None, "PAPERCLIP_ROOT_PATH; default the checkout's public/system"),
+    "s3_bucket": Field(optional(named(r"[A-Za-z0-9][A-Za-z0-9._-]{1,254}", "bucket name")), None, "S3_BUCKET"),
+    "s3_region": Field(optional(named(r"[a-z0-9][a-z0-9-]{0,63}", "region")), None,
+                       "S3_REGION; Mastodon's default us-east-1"),
+    "s3_endpoint": Field(optional(http_endpoint), None, "S3_ENDPOINT, for storage other than Amazon's"),
+    "s3_hostname": Field(optional(host_address), None, "S3_HOSTNAME; Mastodon's default s3-REGION.amazonaws.com"),
+    "s3_protocol": Field(choice("https", "http"), "https", "S3_PROTOCOL"),
+    "s3_alias_host": Field(optional(alias_host), None,
+                           "S3_ALIAS_HOST: the host media is linked at; nginx proxies it to the bucket with a cache"),
+    "s3_override_path_style": Field(parse_bool, False, "S3_OVERRIDE_PATH_STYLE: virtual-host style with S3_ENDPOINT"),
+    "s3_permission": Field(optional(s3_permission), None, "S3_PERMISSION; \"\" for a bucket without ACLs"),
 }
 
 
@@ -490,6 +575,10 @@ HOST = {
                                     ".env.production, as the running units read them"),
     "replace_units": Field(string_list, [], "units besides the official guide's that the run may quiet, stop and "
                                             "back up like them"),
+    "media_path_fs": Field(optional(named(r"[a-z0-9][a-z0-9._-]{0,63}", "file system type")), None,
+                           "the type of the file system under the media path (ext4, nfs4, ...), as you know it"),
+    "media_filesystem": Field(optional(found_filesystem), None,
+                              "set by site.yml's plan play: the file system found under the media path"),
 }
 
 # Below 64kB PostgreSQL refuses work_mem.
@@ -595,6 +684,11 @@ NGINX = {
     "worker_rlimit_nofile": Field(integer_or_auto(1, NOFILE_CEILING), AUTO, "default 2 × worker_connections"),
     "limit_nofile": Field(integer_or_auto(1, NOFILE_CEILING), AUTO, "systemd LimitNOFILE; default worker_rlimit_nofile"),
     "proxy_read_timeout": Field(integer(1, 86400), 120, "seconds"),
+    "media_cache_path": Field(absolute_path, "/var/cache/nginx/mastodon-media", "where nginx caches media"),
+    "media_cache_max_size": Field(size_kb(1024), 10 * 1024 ** 2, "the media cache's size on disk, e.g. 10GB"),
+    "media_cache_inactive_hours": Field(integer(1, 8760), 168, "hours a cached object unread is kept"),
+    "media_resolver": Field(optional(dns_servers), None,
+                            "DNS servers nginx re-resolves the bucket's host with; default: resolved at reload"),
 }
 
 

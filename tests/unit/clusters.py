@@ -5,7 +5,8 @@ import copy
 QUEUES = ["default", "push", "ingress", "mailers", "pull", "scheduler"]
 
 BASE = {
-    "mastodon": {"version": "4.5"},
+    # Media in a bucket: web and sidekiq run on two hosts.
+    "mastodon": {"version": "4.5", "media": "s3", "s3_bucket": "mastodon-media", "s3_alias_host": "files.example.com"},
     "hosts": {
         "db1": {"postgresql": {"max_connections": 200, "ram": "16GB"}},
         "redis1": {"redis": {"instances": [

@@ -7,7 +7,8 @@ from pathlib import Path
 import pytest
 
 from ansible_collections.fediscale.mastodon.plugins.module_utils import inventory
-from ansible_collections.fediscale.mastodon.plugins.module_utils.schema import AUTO, CLUSTER, HOST_SECTIONS, MISSING
+from ansible_collections.fediscale.mastodon.plugins.module_utils.schema import (
+    AUTO, CLUSTER, HOST_SECTIONS, MISSING, format_size_kb)
 
 ROOT = Path(__file__).resolve().parents[2]
 README = (ROOT / "README.md").read_text(encoding="utf-8")
@@ -37,7 +38,13 @@ def variables():
     return found
 
 
-def shown(default):
+# Sizes in kB in schema.py, written as PostgreSQL and nginx write them in README.
+SIZES = {"nginx_media_cache_max_size"}
+
+
+def shown(default, name=""):
+    if name in SIZES:
+        return format_size_kb(default)
     if default is AUTO:
         return "auto"
     if isinstance(default, bool):
@@ -73,7 +80,7 @@ def test_no_documented_variable_the_code_lacks():
                                         if default not in (None, MISSING) and name not in UNDOCUMENTED | LISTS))
 def test_each_documented_default_is_the_schemas(name):
     values, text = documented_default(name)
-    assert shown(variables()[name]) in values, "%s: README says %r, schema.py has %r" % (
+    assert shown(variables()[name], name) in values, "%s: README says %r, schema.py has %r" % (
         name, text, variables()[name])
 
 

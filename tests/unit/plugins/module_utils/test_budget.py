@@ -12,7 +12,8 @@ from ansible_collections.fediscale.mastodon.plugins.module_utils.schema import P
 from ...clusters import QUEUES, cluster
 
 NORA = {
-    "mastodon": {"version": "4.5", "direct_connections": {"migrations": 0, "tootctl": 0}},
+    "mastodon": {"version": "4.5", "direct_connections": {"migrations": 0, "tootctl": 0}, "media": "s3",
+                 "s3_bucket": "media", "s3_alias_host": "files.example.com"},
     "hosts": {
         "db1": {"postgresql": {"max_connections": 200, "ram": "16GB"}, "redis": {"instances": [
             {"name": "persistent", "purpose": "persistent"},

@@ -994,3 +994,130 @@ def test_the_env_production_found_sizes_the_running_units_not_the_planned_ones()
         "running_units": [dict(STOCK_SIDEKIQ, environment={})], "running_env_production": env}))
     assert found["adoption"]["worker1"]["replace"][0]["pool"] == 5
     assert [row["pool"] for row in found["processes"]] == [row["pool"] for row in plain["processes"]]
+
+
+def local_media(**changes):
+    """The base cluster with media on each host's disk."""
+    description = cluster(**changes)
+    for key in ("media", "s3_bucket", "s3_alias_host"):
+        description["mastodon"].pop(key, None)
+    return description
+
+
+ONE_HOST = {"app1": {"web": {"concurrency": 2, "max_threads": 5}, "streaming": {"ports": [4000]},
+                     "sidekiq": {"queues": [{"queue": queue, "concurrency": 5} for queue in QUEUES]},
+                     "nginx": {}}}
+
+
+def one_host(**mastodon):
+    """Web, streaming, sidekiq and nginx on one app host, media local unless changed."""
+    description = local_media()
+    del description["hosts"]["web1"], description["hosts"]["worker1"]
+    description["hosts"].update(ONE_HOST)
+    description["mastodon"].update(mastodon)
+    return description
+
+
+class TestMediaLocalOnSeveralHosts:
+    def test_web_and_sidekiq_on_two_hosts_is_an_error_naming_them(self):
+        [item] = found(local_media(), "media-local-on-several-hosts")
+        assert item["severity"] == "error"
+        assert "Puma and Sidekiq write it on web1, worker1" in item["message"]
+        assert "mastodon_media: s3" in item["hint"] and item["numbers"] == {"hosts": 2}
+
+    def test_nginx_on_another_host_is_named_as_serving_its_own_disk(self):
+        description = one_host()
+        description["hosts"]["proxy1"] = {"nginx": {}}
+        del description["hosts"]["app1"]["nginx"]
+        [item] = found(dict(description, mastodon=dict(description["mastodon"], trusted_proxy_ip="10.0.0.5")),
+                       "media-local-on-several-hosts")
+        assert "write it on app1 (nginx serves it from its own disk on proxy1)" in item["message"]
+
+    def test_a_streaming_only_host_does_not_count(self):
+        description = one_host()
+        description["hosts"]["stream2"] = {"streaming": {"ports": [4000]}}
+        assert found(description, "media-local-on-several-hosts") == []
+
+    def test_a_sidekiq_unit_with_no_instances_does_not_count(self):
+        description = local_media()
+        description["hosts"]["worker1"]["sidekiq"]["queues"] = [
+            {"queue": queue, "concurrency": 5, "instances": 0} for queue in QUEUES]
+        description["hosts"]["web1"]["sidekiq"] = {"queues": [{"queue": queue, "concurrency": 5}
+                                                              for queue in QUEUES]}
+        assert found(description, "media-local-on-several-hosts") == []
+
+    def test_everything_on_one_host_keeps_it(self):
+        assert found(one_host(), "media-local-on-several-hosts") == []
+        assert plan.connection_budget(one_host())["errors"] == 0
+
+    def test_the_refusal_comes_through_the_inventory_with_the_same_message(self):
+        report = plan.connection_budget(local_media())
+        assert report["errors"] >= 1 and "media-local-on-several-hosts" in plan.verdict(report)
+
+
+class TestMediaOnNetworkFilesystem:
+    def test_declared_nfs_is_an_error_with_the_reason(self):
+        description = one_host()
+        description["hosts"]["app1"]["mastodon"] = {"media_path_fs": "nfs4"}
+        [item] = found(description, "media-on-network-filesystem")
+        assert item["severity"] == "error" and item["host"] == "app1"
+        assert "nfs4 (mastodon_media_path_fs says)" in item["message"]
+        assert "Sidekiq and the database wait on each other" in item["message"]
+        assert "object storage" in item["hint"]
+
+    def test_found_mount_is_named(self):
+        description = one_host(media_path="/srv/media")
+        description["hosts"]["app1"]["mastodon"] = {"media_filesystem": {
+            "path": "/srv/media", "type": "cifs", "mount": "/srv"}}
+        [item] = found(description, "media-on-network-filesystem")
+        assert "/srv/media is on cifs (the host mounts /srv there)" in item["message"]
+
+    def test_a_local_disk_keeps_it(self):
+        description = one_host()
+        description["hosts"]["app1"]["mastodon"] = {"media_path_fs": "ext4", "media_filesystem": {
+            "path": "/home/mastodon/live/public/system", "type": "xfs", "mount": "/"}}
+        assert found(description, "media-on-network-filesystem") == []
+
+    def test_object_storage_does_not_read_the_path(self):
+        description = cluster()
+        description["hosts"]["web1"]["mastodon"] = {"media_path_fs": "nfs"}
+        assert found(description, "media-on-network-filesystem") == []
+
+
+class TestMediaS3SettingIgnored:
+    def test_s3_settings_with_local_media_are_an_error(self):
+        [item] = found(one_host(s3_alias_host="files.example.com", s3_bucket="media"), "media-s3-setting-ignored")
+        assert item["severity"] == "error"
+        assert item["message"].startswith("mastodon_s3_alias_host, mastodon_s3_bucket: Mastodon ignores it")
+        assert "S3_ENABLED=true" in item["message"] and "mastodon_media: s3" in item["hint"]
+
+    def test_path_style_override_without_endpoint(self):
+        [item] = found(cluster(mastodon__s3_override_path_style=True), "media-s3-setting-ignored")
+        assert "mastodon_s3_override_path_style" in item["message"] and "S3_ENDPOINT" in item["message"]
+
+    def test_kept_with_an_endpoint(self):
+        description = cluster(mastodon__s3_override_path_style=True,
+                              mastodon__s3_endpoint="https://s3.example.net")
+        assert found(description, "media-s3-setting-ignored") == []
+
+
+class TestMediaS3WithoutBucket:
+    def test_s3_without_bucket_is_an_error(self):
+        description = cluster()
+        del description["mastodon"]["s3_bucket"]
+        [item] = found(description, "media-s3-without-bucket")
+        assert item["severity"] == "error" and "mastodon_s3_bucket" in item["hint"]
+
+    def test_a_bucket_keeps_it(self):
+        assert found(cluster(), "media-s3-without-bucket") == []
+
+
+class TestMediaS3WithoutAliasHost:
+    def test_a_warning(self):
+        description = cluster()
+        del description["mastodon"]["s3_alias_host"]
+        [item] = found(description, "media-s3-without-alias-host")
+        assert item["severity"] == "warning" and "mastodon_s3_alias_host" in item["hint"]
+
+    def test_an_alias_host_keeps_it(self):
+        assert found(cluster(), "media-s3-without-alias-host") == []
