@@ -42,6 +42,8 @@ def _add_running_units(description, results):
             continue
         section["running_units"] = result["units"]
         section["running_env_production"] = result.get("env_production") or {}
+        if result.get("media_filesystem"):
+            section["media_filesystem"] = result["media_filesystem"]
 
 
 class ActionModule(ActionBase):

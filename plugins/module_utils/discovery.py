@@ -119,3 +119,24 @@ def kept_settings(environment: Dict[str, str]) -> Dict[str, str]:
 def postgresql_peer(tcp_port: Optional[int], unix_path: Optional[str]) -> bool:
     """A connection to PostgreSQL or pgbouncer: their TCP ports, or PostgreSQL's Unix socket."""
     return tcp_port in POSTGRESQL_PORTS or bool(unix_path and "/.s.PGSQL." in unix_path)
+
+
+def _unescape_mount(text: str) -> str:
+    """Mount points in mountinfo escape space, tab, newline and backslash as octal (\\040)."""
+    return re.sub(r"\\([0-7]{3})", lambda match: chr(int(match.group(1), 8)), text)
+
+
+def filesystem_under(path: str, mountinfo: str) -> Dict[str, str]:
+    """The file system a resolved, existing ``path`` is on, from /proc/self/mountinfo: its type and mount point
+    (the longest mount point that holds the path; a later mount over the same point wins, as in the kernel)."""
+    best = ("", "")
+    for line in mountinfo.splitlines():
+        fields = line.split()
+        if " - " not in line or len(fields) < 5:
+            continue
+        mount = _unescape_mount(fields[4])
+        fstype = line.split(" - ", 1)[1].split()[0]
+        inside = path == mount or path.startswith(mount.rstrip("/") + "/")
+        if inside and len(mount) >= len(best[0]):
+            best = (mount, fstype)
+    return {"path": path, "type": best[1] or "unknown", "mount": best[0] or "/"}

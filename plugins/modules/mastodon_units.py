@@ -27,6 +27,12 @@ options:
         collection's own (C(managed) in RV(units)).
     type: path
     default: /etc/mastodon/environment
+  media_path:
+    description:
+      - Where Mastodon keeps local media (C(PAPERCLIP_ROOT_PATH)); the file system under it is returned in
+        RV(media_filesystem). Default the checkout's C(public/system). A path not created yet is judged by the
+        nearest directory above it that exists.
+    type: path
 extends_documentation_fragment:
   - fediscale.mastodon.live_check
 author:
@@ -53,6 +59,20 @@ env_production:
   description: The sizing and endpoint settings of the checkout's C(.env.production), passwords masked.
   returned: success
   type: dict
+media_filesystem:
+  description: The file system under the media path, from the kernel's mount table.
+  returned: success
+  type: dict
+  contains:
+    path:
+      description: The media path.
+      type: str
+    type:
+      description: The file system's type, e.g. C(ext4) or C(nfs4).
+      type: str
+    mount:
+      description: Where that file system is mounted.
+      type: str
 """
 
 import glob
@@ -61,7 +81,7 @@ import os
 from ansible.module_utils.basic import AnsibleModule
 
 from ansible_collections.fediscale.mastodon.plugins.module_utils.discovery import (
-    SHOW_PROPERTIES, kept_settings, parse_environment_file, parse_show, postgresql_peer, program_of)
+    SHOW_PROPERTIES, filesystem_under, kept_settings, parse_environment_file, parse_show, postgresql_peer, program_of)
 
 
 def _run(module, argv):
@@ -69,6 +89,15 @@ def _run(module, argv):
     if rc != 0:
         module.fail_json(msg="%s failed: %s" % (" ".join(argv), err.strip() or out.strip()))
     return out
+
+
+def _media_filesystem(path):
+    existing = path
+    while not os.path.exists(existing) and existing != os.path.dirname(existing):
+        existing = os.path.dirname(existing)
+    with open("/proc/self/mountinfo", encoding="utf-8") as mountinfo:
+        found = filesystem_under(os.path.realpath(existing), mountinfo.read())
+    return dict(found, path=path)
 
 
 def _candidate_units(module):
@@ -151,6 +180,7 @@ def main():
         argument_spec=dict(
             app_dir=dict(type="path", default="/home/mastodon/live"),
             managed_environment_file=dict(type="path", default="/etc/mastodon/environment"),
+            media_path=dict(type="path"),
         ),
         supports_check_mode=True,
     )
@@ -186,7 +216,8 @@ def main():
             "live_postgresql_connections": live,
         })
     env_production = kept_settings(parse_environment_file(os.path.join(app_dir, ".env.production")))
-    module.exit_json(changed=False, units=units, env_production=env_production)
+    module.exit_json(changed=False, units=units, env_production=env_production,
+                     media_filesystem=_media_filesystem(module.params["media_path"] or app_dir + "/public/system"))
 
 
 if __name__ == "__main__":

@@ -13,6 +13,8 @@ ROLE_OPTIONS = frozenset((
     "app_malloc_conf",
     "app_node",
     "app_redis_password",
+    "app_s3_access_key_id",
+    "app_s3_secret_access_key",
     "app_user",
     "nginx_listen_port",
     "nginx_public_dir",

@@ -30,6 +30,12 @@ def proxy(host):
     return host.get_host("ansible://app-proxy", ansible_inventory=host.backend.ansible_inventory)
 
 
+@pytest.fixture(scope="module")
+def bucket(host):
+    """The object storage on app-media (an nginx standing in for S3)."""
+    return host.get_host("ansible://app-media", ansible_inventory=host.backend.ansible_inventory)
+
+
 def process(host, unit):
     """argv and environment of a unit's main process."""
     pid = host.run("systemctl show -P MainPID %s" % unit).stdout.strip()
@@ -266,7 +272,107 @@ def test_a_broken_site_never_reached_the_live_file(proxy):
 
 def test_nginx_production_unit_scores_below_4(proxy):
     proxy.run("cat /lib/systemd/system/nginx.service /etc/systemd/system/nginx.service.d/hardening.conf "
-              "/etc/systemd/system/nginx.service.d/limits.conf > /tmp/score-ours-nginx.service")
+              "/etc/systemd/system/nginx.service.d/limits.conf /etc/systemd/system/nginx.service.d/media-cache.conf "
+              "> /tmp/score-ours-nginx.service")
     proxy.run("cp /lib/systemd/system/nginx.service /tmp/score-debian-nginx.service")
     ours, debian = exposure(proxy, "/tmp/score-ours-nginx.service"), exposure(proxy, "/tmp/score-debian-nginx.service")
     assert ours < 4.0 < debian
+
+
+# Media: uploads go to the bucket, nginx serves them at the alias host through its cache.
+
+MEDIA = REPORT["nginx"]["app-proxy"]["media"]
+
+
+def media_get(proxy, path, *options):
+    """A GET of the media host through nginx: status, headers (lower-case names) and body."""
+    result = proxy.run("curl -s -D /dev/stderr %s -H 'Host: files.mastodon.test' http://127.0.0.1%s"
+                       % (" ".join(options), path))
+    lines = result.stderr.replace("\r", "").split("\n")
+    headers = {}
+    for line in lines[1:]:
+        if ":" in line:
+            name, value = line.split(":", 1)
+            headers.setdefault(name.strip().lower(), []).append(value.strip())
+    return int(lines[0].split()[1]), headers, result.stdout
+
+
+def origin_log(bucket, path):
+    return [line for line in bucket.file("/var/log/nginx/origin.log").content_string.splitlines()
+            if " %s " % path in line]
+
+
+def test_units_read_the_buckets_settings_and_credentials_from_the_private_file(web):
+    _argv, environ = process(web, "mastodon-web.service")
+    assert {name: environ.get(name) for name in ("S3_ENABLED", "S3_BUCKET", "S3_ENDPOINT", "S3_PROTOCOL",
+                                                 "S3_ALIAS_HOST", "AWS_ACCESS_KEY_ID")} == {
+        "S3_ENABLED": "true", "S3_BUCKET": "mastodon-media", "S3_ENDPOINT": "http://172.30.42.214:9000",
+        "S3_PROTOCOL": "http", "S3_ALIAS_HOST": "files.mastodon.test", "AWS_ACCESS_KEY_ID": "molecule-access-key"}
+    environment = web.file("/etc/mastodon/environment")
+    assert environment.mode == 0o640 and "AWS_SECRET_ACCESS_KEY=molecule-test-only-s3-secret" in \
+        environment.content_string
+    assert "S3_" not in web.file("/home/mastodon/live/.env.production").content_string
+
+
+def test_an_upload_lands_in_the_bucket_and_nginx_serves_it_cached(proxy, bucket):
+    result = proxy.run("head -c 20000 /dev/urandom > /tmp/upload.bin && curl -sf -H 'Host: mastodon.test' "
+                       "--data-binary @/tmp/upload.bin http://127.0.0.1/api/v2/media")
+    assert result.rc == 0, result.stderr
+    url = json.loads(result.stdout)["url"]
+    assert url.startswith("http://files.mastodon.test/media_attachments/files/")
+    path = url[len("http://files.mastodon.test"):]
+    # Puma put it at the endpoint's bucket, path style, with the access key of the environment file.
+    [put] = origin_log(bucket, "/mastodon-media" + path)
+    assert put.startswith("PUT ") and " 201 " in put and "Credential=molecule-access-key/" in put
+    uploaded = proxy.run("sha256sum < /tmp/upload.bin").stdout
+
+    status, headers, _body = media_get(proxy, path, "-o /tmp/first.bin", "-H 'Cookie: session=client-secret'",
+                                       "-H 'Authorization: Bearer client-token'")
+    assert (status, headers["x-cache-status"]) == (200, ["MISS"])
+    status, headers, _body = media_get(proxy, path, "-o /tmp/second.bin")
+    assert (status, headers["x-cache-status"]) == (200, ["HIT"])
+    assert proxy.run("sha256sum < /tmp/first.bin").stdout == proxy.run("sha256sum < /tmp/second.bin").stdout \
+        == uploaded
+    # The provider's headers and cookies stay behind nginx; the client's credentials and cookies never reach it.
+    assert not {"set-cookie", "x-amz-request-id", "x-amz-id-2"} & set(headers)
+    assert headers["access-control-allow-origin"] == ["*"]
+    [get] = [line for line in origin_log(bucket, "/mastodon-media" + path) if line.startswith("GET ")]
+    assert 'auth="" cookie=""' in get
+
+
+def test_the_bucket_is_never_listed_and_takes_no_writes_through_nginx(proxy):
+    assert media_get(proxy, "/")[0] == 404
+    assert media_get(proxy, "/media_attachments/x.bin", "-X PUT --data x")[0] == 403
+
+
+def test_a_stale_object_is_served_while_the_bucket_is_down(proxy, bucket):
+    bucket.run("mkdir -p /srv/s3/mastodon-media/short-lived && echo stale-proof > "
+               "/srv/s3/mastodon-media/short-lived/object.txt")
+    assert media_get(proxy, "/short-lived/object.txt")[1]["x-cache-status"] == ["MISS"]
+    time.sleep(2)  # the origin said max-age=1: the cached copy is stale now
+    assert bucket.run("systemctl stop nginx.service").rc == 0
+    try:
+        status, headers, body = media_get(proxy, "/short-lived/object.txt")
+        assert (status, headers["x-cache-status"], body) == (200, ["STALE"], "stale-proof\n")
+        assert media_get(proxy, "/never-cached.txt")[0] == 502
+    finally:
+        assert bucket.run("systemctl start nginx.service").rc == 0
+
+
+def test_simultaneous_misses_make_one_request_to_the_bucket(proxy, bucket):
+    # 192 kB at the origin's 64 kB/s: about 3 s, within proxy_cache_lock_timeout's 5 s.
+    bucket.run("mkdir -p /srv/s3/mastodon-media/slow && head -c 196608 /dev/urandom > "
+               "/srv/s3/mastodon-media/slow/video.bin")
+    result = proxy.run("for n in 1 2 3 4 5 6 7 8; do curl -s -o /dev/null -w '%{http_code}\\n' "
+                       "-H 'Host: files.mastodon.test' http://127.0.0.1/slow/video.bin & done; wait")
+    assert result.stdout.split() == ["200"] * 8
+    assert len(origin_log(bucket, "/mastodon-media/slow/video.bin")) == 1
+
+
+def test_the_cache_is_sized_and_placed_by_the_plan(proxy):
+    config = proxy.run("nginx -T").stdout
+    assert "proxy_cache_path %s levels=1:2 keys_zone=mastodon_media:%s max_size=%s inactive=%s" % (
+        MEDIA["cache_path"], MEDIA["cache_keys_zone"], MEDIA["cache_max_size"], MEDIA["cache_inactive"]) in config
+    cache = proxy.file(MEDIA["cache_path"])
+    assert (cache.user, cache.mode) == ("www-data", 0o700)
+    assert int(proxy.run("find %s -type f | wc -l" % MEDIA["cache_path"]).stdout) >= 2

@@ -114,6 +114,25 @@ FLOOD = ("set -a; . /etc/mastodon/environment; set +a; nohup timeout 200 python3
          "--queue push --rate 30 --seconds 150 --hold 0.5 > /tmp/flood.log 2>&1 &")
 
 
+MEDIA_ROUND_TRIP = """
+import json, urllib.request
+def call(path, host, data=None):
+    request = urllib.request.Request("http://127.0.0.1" + path, data=data, headers={"Host": host})
+    with urllib.request.urlopen(request, timeout=10) as response:
+        return [response.status, response.headers.get("X-Cache-Status"), response.read().decode()]
+url = json.loads(call("/api/v2/media", "mastodon.test", b"demo-media")[2])["url"]
+print(json.dumps([url] + [call(url[len("http://files.demo.test"):], "files.demo.test") for _ in range(2)]))
+"""
+
+
+def test_an_upload_goes_to_the_bucket_and_comes_back_through_nginxs_cache(hosts):
+    result = python(hosts["demo-proxy1"], MEDIA_ROUND_TRIP)
+    assert result.rc == 0, result.stderr
+    url, first, second = json.loads(result.stdout)
+    assert url.startswith("http://files.demo.test/media_attachments/")
+    assert (first, second) == ([200, "MISS", "demo-media"], [200, "HIT", "demo-media"])
+
+
 def read_queue(hosts, queue):
     result = hosts["demo-redis1"].ansible("fediscale.mastodon.sidekiq_queues",
                                           "login_password=%s trend_seconds=5" % REDIS_PASSWORD, check=True)
@@ -191,6 +210,21 @@ def test_over_commit_by_one_connection_fails_at_the_plan_and_changes_nothing(hos
     assert result.returncode != 0
     assert "ERROR connections-over-usable-capacity [demo-db1 postgresql primary]" in output
     assert "the plan opens %d connections on the primary" % (PRIMARY["usable"] + 1) in output
+    assert "PLAY [PostgreSQL]" not in output
+    assert snapshot(hosts) == before
+
+
+@DEBIAN_13_ONLY
+def test_local_media_on_several_hosts_fails_at_the_plan_and_changes_nothing(host, hosts):
+    before = snapshot(hosts)
+    result = run_playbook(host, "-e", json.dumps(dict(
+        {"mastodon_" + name: None for name in ("s3_bucket", "s3_endpoint", "s3_protocol", "s3_alias_host")},
+        mastodon_media="local")))
+    output = result.stdout + result.stderr
+    assert result.returncode != 0
+    assert "ERROR media-local-on-several-hosts [media]" in output
+    assert "Puma and Sidekiq write it on demo-sidekiq1, demo-web1, demo-web2 (nginx serves it from its own disk " \
+           "on demo-proxy1)" in output
     assert "PLAY [PostgreSQL]" not in output
     assert snapshot(hosts) == before
 

@@ -14,6 +14,10 @@ URL or password therefore shows in the live connection counts instead of being h
     stand-in.py rails db:migrate              two direct connections: Rails' migration advisory lock, the DDL
     stand-in.py tootctl ... [--concurrency N] a pool of N + 1 connections (lib/mastodon/cli/base.rb), N = 5
 
+Puma also takes uploads (POST /api/v2/media) and stores them as Paperclip does: under PAPERCLIP_ROOT_PATH, or
+with S3_ENABLED a PUT to S3_ENDPOINT's bucket (path style unless S3_OVERRIDE_PATH_STYLE) claiming
+AWS_ACCESS_KEY_ID, answering the URL at S3_ALIAS_HOST.
+
 Test-only hooks, so that a load can hold every pooled connection at once: GET /stand-in/hold?seconds=S (Puma)
 and ?stand_in_hold=S on a streaming request hold one connection for S seconds; a StandIn::HoldJob (args [S])
 does the same in sidekiq; tootctl --stand-in-hold S and STAND_IN_MIGRATION_SECONDS for migrations.
@@ -28,6 +32,7 @@ import sys
 import threading
 import time
 import urllib.parse
+import urllib.request
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import psycopg
@@ -207,6 +212,41 @@ def redis_client(prefix="", fallback=True, **options):
                        db=int(env.get(name + "DB", 0)), username=env.get(name + "USER"), password=password, **options)
 
 
+# Media: Paperclip's storage, chosen and addressed by the environment only.
+
+def store_media(key, body):
+    env = os.environ
+    if env.get("S3_ENABLED") != "true":
+        root = env.get("PAPERCLIP_ROOT_PATH") or os.path.join(os.getcwd(), "public", "system")
+        path = os.path.join(root, key)
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        with open(path, "wb") as media:
+            media.write(body)
+        return "/system/" + key
+    bucket, protocol = env["S3_BUCKET"], env.get("S3_PROTOCOL", "https")
+    region = env.get("S3_REGION", "us-east-1")
+    if env.get("S3_ENDPOINT"):
+        endpoint = urllib.parse.urlsplit(env["S3_ENDPOINT"])
+        if env.get("S3_OVERRIDE_PATH_STYLE") == "true":
+            target = "%s://%s.%s/%s" % (endpoint.scheme, bucket, endpoint.netloc, key)
+        else:
+            target = "%s://%s/%s/%s" % (endpoint.scheme, endpoint.netloc, bucket, key)
+    else:
+        target = "https://%s.s3.%s.amazonaws.com/%s" % (bucket, region, key)
+    # Not a real signature: what an S3 server checks first, the access key the request claims.
+    headers = {"Authorization": "AWS4-HMAC-SHA256 Credential=%s/%s/%s/s3/aws4_request"
+                                % (env.get("AWS_ACCESS_KEY_ID", ""), time.strftime("%Y%m%d"), region),
+               "Cache-Control": "public, max-age=315576000, immutable"}
+    if env.get("S3_PERMISSION", "public-read"):
+        headers["x-amz-acl"] = env.get("S3_PERMISSION", "public-read")
+    request = urllib.request.Request(target, data=body, method="PUT", headers=headers)
+    with urllib.request.urlopen(request, timeout=int(env.get("S3_OPEN_TIMEOUT", 5))) as response:
+        response.read()
+    if env.get("S3_ALIAS_HOST"):
+        return "%s://%s/%s" % (protocol, env["S3_ALIAS_HOST"], key)
+    return target
+
+
 # Puma
 
 class Web(BaseHTTPRequestHandler):
@@ -227,6 +267,20 @@ class Web(BaseHTTPRequestHandler):
                 "address": "%s:%d" % self.connection.getsockname()[:2],
                 "pools": {name: item.state() for name, item in self.pools.items()}}
         self.answer(200, "application/json", json.dumps(body).encode())
+
+    def do_POST(self):
+        """POST /api/v2/media: the body becomes a media file where Paperclip would put it, from the environment
+        alone (config/initializers/paperclip.rb), and the answer is its URL as Mastodon would link it."""
+        if urllib.parse.urlsplit(self.path).path != "/api/v2/media":
+            return self.answer(404, "text/plain", b"not found")
+        body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
+        number = "%09d" % random.randrange(10 ** 9)
+        key = "media_attachments/files/%s/%s/%s/original/upload.bin" % (number[:3], number[3:6], number[6:])
+        try:
+            url = store_media(key, body)
+        except Exception as error:  # Rails answers 500 when the upload fails
+            return self.answer(500, "text/plain", ("%s: %s" % (type(error).__name__, error)).encode())
+        self.answer(200, "application/json", json.dumps({"url": url}).encode())
 
     def answer(self, status, content_type, body):
         self.send_response(status)

@@ -68,3 +68,21 @@ def test_postgresql_peers():
     assert discovery.postgresql_peer(5432, None) and discovery.postgresql_peer(6432, None)
     assert discovery.postgresql_peer(None, "/var/run/postgresql/.s.PGSQL.5432")
     assert not discovery.postgresql_peer(6379, None) and not discovery.postgresql_peer(None, "/run/redis.sock")
+
+
+MOUNTINFO = """\
+22 1 253:1 / / rw,relatime shared:1 - ext4 /dev/vda1 rw
+30 22 0:40 / /home/mastodon/live/public/system rw,relatime shared:9 - nfs4 10.0.0.9:/media rw,vers=4.2
+31 22 0:41 / /srv/my\\040media rw,relatime shared:10 - cifs //nas/media rw
+32 22 253:2 / /home rw,relatime shared:11 - xfs /dev/vdb1 rw
+"""
+
+
+def test_the_file_system_under_a_path_is_its_longest_mount():
+    assert discovery.filesystem_under("/home/mastodon/live/public/system/cache", MOUNTINFO) == {
+        "path": "/home/mastodon/live/public/system/cache", "type": "nfs4",
+        "mount": "/home/mastodon/live/public/system"}
+    assert discovery.filesystem_under("/home/mastodon/live/public", MOUNTINFO)["type"] == "xfs"
+    assert discovery.filesystem_under("/srv/my media/x", MOUNTINFO)["mount"] == "/srv/my media"
+    # A name that only starts like a mount point is not under it.
+    assert discovery.filesystem_under("/homestead", MOUNTINFO)["type"] == "ext4"
