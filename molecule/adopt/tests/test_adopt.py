@@ -176,6 +176,20 @@ def test_every_planned_queue_runs(host):
             assert host.service(instance).is_running and host.service(instance).is_enabled, instance
 
 
+def test_local_media_is_written_by_puma_and_served_by_nginx_from_disk(host):
+    upload = host.run("curl -fsS -H 'Host: mastodon.test' --data-binary local-media http://127.0.0.1/api/v2/media")
+    assert upload.rc == 0, upload.stderr
+    url = json.loads(upload.stdout)["url"]
+    assert url.startswith("/system/media_attachments/files/")
+    assert host.file("/home/mastodon/live/public" + url).content_string == "local-media"
+    served = host.run("curl -fsS -D - -H 'Host: mastodon.test' http://127.0.0.1%s" % url)
+    assert served.rc == 0 and served.stdout.endswith("local-media"), served.stderr
+    assert "immutable" in served.stdout
+    # Never listed, and a missing file is nginx's 404, not Puma's.
+    assert host.run("curl -s -o /dev/null -w '%{http_code}' -H 'Host: mastodon.test' "
+                    "http://127.0.0.1/system/").stdout in ("403", "404")
+
+
 def test_rollback_puts_the_guide_units_back(host, load):
     env = dict(os.environ, ANSIBLE_NOCOLOR="1", ANSIBLE_FORCE_COLOR="0")
     run = subprocess.run([PLAYBOOK, "fediscale.mastodon.rollback", "-i", host.backend.ansible_inventory], env=env,
