@@ -392,30 +392,27 @@ def absolute_path(value: Any, where: str) -> str:
     return text.rstrip("/") or "/"
 
 
-def http_endpoint(value: Any, where: str) -> str:
-    """An S3 endpoint: http(s)://HOST[:PORT], no path (Paperclip appends the bucket)."""
-    text = parse_str(value, where)
-    match = re.fullmatch(r"(https?)://([^/:\s]+)(?::([0-9]{1,5}))?/?", text)
-    if not match:
-        raise PlanInputError(where, "%s is not an http:// or https:// URL of a host, with no path" % _show(text),
-                             "write it like https://s3.eu-central-1.example.com")
-    host_address(match.group(2), where)
-    if match.group(3):
-        port(match.group(3), where + " (its port)")
-    return text.rstrip("/")
+def _host_and_port(pattern: str, what: str, example: str) -> Callable[[Any, str], str]:
+    """A URL-like setting whose named groups ``host`` and ``port`` are checked as such."""
+    def parse(value: Any, where: str) -> str:
+        text = parse_str(value, where)
+        match = re.fullmatch(pattern, text)
+        if not match:
+            raise PlanInputError(where, "%s is not %s" % (_show(text), what), "write it like %s" % example)
+        host_address(match.group("host"), where)
+        if match.group("port"):
+            port(match.group("port"), where + " (its port)")
+        return text.rstrip("/")
+    return parse
 
 
-def alias_host(value: Any, where: str) -> str:
-    """S3_ALIAS_HOST: the host (and optional port and path) Mastodon links media at, without a scheme."""
-    text = parse_str(value, where)
-    match = re.fullmatch(r"([^/:\s]+)(?::([0-9]{1,5}))?(/[^\s]*)?", text)
-    if not match:
-        raise PlanInputError(where, "%s is not a host name with an optional port and path" % _show(text),
-                             "write it without a scheme, like files.example.com")
-    host_address(match.group(1), where)
-    if match.group(2):
-        port(match.group(2), where + " (its port)")
-    return text.rstrip("/")
+# An S3 endpoint: http(s)://HOST[:PORT], no path (Paperclip appends the bucket).
+http_endpoint = _host_and_port(r"https?://(?P<host>[^/:\s]+)(?::(?P<port>[0-9]{1,5}))?/?",
+                               "an http:// or https:// URL of a host, with no path",
+                               "https://s3.eu-central-1.example.com")
+# S3_ALIAS_HOST: the host (and optional port and path) Mastodon links media at, without a scheme.
+alias_host = _host_and_port(r"(?P<host>[^/:\s]+)(?::(?P<port>[0-9]{1,5}))?(/[^\s]*)?",
+                            "a host name with an optional port and path", "files.example.com, without a scheme")
 
 
 S3_CANNED_ACLS = ("private", "public-read", "public-read-write", "authenticated-read", "aws-exec-read",

@@ -171,3 +171,10 @@ def test_a_role_option_the_plan_reads_too_reaches_the_plan():
                 "app1": {}}
     description = description_from_inventory(hostvars, groups, role_variables=["redis_server", "redis_instances"])
     assert description["hosts"]["db1"]["redis"]["server"] == "valkey"
+
+
+def test_the_media_file_system_is_read_by_the_play_not_the_inventory():
+    with pytest.raises(PlanInputError, match="mastodon_media_filesystem: is not an inventory variable: site.yml's "
+                                             "plan play reads it from the host's mounts"):
+        description_from_inventory({"web1": {"mastodon_media_filesystem": {"type": "nfs"}}},
+                                             {"all": ["web1"], "web": ["web1"]})

@@ -277,3 +277,31 @@ def test_redis_server_is_redis_or_valkey(value):
 def test_yjit_is_a_boolean_or_auto():
     message = error_of(cluster(mastodon__yjit="sometimes"))
     assert message.startswith("mastodon.yjit: expected true or false") and "sometimes" in message
+
+
+@pytest.mark.parametrize("changes, message", [
+    ({"mastodon__media": "nfs"}, "mastodon.media: expected one of local, s3, got 'nfs'"),
+    ({"mastodon__media_path": "public/system"},
+     "mastodon.media_path: 'public/system' is not an absolute path without spaces or .."),
+    ({"mastodon__s3_endpoint": "s3.example.net"}, "mastodon.s3_endpoint: 's3.example.net' is not an http:// or "
+                                                  "https:// URL of a host, with no path"),
+    ({"mastodon__s3_endpoint": "https://s3.example.net/bucket"}, "with no path"),
+    ({"mastodon__s3_alias_host": "https://files.example.com"}, "mastodon.s3_alias_host: 'https://files.example.com' "
+                                                               "is not a host name with an optional port and path "
+                                                               "(write it like files.example.com, without a scheme)"),
+    ({"mastodon__s3_permission": "public"}, "mastodon.s3_permission: expected one of private, public-read"),
+    ({"hosts__web1__mastodon": {"environment": {"S3_BUCKET": "other"}}},
+     "host web1, mastodon.environment.S3_BUCKET: is a media setting the plan writes itself from mastodon_media and "
+     "mastodon_s3_*, and checks (remove it and set mastodon_s3_bucket)"),
+    ({"hosts__web1__mastodon": {"environment": {"S3_ENABLED": "false"}}}, "remove it and set mastodon_media)"),
+    ({"hosts__proxy1": {"nginx": {"media_resolver": "dns.example.net"}}},
+     "host proxy1, nginx.media_resolver: 'dns.example.net' is not an IP address"),
+    ({"hosts__proxy1": {"nginx": {"media_cache_max_size": 100}}}, "a size needs a unit, got 100"),
+])
+def test_bad_media_settings_name_the_setting_and_the_fix(changes, message):
+    assert message in error_of(cluster(**changes))
+
+
+def test_an_empty_s3_permission_is_a_bucket_without_acls():
+    report = plan.connection_budget(cluster(mastodon__s3_permission=""))
+    assert report["environment"]["web1"]["units"]["S3_PERMISSION"] == ""
