@@ -177,4 +177,4 @@ def test_the_media_file_system_is_read_by_the_play_not_the_inventory():
     with pytest.raises(PlanInputError, match="mastodon_media_filesystem: is not an inventory variable: site.yml's "
                                              "plan play reads it from the host's mounts"):
         description_from_inventory({"web1": {"mastodon_media_filesystem": {"type": "nfs"}}},
-                                             {"all": ["web1"], "web": ["web1"]})
+                                   {"all": ["web1"], "web": ["web1"]})
