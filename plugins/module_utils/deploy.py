@@ -9,7 +9,7 @@ from __future__ import annotations
 import ipaddress
 from typing import Any, Dict, List, Optional
 
-from ansible_collections.fediscale.mastodon.plugins.module_utils import mastodon, media, pgtune
+from ansible_collections.fediscale.mastodon.plugins.module_utils import mastodon, media, pgtune, tls
 from ansible_collections.fediscale.mastodon.plugins.module_utils.connections import (
     HANDOVER_PORT_OFFSET, PGBOUNCER_PORT, POSTGRESQL_PORT, address_of,
 )
@@ -32,19 +32,26 @@ def pgbouncer_databases(cluster: Dict[str, Any], servers: Dict[str, Any]) -> Lis
 
 
 def postgresql_hosts(cluster: Dict[str, Any], servers: Dict[str, Any], hosts: Dict[str, Dict[str, Any]],
-                     app_hosts: List[str]) -> Dict[str, Dict[str, Any]]:
-    """What the postgresql role writes on each database host: settings and who may connect."""
+                     app_hosts: List[str], sslmodes: Dict[str, Optional[str]]) -> Dict[str, Dict[str, Any]]:
+    """What the postgresql role writes on each database host: settings, and who may connect and how (clients on
+    another host over TLS when their sslmode encrypts)."""
     result = {}
     for role, server in servers.items():
         settings = dict(pgtune.formatted(server["tuning"]),
                         superuser_reserved_connections=server["superuser_reserved_connections"])
         if server["version"] >= 16:
             settings["reserved_connections"] = server["reserved_connections"]
+        encrypted = sslmodes[role] not in (None, "disable")
+        if encrypted and server["limits_from"] == "inventory":
+            settings.update(ssl="on", ssl_cert_file=tls.CERTIFICATE_FILE, ssl_key_file=tls.KEY_FILE)
+        # pgbouncer and the direct connections (migrations, tootctl) come from the app hosts.
+        clients = sorted({hba_address(address_of(host, hosts[host])) for host in app_hosts})
         result[server["host"]] = {
             "role": role, "version": server["version"], "address": server["address"], "port": POSTGRESQL_PORT,
             "database": cluster["db_name"], "user": cluster["db_user"], "settings": settings,
-            # pgbouncer and the direct connections (migrations, tootctl) come from the app hosts.
-            "clients": sorted({hba_address(address_of(host, hosts[host])) for host in app_hosts}),
+            "clients": clients,
+            "hba": [{"type": "hostssl" if encrypted and not tls.is_loopback(client.split("/")[0]) else "host",
+                     "address": client} for client in clients],
             # Mastodon's processes on the database host itself may log in as the official guide has them: by
             # peer, over the socket, as the system user of Mastodon's role name.
             "local_peer": server["host"] in app_hosts,
@@ -119,7 +126,7 @@ def app_units(processes: List[Dict[str, Any]], bouncer: Optional[Dict[str, Any]]
 
 def environment(host: str, sections: Dict[str, Any], cluster: Dict[str, Any], servers: Dict[str, Any],
                 bouncer: Optional[Dict[str, Any]], redis_settings: Dict[str, str],
-                bind: str) -> Dict[str, Dict[str, str]]:
+                bind: str, sslmodes: Dict[str, Optional[str]]) -> Dict[str, Dict[str, str]]:
     """Mastodon's database and Redis settings for a host's units, and the direct ones for migrations."""
     primary = servers["primary"]
     direct = {"DB_HOST": primary["address"], "DB_PORT": str(POSTGRESQL_PORT)}
@@ -138,6 +145,7 @@ def environment(host: str, sections: Dict[str, Any], cluster: Dict[str, Any], se
                 env["REPLICA_PREPARED_STATEMENTS"] = prepared
         else:
             env.update(REPLICA_DB_HOST=servers["replica"]["address"], REPLICA_DB_PORT=str(POSTGRESQL_PORT))
+    env.update(tls.client_environment(sslmodes["primary"], bouncer is not None))
     env.update(redis_settings)
     # Read by Ruby only (Puma, Sidekiq, tootctl); streaming's Node ignores it.
     env["RUBY_YJIT_ENABLE"] = "1" if mastodon.yjit_enabled(cluster["yjit"], cluster["version"]) else "0"
@@ -148,8 +156,10 @@ def environment(host: str, sections: Dict[str, Any], cluster: Dict[str, Any], se
     # The admin's own unit-wide variables win: the rules check what they set.
     env.update(sections["mastodon"]["environment"])
     migrations = dict(env, **direct)
-    for name in ("REPLICA_DB_HOST", "REPLICA_DB_PORT", "REPLICA_DB_NAME"):
+    for name in ("REPLICA_DB_HOST", "REPLICA_DB_PORT", "REPLICA_DB_NAME", "DB_SSLMODE", "NODE_EXTRA_CA_CERTS"):
         migrations.pop(name, None)
+    migrations.update(tls.client_environment(sslmodes["primary"], False))
+    migrations.pop("NODE_EXTRA_CA_CERTS", None)
     return {"units": env, "migrations": migrations}
 
 
@@ -166,9 +176,11 @@ def nginx_hosts(hosts: Dict[str, Dict[str, Any]]) -> Dict[str, Dict[str, Any]]:
 
 
 def add_pgbouncer_listeners(bouncers: Dict[str, Dict[str, Any]], cluster: Dict[str, Any],
-                            servers: Dict[str, Any]) -> None:
-    """Where each pgbouncer listens and the databases it serves."""
+                            servers: Dict[str, Any], sslmodes: Dict[str, Optional[str]]) -> None:
+    """Where each pgbouncer listens, the databases it serves and how it reaches them (server_tls_sslmode is one
+    setting for every server: the primary's)."""
     databases = pgbouncer_databases(cluster, servers)
     for bouncer in bouncers.values():
         bouncer.update(listen_addr="127.0.0.1", listen_port=PGBOUNCER_PORT, database_entries=databases,
-                       user=cluster["db_user"])
+                       user=cluster["db_user"], server_tls_sslmode=sslmodes["primary"],
+                       server_tls_ca_file=tls.CA_FILE if sslmodes["primary"] in tls.VERIFYING else None)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Any, Dict
 
-from ansible_collections.fediscale.mastodon.plugins.module_utils import adoption, connections, deploy, mastodon, media
+from ansible_collections.fediscale.mastodon.plugins.module_utils import adoption, connections, deploy, mastodon, media, tls
 from ansible_collections.fediscale.mastodon.plugins.module_utils.redis_plan import plan_redis
 from ansible_collections.fediscale.mastodon.plugins.module_utils.schema import PlanInputError, parse_description
 
@@ -50,7 +50,8 @@ def compute(description: Any) -> Dict[str, Any]:
     for host in nginx:
         nginx[host].update(deploy.upstreams(host, processes, binds))
         nginx[host]["media"] = media.nginx_media(cluster, hosts[host]["nginx"])
-    deploy.add_pgbouncer_listeners(bouncers, cluster, servers)
+    encryption = tls.plan_tls(servers, hosts, app_hosts)
+    deploy.add_pgbouncer_listeners(bouncers, cluster, servers, encryption["sslmode"])
     return {
         "mastodon": cluster,
         "servers": server_reports,
@@ -60,10 +61,11 @@ def compute(description: Any) -> Dict[str, Any]:
         "direct_connections": direct,
         "redis": redis,
         "nginx": nginx,
-        "postgresql": deploy.postgresql_hosts(cluster, servers, hosts, app_hosts),
+        "postgresql": deploy.postgresql_hosts(cluster, servers, hosts, app_hosts, encryption["sslmode"]),
+        "tls": encryption,
         "media": media.report(cluster, hosts),
         "environment": {host: deploy.environment(host, hosts[host], cluster, servers, bouncers.get(host),
-                                                 redis["settings"], binds[host])
+                                                 redis["settings"], binds[host], encryption["sslmode"])
                         for host in app_hosts},
         "units": {host: deploy.app_units([row for row in processes if row["host"] == host], bouncers.get(host))
                   for host in app_hosts},

@@ -598,6 +598,9 @@ POSTGRESQL = {
                          "where max_connections and the reserved slots come from: the inventory, or the running "
                          "server (one the postgresql role does not manage)"),
     "live_limits": Field(optional(live_limits), None, "set by site.yml's plan play from the running server"),
+    "sslmode": Field(choice("auto", "disable", "require", "verify-ca", "verify-full"), "auto",
+                     "how clients on other hosts reach it; auto: verify-full on a server the postgresql role manages "
+                     "(its certificate from the tls role), require on one it does not"),
 }
 
 WEB = {

@@ -43,4 +43,12 @@ ROLE_OPTIONS = frozenset((
     "redis_sentinel_port",
     "redis_server",
     "sidekiq_takeover_wait_seconds",
+    "tls_ca_certificate",
+    "tls_ca_days",
+    "tls_ca_dir",
+    "tls_ca_passphrase",
+    "tls_certificate",
+    "tls_certificate_days",
+    "tls_private_key",
+    "tls_renew_days",
 ))

@@ -107,13 +107,6 @@ def test_the_demo_load_reaches_exactly_the_plan_on_every_server_and_pgbouncer():
     assert summary["jobs"]["finished"] == summary["jobs"]["pushed"] > 0
 
 
-# --- 2. The advisor, and its advice applied (a scale-up and a scale-down in one run) ---
-
-# push has one process of 10 threads: 0.5 s jobs at 30 a second outrun its 20 a second, so its latency grows.
-FLOOD = ("set -a; . /etc/mastodon/environment; set +a; nohup timeout 200 python3 /usr/local/lib/demo_load.py flood "
-         "--queue push --rate 30 --seconds 150 --hold 0.5 > /tmp/flood.log 2>&1 &")
-
-
 MEDIA_ROUND_TRIP = """
 import json, urllib.request
 def call(path, host, data=None):
@@ -131,6 +124,33 @@ def test_an_upload_goes_to_the_bucket_and_comes_back_through_nginxs_cache(hosts)
     url, first, second = json.loads(result.stdout)
     assert url.startswith("http://files.demo.test/media_attachments/")
     assert (first, second) == ([200, "MISS", "demo-media"], [200, "HIT", "demo-media"])
+
+
+THROUGH_PGBOUNCER = ("set -a; . /etc/mastodon/environment; set +a; python3 -c 'import os, psycopg; psycopg.connect("
+                     "host=os.environ[\"DB_HOST\"], port=os.environ[\"DB_PORT\"], dbname=os.environ[\"DB_NAME\"], "
+                     "user=os.environ[\"DB_USER\"], password=os.environ[\"DB_PASS\"], "
+                     "sslmode=os.environ[\"DB_SSLMODE\"]).execute(\"SELECT 1\")'")
+
+
+def test_every_connection_from_another_host_is_encrypted(hosts):
+    # A query through each app host's pgbouncer (DB_SSLMODE=disable to the loopback) keeps a server connection
+    # open from each; PostgreSQL reports each one's TLS.
+    for name in ("demo-web1", "demo-web2", "demo-sidekiq1"):
+        result = hosts[name].run(THROUGH_PGBOUNCER)
+        assert result.rc == 0, result.stderr
+    rows = hosts["demo-db1"].run(
+        "runuser -u postgres -- psql -XAtq -c \"SELECT host(a.client_addr) || ' ' || s.ssl FROM pg_stat_activity a "
+        "JOIN pg_stat_ssl s USING (pid) WHERE a.client_addr IS NOT NULL\"").stdout.split()
+    addresses = rows[0::2]
+    assert {"172.30.42.13", "172.30.42.14", "172.30.42.15"} <= set(addresses), rows
+    assert set(rows[1::2]) == {"t"}, rows
+
+
+# --- 2. The advisor, and its advice applied (a scale-up and a scale-down in one run) ---
+
+# push has one process of 10 threads: 0.5 s jobs at 30 a second outrun its 20 a second, so its latency grows.
+FLOOD = ("set -a; . /etc/mastodon/environment; set +a; nohup timeout 200 python3 /usr/local/lib/demo_load.py flood "
+         "--queue push --rate 30 --seconds 150 --hold 0.5 > /tmp/flood.log 2>&1 &")
 
 
 def read_queue(hosts, queue):

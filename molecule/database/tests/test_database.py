@@ -6,6 +6,7 @@ import os
 import re
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -103,9 +104,72 @@ def test_host_outside_the_plan_is_refused(outsider):
     assert 'no pg_hba.conf entry for host "172.30.42.203"' in result.stderr
 
 
-def test_hba_rules_are_scram_only(db):
+def test_hba_rules_are_scram_only_and_tls_from_other_hosts(db):
     methods = psql(db, "SELECT DISTINCT type || ' ' || auth_method FROM pg_hba_file_rules").stdout.splitlines()
-    assert sorted(methods) == ["host scram-sha-256", "local peer"]
+    assert sorted(methods) == ["hostssl scram-sha-256", "local peer"]
+
+
+# --- TLS between hosts ---
+
+CA_FILE = REPORT["tls"]["ca_file"]
+
+
+def test_plain_text_from_another_host_is_refused(app):
+    result = app.run("PGPASSWORD=%s psql -XAtq 'host=%s user=mastodon dbname=mastodon_production sslmode=disable "
+                     "connect_timeout=5' -c 'SELECT 1'" % (PASSWORD, SERVER["address"]))
+    assert result.rc != 0 and 'host "172.30.42.202"' in result.stderr and "no encryption" in result.stderr
+
+
+def test_the_servers_certificate_names_its_address_and_chains_to_the_ca(app):
+    result = app.run("PGPASSWORD=%s psql -XAtq 'host=%s user=mastodon dbname=mastodon_production sslmode=verify-full "
+                     "sslrootcert=%s connect_timeout=5' -c 'SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()'"
+                     % (PASSWORD, SERVER["address"], CA_FILE))
+    assert (result.rc, result.stdout.strip()) == (0, "t"), result.stderr
+    ca = app.file(CA_FILE)
+    assert (ca.mode, ca.user) == (0o644, "root")
+
+
+def test_the_servers_key_is_readable_by_postgresql_only(db):
+    key = db.file(REPORT["tls"]["key_file"])
+    assert (key.user, key.group, key.mode) == ("root", "ssl-cert", 0o640)
+    assert psql(db, "SHOW ssl_cert_file").stdout.strip() == REPORT["tls"]["certificate_file"]
+
+
+SERVERS_QUERY = """
+import json, sys, psycopg
+with psycopg.connect("host=127.0.0.1 port=6432 dbname=mastodon_production user=mastodon password=%r") as client:
+    client.execute("SELECT 1")
+rows = []
+for socket_dir in sys.argv[1:]:
+    conn = psycopg.connect(host=socket_dir, port=6432, dbname="pgbouncer", user="pgbouncer_stats", password=%r,
+                           autocommit=True, cursor_factory=psycopg.ClientCursor)
+    cur = conn.execute("SHOW SERVERS")
+    rows += [dict(zip([column.name for column in cur.description], row)) for row in cur.fetchall()]
+print(json.dumps(rows, default=str))
+""" % (PASSWORD, STATS_PASSWORD)
+
+
+def test_pgbouncer_reaches_postgresql_over_verified_tls(app, db):
+    servers = json.loads(python(app, SERVERS_QUERY, *[process["socket_dir"] for process in PROCESSES]))
+    assert servers and all(row["tls"].startswith("TLSv1.") for row in servers), servers
+    remote = psql(db, "SELECT count(*), bool_and(s.ssl) FROM pg_stat_activity a JOIN pg_stat_ssl s USING (pid) "
+                      "WHERE a.client_addr IS NOT NULL AND a.usename = 'mastodon'").stdout.strip()
+    assert remote.split("|")[1] == "t" and int(remote.split("|")[0]) >= 1, remote
+
+
+def test_a_capture_on_the_wire_shows_no_login_or_query_text(db, app):
+    db.run("rm -f /tmp/wire.pcap; (timeout 30 tcpdump -i any -U -w /tmp/wire.pcap tcp port 5432 > /dev/null 2>&1 &)")
+    time.sleep(2)
+    for address, port in (("127.0.0.1", 6432), (SERVER["address"], 5432)):
+        assert connect(app, address, port, "mastodon", PASSWORD, sql="SELECT 'cleartext-canary-' || 42").rc == 0
+    time.sleep(1)
+    db.run("pkill -INT tcpdump")
+    time.sleep(1)
+    packets = db.run("tcpdump -r /tmp/wire.pcap 2>/dev/null | wc -l").stdout
+    text = db.run("tcpdump -A -r /tmp/wire.pcap 2>/dev/null").stdout
+    assert int(packets) > 10
+    for secret in ("cleartext-canary", "mastodon_production", "SCRAM-SHA-256"):
+        assert secret not in text, secret
 
 
 # --- pgbouncer ---

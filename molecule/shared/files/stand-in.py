@@ -64,8 +64,20 @@ def log(message):
 
 # PostgreSQL: the settings of config/database.yml and streaming/database.js.
 
-def database_settings(prefix=""):
-    """libpq settings for the primary (prefix "") or the replica ("REPLICA_", falling back to DB_*)."""
+def node_ssl(sslmode):
+    """streaming/database.js: no DB_SSLMODE is no TLS; no-verify encrypts without a check; any other value
+    verifies against Node's store, which NODE_EXTRA_CA_CERTS extends (Node never reads PGSSLROOTCERT)."""
+    if sslmode in (None, "", "disable"):
+        return {"sslmode": "disable"}
+    if sslmode == "no-verify":
+        return {"sslmode": "require", "sslrootcert": "/nonexistent"}
+    return {"sslmode": "verify-full",
+            "sslrootcert": os.environ.get("NODE_EXTRA_CA_CERTS") or "/etc/ssl/certs/ca-certificates.crt"}
+
+
+def database_settings(prefix="", node=False):
+    """libpq settings for the primary (prefix "") or the replica ("REPLICA_", falling back to DB_*); for
+    streaming's node-postgres with ``node``."""
     env = os.environ
     if env.get(prefix + "DATABASE_URL"):
         return {"conninfo": env[prefix + "DATABASE_URL"]}
@@ -73,9 +85,12 @@ def database_settings(prefix=""):
     def get(name, default):
         return env.get(prefix + name) or env.get(name) or default
 
-    return {"host": get("DB_HOST", "localhost"), "port": get("DB_PORT", "5432"),
-            "dbname": get("DB_NAME", "mastodon_production"), "user": get("DB_USER", "mastodon"),
-            "password": get("DB_PASS", ""), "sslmode": get("DB_SSLMODE", "prefer"), "application_name": ""}
+    settings = {"host": get("DB_HOST", "localhost"), "port": get("DB_PORT", "5432"),
+                "dbname": get("DB_NAME", "mastodon_production"), "user": get("DB_USER", "mastodon"),
+                "password": get("DB_PASS", ""), "sslmode": get("DB_SSLMODE", "prefer"), "application_name": ""}
+    if node:
+        settings.update(node_ssl(env.get("DB_SSLMODE")))
+    return settings
 
 
 def replica_configured():
@@ -570,7 +585,7 @@ class Subscriber:
 
 
 def streaming():
-    Streaming.pool = Pool("streaming", database_settings(), int(os.environ.get("DB_POOL") or 10), 10)
+    Streaming.pool = Pool("streaming", database_settings(node=True), int(os.environ.get("DB_POOL") or 10), 10)
     Streaming.subscriber = Subscriber()
     server = ThreadingHTTPServer((os.environ.get("BIND", "127.0.0.1"), int(os.environ.get("PORT", 4000))), Streaming)
     server.daemon_threads = True

@@ -1,0 +1,94 @@
+# Copyright (c) fediscale.mastodon contributors
+# GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
+"""Which PostgreSQL connections cross hosts and so go over TLS, and the certificates that prove the servers.
+
+A connection to a server address on the loopback never leaves its host and stays as it was. Any other goes
+over TLS with the server's certificate checked (``verify-full``: signed by the cluster's CA, and naming the
+address the client dials) on a server the postgresql role manages, whose certificate the tls role issues; and
+encrypted (``require``) on one it does not (``postgresql_limits_from: live``), whose CA the collection does not
+know. ``postgresql_sslmode`` sets it otherwise.
+
+Who connects how (config/database.yml, streaming/database.js):
+- pgbouncer's server connections: ``server_tls_sslmode`` with ``server_tls_ca_file``;
+- migrations and tootctl (migrations.env), and Mastodon's processes on a host without pgbouncer: Rails passes
+  ``DB_SSLMODE`` to libpq, which reads the CA from ``PGSSLROOTCERT``; streaming's node-postgres encrypts only
+  when ``DB_SSLMODE`` is set (``no-verify`` skips the check, any other value verifies against Node's store, to
+  which ``NODE_EXTRA_CA_CERTS`` adds the CA);
+- Mastodon's processes behind the local pgbouncer: ``DB_SSLMODE=disable``, nothing leaves the host.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from typing import Any, Dict, List, Optional
+
+from ansible_collections.fediscale.mastodon.plugins.module_utils.connections import LOOPBACK_NAMES, address_of
+
+# Where the tls role puts the cluster's CA (every host that dials a server over TLS) and a server's own pair.
+TLS_DIR = "/etc/ssl/fediscale-mastodon"
+CA_FILE = TLS_DIR + "/ca.crt"
+CERTIFICATE_FILE = TLS_DIR + "/server.crt"
+KEY_FILE = TLS_DIR + "/server.key"
+
+VERIFYING = ("verify-ca", "verify-full")
+
+
+def is_loopback(address: str) -> bool:
+    if address in LOOPBACK_NAMES:
+        return True
+    try:
+        return ipaddress.ip_address(address.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def server_sslmode(server: Dict[str, Any]) -> Optional[str]:
+    """The sslmode clients on other hosts use for a server; None when its address is on the loopback."""
+    if is_loopback(server["address"]):
+        return None
+    if server["sslmode"] != "auto":
+        return server["sslmode"]
+    return "verify-full" if server["limits_from"] == "inventory" else "require"
+
+
+def subject_alt_names(host: str, sections: Dict[str, Any]) -> List[str]:
+    """What a server's certificate names: the address clients dial, and the host's inventory name."""
+    names = []
+    for name in (address_of(host, sections), host):
+        try:
+            entry = "IP:%s" % ipaddress.ip_address(name)
+        except ValueError:
+            entry = "DNS:%s" % name
+        if entry not in names:
+            names.append(entry)
+    return names
+
+
+def plan_tls(servers: Dict[str, Any], hosts: Dict[str, Dict[str, Any]], app_hosts: List[str]) -> Dict[str, Any]:
+    """Each server's sslmode, the certificates the tls role issues (managed servers that other hosts dial over
+    TLS) and the hosts that need the CA (those that dial a verifying server)."""
+    modes = {role: server_sslmode(server) for role, server in servers.items()}
+    certificates = {server["host"]: {"subject_alt_names": subject_alt_names(server["host"], hosts[server["host"]])}
+                    for role, server in servers.items()
+                    if modes[role] is not None and server["limits_from"] == "inventory"}
+    verifying = any(mode in VERIFYING for mode in modes.values())
+    return {
+        "sslmode": modes,
+        "certificates": certificates,
+        "ca_hosts": sorted(set(app_hosts) | set(certificates)) if verifying or certificates else [],
+        "ca_file": CA_FILE,
+        "certificate_file": CERTIFICATE_FILE,
+        "key_file": KEY_FILE,
+    }
+
+
+def client_environment(sslmode: Optional[str], through_pgbouncer: bool) -> Dict[str, str]:
+    """DB_SSLMODE and the CA settings of Mastodon's processes, by how they reach the primary."""
+    if through_pgbouncer:
+        return {"DB_SSLMODE": "disable"}
+    if sslmode is None:
+        return {}
+    env = {"DB_SSLMODE": sslmode}
+    if sslmode in VERIFYING:
+        env.update(PGSSLROOTCERT=CA_FILE, NODE_EXTRA_CA_CERTS=CA_FILE)
+    return env
