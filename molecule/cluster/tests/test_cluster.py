@@ -143,7 +143,7 @@ def test_every_connection_from_another_host_is_encrypted(hosts):
         "JOIN pg_stat_ssl s USING (pid) WHERE a.client_addr IS NOT NULL\"").stdout.split()
     addresses = rows[0::2]
     assert {"172.30.42.13", "172.30.42.14", "172.30.42.15"} <= set(addresses), rows
-    assert set(rows[1::2]) == {"t"}, rows
+    assert set(rows[1::2]) == {"true"}, rows
 
 
 # --- 2. The advisor, and its advice applied (a scale-up and a scale-down in one run) ---
