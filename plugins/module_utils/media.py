@@ -58,10 +58,6 @@ def media_hosts(hosts: Dict[str, Dict[str, Any]]) -> List[str]:
     return result
 
 
-def media_path(cluster: Dict[str, Any], app_dir: str = "/home/mastodon/live") -> str:
-    return cluster["media_path"] or app_dir.rstrip("/") + "/public/system"
-
-
 def keys_zone_mb(max_size_kb: int) -> int:
     return max(1, math.ceil(max_size_kb / CACHE_AVERAGE_OBJECT_KB / CACHE_KEYS_PER_MB))
 
