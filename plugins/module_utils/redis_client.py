@@ -21,6 +21,11 @@ def connect(host: str, port: int, password: Optional[str] = None) -> Any:
                        decode_responses=True)
 
 
+def connect_socket(path: str, password: Optional[str] = None) -> Any:
+    return redis.Redis(unix_socket_path=path, password=password, socket_timeout=TIMEOUT_SECONDS,
+                       decode_responses=True)
+
+
 def ask_sentinel(address: Tuple[str, int], name: str) -> Optional[Sequence[Any]]:
     """``SENTINEL GET-MASTER-ADDR-BY-NAME``; an unreachable sentinel raises ConnectionError."""
     try:

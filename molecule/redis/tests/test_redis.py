@@ -55,7 +55,7 @@ def test_default_instance_is_off(host):
     ("cache", "save", ""),
     ("cache", "appendonly", "no"),
     ("persistent", "maxmemory-policy", "noeviction"),
-    # 32MB before the converge: a changed configuration restarts the running instance.
+    # 32MB before the converge, which sets it live.
     ("persistent", "maxmemory", str(16 * 1024 * 1024)),
     ("persistent", "appendonly", "yes"),
     ("persistent", "appendfsync", "everysec"),
@@ -67,6 +67,38 @@ def test_default_instance_is_off(host):
 ])
 def test_live_settings(host, instance, setting, value):
     assert config(host, instance, setting) == value
+
+
+def main_pid(host, instance):
+    return host.run("systemctl show -p MainPID --value %s-server@%s" % (SERVER, instance)).stdout.strip()
+
+
+def pid_before_converge(host, instance):
+    lines = host.file("/var/tmp/redis-pids-before-converge").content_string.splitlines()
+    return dict(line.split() for line in lines)[instance]
+
+
+def queued_job(host, instance):
+    return cli(host, instance, "LRANGE queue:default 0 -1").stdout.strip()
+
+
+def test_a_changed_maxmemory_is_applied_live_keeping_the_process_and_its_queue(host):
+    assert main_pid(host, "persistent") == pid_before_converge(host, "persistent")
+    assert config(host, "persistent", "maxmemory") == str(16 * 1024 * 1024)
+    assert queued_job(host, "persistent") == '{"class":"ActivityPub::DeliveryWorker","jid":"prepare-6379"}'
+
+
+def test_a_setting_read_only_at_start_restarts_the_instance_after_its_aof_is_rewritten(host):
+    assert main_pid(host, "sidekiq") != pid_before_converge(host, "sidekiq")
+    assert config(host, "sidekiq", "unixsocketperm") == "770"
+    assert queued_job(host, "sidekiq") == '{"class":"ActivityPub::DeliveryWorker","jid":"prepare-6381"}'
+    log = host.file("/var/log/%s/%s-server-sidekiq.log" % (SERVER, SERVER)).content_string.splitlines()
+    # Between the prepare's start and the converge's: an AOF rewrite that finished, then the shutdown.
+    starts = [index for index, line in enumerate(log) if "Server initialized" in line]
+    window = log[starts[-2]:starts[-1]]
+    rewritten = [index for index, line in enumerate(window) if "AOF rewrite" in line and "successfully" in line]
+    stopped = [index for index, line in enumerate(window) if "ready to exit" in line.lower()]
+    assert rewritten and stopped and rewritten[-1] < stopped[0], "\n".join(window)
 
 
 def test_each_instance_has_its_own_files(host):

@@ -205,3 +205,35 @@ def test_failover_keeps_the_data_and_the_role_does_not_undo_it(host, hosts):
     for name in NAMES:
         assert sentinel_master(hosts[name]) == ADDRESSES[new] + ":6379"
         assert "replicaof" not in hosts[name].file("/etc/%s/%s-persistent.conf" % (SERVER, SERVER)).content_string
+
+
+def main_pid(host):
+    return host.run("systemctl show -p MainPID --value %s-server@persistent" % SERVER).stdout.strip()
+
+
+def test_a_restart_the_master_needs_comes_after_a_failover_and_loses_no_write(host, hosts):
+    """A setting Redis reads only at start changes on the master, as when an older configuration is upgraded."""
+    old = master_host(hosts)
+    conf = "/etc/%s/%s-persistent.conf" % (SERVER, SERVER)
+    assert hosts[old].run("sed -i 's/^unixsocketperm .*/unixsocketperm 700/' %s" % conf).rc == 0
+    # Back within a second, long before the sentinels would call it down.
+    assert hosts[old].run("systemctl restart %s-server@persistent" % SERVER).rc == 0
+    wait_for(lambda: "connected_slaves:2" in cli(hosts[old], "INFO replication").stdout, 60, "replicas back")
+    assert role(hosts[old])[0] == "master"
+    writes = "python3 -c \"print('\\n'.join('RPUSH queue:default late%d' % i for i in range(1000)))\""
+    assert hosts[old].run("%s | %s-cli -a %s --no-auth-warning > /dev/null" % (writes, SERVER, PASSWORD)).rc == 0
+    assert cli(hosts[old], "WAIT 2 5000").stdout.strip() == "2"
+    pid = main_pid(hosts[old])
+
+    env = dict(os.environ, ANSIBLE_NOCOLOR="1", ANSIBLE_FORCE_COLOR="0")
+    run = subprocess.run([PLAYBOOK, str(SCENARIO / "converge.yml"), "-i", host.backend.ansible_inventory],
+                         env=env, capture_output=True, text=True, timeout=600, check=False)
+    assert run.returncode == 0, run.stdout[-3000:]
+
+    new = master_host(hosts)
+    assert new != old and main_pid(hosts[old]) != pid
+    assert cli(hosts[old], "CONFIG GET unixsocketperm").stdout.split()[-1] == "770"
+    for name in NAMES:
+        assert sentinel_master(hosts[name]) == ADDRESSES[new] + ":6379"
+    assert cli(hosts[new], "LLEN queue:default").stdout.strip() == "2000"
+    wait_for(lambda: role(hosts[old]) == ("slave", ADDRESSES[new] + ":6379"), 60, "%s follows %s" % (old, new))

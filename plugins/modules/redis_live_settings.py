@@ -1,0 +1,238 @@
+# Copyright (c) fediscale.mastodon contributors
+# GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
+
+DOCUMENTATION = r"""
+module: redis_live_settings
+short_description: Bring a running Redis instance to its configuration file without a restart where Redis allows it
+version_added: 0.1.0
+description:
+  - Reads the instance's configuration (O(content), or the file O(path)), asks the running server for each
+    setting (C(CONFIG GET)) and sets the ones that differ with C(CONFIG SET), so a change of C(maxmemory),
+    C(maxmemory-policy), C(appendfsync), C(save) and the like keeps the process, its clients and its data.
+  - Settings Redis reads only at start (C(unixsocket), C(dir), C(logfile), C(appendfilename), ...) are reported in
+    RV(restart_for) and the instance is prepared for the restart the caller then does. A master of a set under
+    Redis Sentinel (O(master_name)) is first failed over with C(SENTINEL FAILOVER), and the module waits until it
+    replicates the new master, so that no write goes to an instance about to stop; an instance with an append-only
+    file rewrites it (C(BGREWRITEAOF)) and the module waits for the rewrite to finish, so that the restart loads a
+    compact file.
+  - A password the running server refuses means O(login_password) changed: only a restart applies it, and the
+    module prepares nothing, since it cannot talk to the server.
+  - The configuration file stays the only record of the settings; the module never sends C(CONFIG REWRITE).
+requirements:
+  - redis-py (Debian's C(python3-redis)) on the host it runs on
+options:
+  content:
+    description:
+      - The configuration the instance must run with, as its file holds it (or will: in check mode the file is not
+        written yet, so a caller passes what it would write).
+      - Holds C(requirepass); never logged.
+    type: str
+  path:
+    description: The instance's configuration file, when O(content) is not given.
+    type: path
+  login_unix_socket:
+    description: The instance's Unix socket. Unlike its port, the socket is the same before and after a change.
+    type: path
+    required: true
+  login_password:
+    description: The instance's C(requirepass).
+    type: str
+    required: true
+  master_name:
+    description: The name the sentinels monitor the instance's set by, when it is a member of one.
+    type: str
+  sentinels:
+    description: Every sentinel of that set, as C(host:port); the first that answers performs the failover.
+    type: list
+    elements: str
+    default: []
+  timeout:
+    description: Seconds to wait for a failover or an AOF rewrite before failing.
+    type: int
+    default: 300
+attributes:
+  check_mode:
+    description: Reports what it would set and whether a restart is due, and changes nothing.
+    support: full
+  diff_mode:
+    description: The differing settings before and after; secret ones are masked.
+    support: full
+author:
+  - fediscale.mastodon contributors (@fediscale)
+"""
+
+EXAMPLES = r"""
+- name: Apply the persistent instance's settings live
+  fediscale.mastodon.redis_live_settings:
+    content: "{{ lookup('ansible.builtin.template', 'redis.conf.j2') }}"
+    login_unix_socket: /run/redis-persistent/redis-server.sock
+    login_password: "{{ redis_password }}"
+  register: live
+
+- name: Restart it only for settings Redis reads at start
+  ansible.builtin.systemd_service:
+    name: redis-server@persistent.service
+    state: restarted
+  when: live.restart
+"""
+
+RETURN = r"""
+applied:
+  description: Settings set with C(CONFIG SET) (or, in check mode, that would be).
+  returned: success
+  type: list
+  elements: str
+restart_for:
+  description: Settings that only a restart applies.
+  returned: success
+  type: list
+  elements: str
+restart:
+  description: Whether the instance must be restarted; it is ready for it.
+  returned: success
+  type: bool
+failed_over:
+  description: Whether the instance was a master under Sentinel and handed that role to a replica first.
+  returned: success
+  type: bool
+rewrote_aof:
+  description: Whether the append-only file was rewritten before the restart.
+  returned: success
+  type: bool
+"""
+
+import time
+
+from ansible.module_utils.basic import AnsibleModule, missing_required_lib
+
+from ansible_collections.fediscale.mastodon.plugins.module_utils.redis_client import (
+    REQUIREMENT, ask_sentinel, connect, connect_socket, redis,
+)
+from ansible_collections.fediscale.mastodon.plugins.module_utils.redis_settings import (
+    aof_rewrite_state, parse_configuration, settings_that_differ, shown, split_by_restart,
+)
+from ansible_collections.fediscale.mastodon.plugins.module_utils.sentinel import SENTINEL_PORT, parse_address
+
+POLL_SECONDS = 0.5
+
+
+def where(module):
+    """The instance, for messages: its socket (the one name it keeps whatever its settings)."""
+    return "Redis at %s" % module.params["login_unix_socket"]
+
+
+def wait_until(module, what, done):
+    deadline = time.monotonic() + module.params["timeout"]
+    while not done():
+        if time.monotonic() > deadline:
+            module.fail_json(msg="%s: %s did not happen within %d s; nothing was restarted."
+                             % (where(module), what, module.params["timeout"]))
+        time.sleep(POLL_SECONDS)
+
+
+def fail_over(module, client):
+    """Hand a master's role to a replica through the sentinels, and wait until this instance follows it."""
+    params = module.params
+    if client.execute_command("ROLE")[0] != "master":
+        return False
+    if not client.info("replication").get("connected_slaves"):
+        module.fail_json(msg="%s: this instance is the master of set %s and has no connected replica to hand that "
+                             "role to before the restart. Start a replica, or restart it yourself when a short "
+                             "outage is acceptable; nothing was restarted." % (where(module), params["master_name"]))
+    errors = []
+    for sentinel in params["sentinels"]:
+        try:
+            connect(*parse_address(sentinel, SENTINEL_PORT)).execute_command("SENTINEL", "FAILOVER",
+                                                                             params["master_name"])
+            break
+        except redis.RedisError as error:
+            errors.append("%s: %s" % (sentinel, error))
+    else:
+        module.fail_json(msg="%s: no sentinel of set %s performed a failover (%s); nothing was restarted."
+                         % (where(module), params["master_name"], "; ".join(errors)))
+    # Then it replicates the new master, before its append-only file is rewritten.
+    wait_until(module, "the failover of set %s" % params["master_name"],
+               lambda: client.execute_command("ROLE")[0::3] == ["slave", "connected"])
+    return True
+
+
+def rewrite_aof(module, client):
+    """Rewrite the append-only file, if the instance keeps one, and wait for the rewrite to end."""
+    if client.config_get("appendonly").get("appendonly") != "yes":
+        return False
+    try:
+        client.execute_command("BGREWRITEAOF")
+    except redis.ResponseError as error:
+        if "already in progress" not in str(error):
+            raise
+    wait_until(module, "the rewrite of the append-only file",
+               lambda: aof_rewrite_state(client.info("persistence")) != "running")
+    if aof_rewrite_state(client.info("persistence")) == "failed":
+        module.fail_json(msg="%s: the append-only file rewrite failed (see the instance's log); nothing was "
+                             "restarted." % where(module))
+    return True
+
+
+def main():
+    module = AnsibleModule(
+        argument_spec=dict(
+            content=dict(type="str", no_log=True),
+            path=dict(type="path"),
+            login_unix_socket=dict(type="path", required=True),
+            login_password=dict(type="str", required=True, no_log=True),
+            master_name=dict(type="str"),
+            sentinels=dict(type="list", elements="str", default=[]),
+            timeout=dict(type="int", default=300),
+        ),
+        required_by={"master_name": "sentinels"},
+        required_one_of=[("content", "path")],
+        mutually_exclusive=[("content", "path")],
+        supports_check_mode=True,
+    )
+    if redis is None:
+        module.fail_json(msg=missing_required_lib(REQUIREMENT))
+    params = module.params
+    try:
+        if params["content"] is None:
+            with open(params["path"], encoding="utf-8") as handle:
+                params["content"] = handle.read()
+        wanted = parse_configuration(params["content"])
+    except (OSError, ValueError) as error:
+        module.fail_json(msg="%s: cannot read the configuration: %s" % (where(module), error))
+    result = dict(changed=False, applied=[], restart_for=[], restart=False, failed_over=False, rewrote_aof=False)
+    client = connect_socket(params["login_unix_socket"], params["login_password"])
+    try:
+        try:
+            client.ping()
+        except redis.AuthenticationError:
+            result.update(changed=True, restart_for=["requirepass"], restart=True)
+            module.exit_json(**result)
+        running = {}
+        for name in wanted:
+            running.update(client.config_get(name))
+        live, restart_for = split_by_restart(settings_that_differ(wanted, running))
+        if module._diff:
+            result["diff"] = dict(before=shown(running, live + restart_for), after=shown(wanted, live + restart_for))
+        for name in live:
+            if module.check_mode:
+                result["applied"].append(name)
+                continue
+            try:
+                client.config_set(name, wanted[name])
+                result["applied"].append(name)
+            except redis.ResponseError:
+                # A setting this server version reads only at start.
+                restart_for.append(name)
+        result.update(restart_for=sorted(restart_for), restart=bool(restart_for))
+        if restart_for and not module.check_mode:
+            if params["master_name"]:
+                result["failed_over"] = fail_over(module, client)
+            result["rewrote_aof"] = rewrite_aof(module, client)
+    except redis.RedisError as error:
+        module.fail_json(msg="%s: %s" % (where(module), error), **result)
+    result["changed"] = bool(result["applied"] or result["restart"])
+    module.exit_json(**result)
+
+
+if __name__ == "__main__":
+    main()
