@@ -468,6 +468,27 @@ def test_a_cluster_of_another_version_stops_the_role_before_it_changes_anything(
         db.run("rm -rf /etc/postgresql/%s /var/lib/postgresql/%s" % (old, old))
 
 
+def test_a_planned_setting_that_alter_system_overrides_stops_the_role(db):
+    """ALTER SYSTEM's postgresql.auto.conf is read after the plan's file, so its max_connections would win."""
+    planned = psql(db, "SHOW max_connections").stdout.strip()
+    psql(db, "ALTER SYSTEM SET max_connections = 999")
+    try:
+        env = dict(os.environ, ANSIBLE_NOCOLOR="1", ANSIBLE_FORCE_COLOR="0")
+        playbook = Path(__file__).resolve().parents[1] / "converge.yml"
+        run = subprocess.run([str(Path(sys.executable).with_name("ansible-playbook")), str(playbook),
+                              "-i", db.backend.ansible_inventory, "--limit", "database-db"],
+                             env=env, capture_output=True, text=True, timeout=600, check=False)
+        output = " ".join((run.stdout + run.stderr).split())
+        assert run.returncode != 0
+        assert ("host database-db: /var/lib/postgresql/%s/main/postgresql.auto.conf (ALTER SYSTEM) overrides the "
+                "plan's max_connections (999 there, %s in the plan)" % (SERVER["version"], planned)) in output, \
+            output[-3000:]
+        assert "ALTER SYSTEM RESET max_connections;" in output
+        assert psql(db, "SHOW max_connections").stdout.strip() == planned
+    finally:
+        psql(db, "ALTER SYSTEM RESET max_connections")
+
+
 # --- Re-planned: one process instead of two, with prepared statements opted in; undone at the end ---
 
 def converge_app(host, *extra):
