@@ -17,6 +17,7 @@ from typing import Any, Dict, List, Optional, Tuple
 
 from ansible_collections.fediscale.mastodon.plugins.module_utils import mastodon
 from ansible_collections.fediscale.mastodon.plugins.module_utils import pgtune
+from ansible_collections.fediscale.mastodon.plugins.module_utils import replication
 from ansible_collections.fediscale.mastodon.plugins.module_utils.capacity import usable, warning_line
 from ansible_collections.fediscale.mastodon.plugins.module_utils.schema import (
     AUTO, LIVE_LIMITS, WORK_MEM_MINIMUM_KB, PlanInputError, format_size_kb, host_where, version_tuple,
@@ -312,6 +313,7 @@ def server_report(role: str, server: Dict[str, Any], sources: List[Dict[str, Any
         "limits_source": server["limits_source"],
         "inventory_limits": server["inventory_limits"],
         "live_limits": server["live_limits"],
+        "replication": replication.replication_report(server),
     }
 
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import ipaddress
 from typing import Any, Dict, List, Optional
 
-from ansible_collections.fediscale.mastodon.plugins.module_utils import mastodon, media, pgtune, tls
+from ansible_collections.fediscale.mastodon.plugins.module_utils import mastodon, media, pgtune, replication, tls
 from ansible_collections.fediscale.mastodon.plugins.module_utils.connections import (
     HANDOVER_PORT_OFFSET, PGBOUNCER_PORT, POSTGRESQL_PORT, address_of,
 )
@@ -41,6 +41,7 @@ def postgresql_hosts(cluster: Dict[str, Any], servers: Dict[str, Any], hosts: Di
                         superuser_reserved_connections=server["superuser_reserved_connections"])
         if server["version"] >= 16:
             settings["reserved_connections"] = server["reserved_connections"]
+        settings.update(replication.replication_settings(server))
         encrypted = sslmodes[role] not in (None, "disable")
         if encrypted and server["limits_from"] == "inventory":
             settings.update(ssl="on", ssl_cert_file=tls.CERTIFICATE_FILE, ssl_key_file=tls.KEY_FILE)

@@ -13,7 +13,7 @@ from __future__ import annotations
 import ipaddress
 from typing import Any, Callable, Dict, Iterator, List, Optional
 
-from ansible_collections.fediscale.mastodon.plugins.module_utils import debian, mastodon
+from ansible_collections.fediscale.mastodon.plugins.module_utils import debian, mastodon, replication
 from ansible_collections.fediscale.mastodon.plugins.module_utils.media import is_network_filesystem
 from ansible_collections.fediscale.mastodon.plugins.module_utils.redis_plan import sentinel_majority
 from ansible_collections.fediscale.mastodon.plugins.module_utils.pgtune import work_mem_limit_kb
@@ -223,6 +223,89 @@ def postgresql_inventory_limits_differ_from_live(report: Report) -> Iterator[Fin
                 % ", ".join("postgresql_%s: %d" % (key, server[key]) for key in LIVE_LIMITS
                             if inventory[key] != server[key]),
                 live=server["max_connections"], inventory=inventory["max_connections"])
+
+
+# --- a read replica (module_utils/replication.py) ---
+
+def _primary_and_replica(report: Report) -> Optional[tuple]:
+    servers = report["servers"]
+    return (servers["primary"], servers["replica"]) if "replica" in servers else None
+
+
+@rule("replica-below-primary")
+def replica_below_primary(report: Report) -> Iterator[Finding]:
+    pair = _primary_and_replica(report)
+    if pair is None:
+        return
+    primary, replica = pair
+    lower = replication.below_primary(primary["replication"]["hot_standby"], replica["replication"]["hot_standby"])
+    for name, (theirs, ours) in sorted(lower.items()):
+        yield finding(
+            "replica-below-primary", ERROR, replica["host"], "postgresql replica",
+            "%s on the replica %s is %d, below the primary %s's %d: a hot standby needs at least the primary's, "
+            "or PostgreSQL stops replaying WAL and will not start it"
+            % (name, replica["host"], ours, primary["host"], theirs),
+            "set postgresql_%s: %d (or more) on %s%s"
+            % (name, theirs, replica["host"],
+               "; PGTune takes it from postgresql_cpus, so give the replica as many CPUs as the primary"
+               if name == "max_worker_processes" else ""),
+            primary=theirs, replica=ours)
+
+
+@rule("replica-primary-short-of-wal-senders")
+def replica_primary_short_of_wal_senders(report: Report) -> Iterator[Finding]:
+    pair = _primary_and_replica(report)
+    if pair is None:
+        return
+    primary = pair[0]
+    senders = primary["replication"]["hot_standby"]["max_wal_senders"]
+    slots = primary["replication"]["max_replication_slots"]
+    for name, have, need in (("max_wal_senders", senders, replication.wal_senders_needed(1)),
+                             ("max_replication_slots", slots, replication.slots_needed(1))):
+        if have < need:
+            yield finding(
+                "replica-primary-short-of-wal-senders", ERROR, primary["host"], "postgresql primary",
+                "%s on the primary %s is %d; its replica takes 1 and pg_basebackup's first copy %d more, %d in all"
+                % (name, primary["host"], have, need - 1, need),
+                "set postgresql_%s: %d (or more) on %s" % (name, need, primary["host"]), have=have, need=need)
+
+
+@rule("replica-slot-wal-unbounded")
+def replica_slot_wal_unbounded(report: Report) -> Iterator[Finding]:
+    pair = _primary_and_replica(report)
+    if pair is None:
+        return
+    primary = pair[0]
+    keep, free = (primary["replication"]["max_slot_wal_keep_size_kb"], primary["replication"]["wal_disk_free_kb"])
+    if keep is None or free is None:
+        missing = [name for name, value in (("postgresql_max_slot_wal_keep_size", keep),
+                                            ("postgresql_wal_disk_free", free)) if value is None]
+        yield finding(
+            "replica-slot-wal-unbounded", ERROR, primary["host"], "postgresql primary",
+            "the primary %s keeps WAL for its replica's slot without a limit the plan can check (%s not set): a "
+            "replica that is down fills the primary's disk, and the primary stops" % (primary["host"],
+                                                                                       " and ".join(missing)),
+            "set postgresql_wal_disk_free to the free space of %s's WAL disk and postgresql_max_slot_wal_keep_size "
+            "below it" % primary["host"])
+    elif keep >= free:
+        yield finding(
+            "replica-slot-wal-unbounded", ERROR, primary["host"], "postgresql primary",
+            "max_slot_wal_keep_size %s on the primary %s is not below the %s free on its WAL disk: a replica that "
+            "is down fills it before the slot is given up" % (format_size_kb(keep), primary["host"],
+                                                               format_size_kb(free)),
+            "lower postgresql_max_slot_wal_keep_size below %s (the WAL of normal work needs room too)"
+            % format_size_kb(free), keep_kb=keep, free_kb=free)
+
+
+@rule("replica-wal-level-minimal")
+def replica_wal_level_minimal(report: Report) -> Iterator[Finding]:
+    pair = _primary_and_replica(report)
+    if pair is not None and not replication.wal_level_allows_replicas(pair[0]["replication"]["wal_level"]):
+        yield finding(
+            "replica-wal-level-minimal", ERROR, pair[0]["host"], "postgresql primary",
+            "wal_level is minimal on the primary %s: its WAL cannot feed the replica %s"
+            % (pair[0]["host"], pair[1]["host"]),
+            "set postgresql_wal_level: replica (PostgreSQL's default) on %s" % pair[0]["host"])
 
 
 @rule("work-mem-over-twice-ram")

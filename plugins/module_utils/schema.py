@@ -598,6 +598,16 @@ POSTGRESQL = {
                          "where max_connections and the reserved slots come from: the inventory, or the running "
                          "server (one the postgresql role does not manage)"),
     "live_limits": Field(optional(live_limits), None, "set by site.yml's plan play from the running server"),
+    # Replication (a read replica): PostgreSQL's defaults unless set.
+    "max_wal_senders": Field(integer(0, 262143), 10, "WAL senders: one per replica, two for pg_basebackup"),
+    "max_replication_slots": Field(integer(0, 262143), 10, "slots: one per replica, one for pg_basebackup"),
+    "max_prepared_transactions": Field(integer(0, 262143), 0, "a replica needs at least the primary's"),
+    "max_locks_per_transaction": Field(integer(10, 2147483647), 64, "a replica needs at least the primary's"),
+    "wal_level": Field(choice("minimal", "replica", "logical"), "replica", "replica or logical for a replica"),
+    "max_slot_wal_keep_size": Field(optional(size_kb(1024, "MB")), None,
+                                    "WAL a slot may keep for a replica that is down (default: no limit)"),
+    "wal_disk_free": Field(optional(size_kb(1024)), None,
+                           "free space of the disk that holds pg_wal, e.g. 200GB; the slot's limit stays below it"),
     "sslmode": Field(choice("auto", "disable", "require", "verify-ca", "verify-full"), "auto",
                      "how clients on other hosts reach it; auto: verify-full on a server the postgresql role manages "
                      "(its certificate from the tls role), require on one it does not"),

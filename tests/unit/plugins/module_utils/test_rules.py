@@ -1,5 +1,6 @@
 """One class per rule in plugins/module_utils/rules.py: a plan that breaks it, and one that keeps it."""
 
+import copy
 import re
 from pathlib import Path
 
@@ -66,10 +67,97 @@ class TestConnectionsOverUsableCapacity:
         assert found(description, "connections-over-usable-capacity") == []
 
     def test_replica_gets_its_own_sum(self):
-        description = cluster(hosts__db2={"postgresql": {"role": "replica", "max_connections": 40, "ram": "16GB"}})
-        [item] = found(description, "connections-over-usable-capacity")
+        # Both at 40: a hot standby runs with at least the primary's max_connections.
+        description = with_replica(primary={"max_connections": 200}, replica={"max_connections": 40})
+        description["hosts"]["db1"]["postgresql"]["max_connections"] = 40
+        [item] = [entry for entry in found(description, "connections-over-usable-capacity")
+                  if entry["service"] == "postgresql replica"]
         # web 10 + sidekiq 30 on the replica; streaming never uses it.
         assert item["service"] == "postgresql replica" and item["numbers"]["total"] == 40
+
+
+# A replica the rules accept: the primary's limits, and the primary's slot bounded below its WAL disk.
+SOUND_REPLICA = {"hosts__db2": {"postgresql": {"role": "replica", "ram": "16GB"}},
+                 "hosts__db1": {"postgresql": {"ram": "16GB", "max_slot_wal_keep_size": "50GB",
+                                               "wal_disk_free": "200GB"}}}
+
+
+def with_replica(primary=None, replica=None):
+    description = cluster(**copy.deepcopy(SOUND_REPLICA))
+    description["hosts"]["db1"]["postgresql"].update(primary or {})
+    description["hosts"]["db2"]["postgresql"].update(replica or {})
+    return description
+
+
+class TestReplicaBelowPrimary:
+    def test_fewer_connections_than_the_primary(self):
+        [item] = found(with_replica(replica={"max_connections": 150}), "replica-below-primary")
+        assert (item["severity"], item["host"], item["numbers"]) == ("error", "db2", {"primary": 200, "replica": 150})
+        assert item["message"].startswith("max_connections on the replica db2 is 150, below the primary db1's 200")
+        assert item["hint"] == "set postgresql_max_connections: 200 (or more) on db2"
+
+    def test_fewer_cpus_mean_fewer_workers(self):
+        [item] = found(with_replica(primary={"cpus": 16}, replica={"cpus": 4}), "replica-below-primary")
+        assert "max_worker_processes on the replica db2 is 4, below the primary db1's 16" in item["message"]
+        assert "give the replica as many CPUs as the primary" in item["hint"]
+
+    def test_each_lower_setting_is_named(self):
+        items = found(with_replica(primary={"max_prepared_transactions": 10, "max_locks_per_transaction": 128}),
+                      "replica-below-primary")
+        assert [item["numbers"] for item in items] == [{"primary": 128, "replica": 64}, {"primary": 10, "replica": 0}]
+
+    def test_a_replica_at_the_primarys_limits_or_above(self):
+        assert found(with_replica(replica={"max_connections": 300}), "replica-below-primary") == []
+
+
+class TestReplicaPrimaryShortOfWalSenders:
+    def test_too_few_senders_and_slots(self):
+        items = found(with_replica(primary={"max_wal_senders": 2, "max_replication_slots": 1},
+                                   replica={"max_wal_senders": 2}), "replica-primary-short-of-wal-senders")
+        assert [(item["host"], item["numbers"]) for item in items] == [
+            ("db1", {"have": 2, "need": 3}), ("db1", {"have": 1, "need": 3})]
+        assert items[0]["message"] == ("max_wal_senders on the primary db1 is 2; its replica takes 1 and "
+                                       "pg_basebackup's first copy 2 more, 3 in all")
+
+    def test_defaults_cover_a_replica(self):
+        assert found(with_replica(), "replica-primary-short-of-wal-senders") == []
+
+
+class TestReplicaSlotWalUnbounded:
+    def test_no_limit(self):
+        description = with_replica()
+        del description["hosts"]["db1"]["postgresql"]["max_slot_wal_keep_size"]
+        [item] = found(description, "replica-slot-wal-unbounded")
+        assert item["host"] == "db1" and "(postgresql_max_slot_wal_keep_size not set)" in item["message"]
+
+    def test_limit_not_below_the_free_disk(self):
+        [item] = found(with_replica(primary={"max_slot_wal_keep_size": "200GB"}), "replica-slot-wal-unbounded")
+        assert item["message"].startswith("max_slot_wal_keep_size 200GB on the primary db1 is not below the 200GB "
+                                          "free on its WAL disk")
+
+    def test_without_a_replica_nothing_is_asked(self):
+        assert found(cluster(), "replica-slot-wal-unbounded") == []
+
+    def test_a_limit_below_the_free_disk(self):
+        assert found(with_replica(), "replica-slot-wal-unbounded") == []
+
+
+class TestReplicaWalLevelMinimal:
+    def test_minimal(self):
+        [item] = found(with_replica(primary={"wal_level": "minimal"}), "replica-wal-level-minimal")
+        assert item["message"] == "wal_level is minimal on the primary db1: its WAL cannot feed the replica db2"
+
+    def test_replica_and_logical(self):
+        assert found(with_replica(primary={"wal_level": "logical"}), "replica-wal-level-minimal") == []
+
+
+def test_a_sound_replica_has_no_findings_and_is_written_as_a_hot_standby():
+    report = plan.connection_budget(with_replica())
+    assert report["findings"] == []
+    assert {key: report["postgresql"]["db2"]["settings"].get(key) for key in ("hot_standby", "hot_standby_feedback")} \
+        == {"hot_standby": "on", "hot_standby_feedback": "on"}
+    assert report["postgresql"]["db1"]["settings"]["max_slot_wal_keep_size"] == "50GB"
+    assert "max_wal_senders" not in report["postgresql"]["db1"]["settings"]  # PostgreSQL's default
 
 
 class TestConnectionsOverWarningLine:
