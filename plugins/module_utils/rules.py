@@ -283,16 +283,16 @@ def replica_slot_wal_unbounded(report: Report) -> Iterator[Finding]:
         yield finding(
             "replica-slot-wal-unbounded", ERROR, primary["host"], "postgresql primary",
             "the primary %s keeps WAL for its replica's slot without a limit the plan can check (%s not set): a "
-            "replica that is down fills the primary's disk, and the primary stops" % (primary["host"],
-                                                                                       " and ".join(missing)),
+            "replica that is down fills the primary's disk, and the primary stops"
+            % (primary["host"], " and ".join(missing)),
             "set postgresql_wal_disk_free to the free space of %s's WAL disk and postgresql_max_slot_wal_keep_size "
             "below it" % primary["host"])
     elif keep >= free:
         yield finding(
             "replica-slot-wal-unbounded", ERROR, primary["host"], "postgresql primary",
             "max_slot_wal_keep_size %s on the primary %s is not below the %s free on its WAL disk: a replica that "
-            "is down fills it before the slot is given up" % (format_size_kb(keep), primary["host"],
-                                                               format_size_kb(free)),
+            "is down fills it before the slot is given up"
+            % (format_size_kb(keep), primary["host"], format_size_kb(free)),
             "lower postgresql_max_slot_wal_keep_size below %s (the WAL of normal work needs room too)"
             % format_size_kb(free), keep_kb=keep, free_kb=free)
 
