@@ -31,6 +31,17 @@ def pgbouncer_databases(cluster: Dict[str, Any], servers: Dict[str, Any]) -> Lis
     return entries
 
 
+# Linux's net.core.somaxconn since 5.4 (Debian 12 and 13 run 6.1 and 6.12): listen() cuts a longer backlog to it,
+# silently. The listeners the collection leaves at their defaults stay below it (Redis 511, nginx 511, pgbouncer
+# 128, Puma 1024); PostgreSQL's grows with max_connections.
+KERNEL_SOMAXCONN = 4096
+
+
+def postgresql_listen_backlog(max_connections: int) -> int:
+    """PostgreSQL listens with twice max_connections (src/backend/libpq/pqcomm.c)."""
+    return 2 * max_connections
+
+
 def postgresql_hosts(cluster: Dict[str, Any], servers: Dict[str, Any], hosts: Dict[str, Dict[str, Any]],
                      app_hosts: List[str], sslmodes: Dict[str, Optional[str]]) -> Dict[str, Dict[str, Any]]:
     """What the postgresql role writes on each database host: settings, and who may connect and how (clients on
@@ -56,6 +67,9 @@ def postgresql_hosts(cluster: Dict[str, Any], servers: Dict[str, Any], hosts: Di
             # Mastodon's processes on the database host itself may log in as the official guide has them: by
             # peer, over the socket, as the system user of Mastodon's role name.
             "local_peer": server["host"] in app_hosts,
+            # Raised only past the kernel's default, never lowered.
+            "somaxconn": max(postgresql_listen_backlog(server["max_connections"]), KERNEL_SOMAXCONN)
+            if postgresql_listen_backlog(server["max_connections"]) > KERNEL_SOMAXCONN else None,
         }
     return result
 
@@ -126,7 +140,7 @@ def app_units(processes: List[Dict[str, Any]], bouncer: Optional[Dict[str, Any]]
 
 
 def environment(host: str, sections: Dict[str, Any], cluster: Dict[str, Any], servers: Dict[str, Any],
-                bouncer: Optional[Dict[str, Any]], redis_settings: Dict[str, str],
+                bouncer: Optional[Dict[str, Any]], redis: Dict[str, Any],
                 bind: str, sslmodes: Dict[str, Optional[str]]) -> Dict[str, Dict[str, str]]:
     """Mastodon's database and Redis settings for a host's units, and the direct ones for migrations."""
     primary = servers["primary"]
@@ -147,7 +161,8 @@ def environment(host: str, sections: Dict[str, Any], cluster: Dict[str, Any], se
         else:
             env.update(REPLICA_DB_HOST=servers["replica"]["address"], REPLICA_DB_PORT=str(POSTGRESQL_PORT))
     env.update(tls.client_environment(sslmodes["primary"], bouncer is not None))
-    env.update(redis_settings)
+    env.update(redis["settings"])
+    env.update(tls.redis_client_environment(redis["configurations"]))
     # Read by Ruby only (Puma, Sidekiq, tootctl); streaming's Node ignores it.
     env["RUBY_YJIT_ENABLE"] = "1" if mastodon.yjit_enabled(cluster["yjit"], cluster["version"]) else "0"
     if cluster["trusted_proxy_ip"]:

@@ -50,7 +50,7 @@ def compute(description: Any) -> Dict[str, Any]:
     for host in nginx:
         nginx[host].update(deploy.upstreams(host, processes, binds))
         nginx[host]["media"] = media.nginx_media(cluster, hosts[host]["nginx"])
-    encryption = tls.plan_tls(servers, hosts, app_hosts)
+    encryption = tls.plan_tls(servers, hosts, app_hosts, redis["instances"])
     deploy.add_pgbouncer_listeners(bouncers, cluster, servers, encryption["sslmode"])
     return {
         "mastodon": cluster,
@@ -65,7 +65,7 @@ def compute(description: Any) -> Dict[str, Any]:
         "tls": encryption,
         "media": media.report(cluster, hosts),
         "environment": {host: deploy.environment(host, hosts[host], cluster, servers, bouncers.get(host),
-                                                 redis["settings"], binds[host], encryption["sslmode"])
+                                                 redis, binds[host], encryption["sslmode"])
                         for host in app_hosts},
         "units": {host: deploy.app_units([row for row in processes if row["host"] == host], bouncers.get(host))
                   for host in app_hosts},

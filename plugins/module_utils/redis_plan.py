@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from typing import Any, Dict, List, Optional
 
+from ansible_collections.fediscale.mastodon.plugins.module_utils import tls
 from ansible_collections.fediscale.mastodon.plugins.module_utils.connections import address_of, endpoint_host
 from ansible_collections.fediscale.mastodon.plugins.module_utils.schema import (
     AUTO, PlanInputError, host_where, parse_description,
@@ -17,7 +18,7 @@ from ansible_collections.fediscale.mastodon.plugins.module_utils.schema import (
 def _redis_url(instance: Optional[Dict[str, Any]]) -> Optional[str]:
     if instance is None:
         return None
-    return "redis://%s:%d" % (instance["address"], instance["port"])
+    return "%s://%s:%d" % ("rediss" if instance["tls"] else "redis", instance["address"], instance["port"])
 
 
 REDIS_PURPOSE_DEFAULTS = {
@@ -25,7 +26,6 @@ REDIS_PURPOSE_DEFAULTS = {
     "persistent": {"maxmemory_policy": "noeviction", "appendonly": True, "save": ""},
     "sidekiq": {"maxmemory_policy": "noeviction", "appendonly": True, "save": ""},
 }
-# Mastodon's three Redis configurations, by environment prefix.
 
 
 # Mastodon's three Redis configurations, by environment prefix.
@@ -60,6 +60,7 @@ def _redis_instances(hosts: Dict[str, Dict[str, Any]]) -> List[Dict[str, Any]]:
         for instance in redis_instance_settings(items, host_where(host, "redis") + ".instances"):
             instance.update(host=host, address=address_of(host, sections), version=sections["redis"]["version"],
                             server=sections["redis"]["server"])
+            instance["tls"] = tls.redis_instance_tls(instance)
             instances.append(instance)
     return instances
 
@@ -199,7 +200,8 @@ def resolve_redis_settings(settings: Dict[str, str], instances: List[Dict[str, A
                              if (item["address"], item["port"]) == tuple(endpoint)
                              or (item["host"], item["port"]) == tuple(endpoint)), None)
         resolved[prefix] = {"dataset": REDIS_CONFIGURATIONS[prefix], "endpoint": list(endpoint), "source": source,
-                            "instance": instance, "ignored": ignored, "half_sentinel": half_sentinel}
+                            "instance": instance, "ignored": ignored, "half_sentinel": half_sentinel,
+                            "tls": bool(url) and url.startswith("rediss://")}
     return resolved
 
 

@@ -22,6 +22,8 @@ SETTINGS_READ_AT_START = frozenset({
     "appenddirname", "databases", "syslog-enabled", "syslog-ident",
     # PROTECTED_CONFIG
     "dir", "dbfilename",
+    # Modifiable, but the redis role restarts for it: the TLS listener takes over the plain one's port.
+    "tls-port",
 })
 # Compared and applied like the others, never shown.
 SECRET_SETTINGS = frozenset({"requirepass", "masterauth"})
@@ -30,6 +32,7 @@ SIZE_SETTINGS = frozenset({"maxmemory"})
 # Names and paths, compared as written; other values (yes/no, policies, levels) Redis reports in lower case.
 CASE_SENSITIVE_SETTINGS = frozenset({
     "dir", "logfile", "pidfile", "unixsocket", "dbfilename", "appendfilename", "appenddirname", "syslog-ident",
+    "tls-cert-file", "tls-key-file", "tls-ca-cert-file",
 }) | SECRET_SETTINGS
 # Settings whose lines add up instead of replacing each other.
 ACCUMULATING_SETTINGS = frozenset({"save"})

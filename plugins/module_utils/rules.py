@@ -844,6 +844,31 @@ def redis_setting_ignored(report: Report) -> Iterator[Finding]:
                 "set %s_URL (or %s_HOST with the port)" % (prefix, prefix))
 
 
+@rule("redis-tls-scheme-mismatch")
+def redis_tls_scheme_mismatch(report: Report) -> Iterator[Finding]:
+    """A configuration that dials an instance with the other scheme: TLS against a plain port, or plain against a
+    TLS-only one (the instance's plain port is closed). Derived settings always agree; given ones may not."""
+    for prefix, configuration in sorted(_configurations(report).items()):
+        endpoint = tuple(configuration["endpoint"])
+        # A configuration that falls back to the base one is judged with it.
+        if endpoint[0] == "sentinel" or configuration["source"] == "the base REDIS_* configuration":
+            continue
+        instance = next((item for item in report["redis"]["instances"]
+                         if endpoint in ((item["address"], item["port"]), (item["host"], item["port"]))), None)
+        if instance is None or instance["tls"] == configuration["tls"]:
+            continue
+        yield finding(
+            "redis-tls-scheme-mismatch", ERROR, instance["host"], "redis %s" % instance["name"],
+            "%s reaches Redis %s on %s %s, but the instance %s: Mastodon could not connect"
+            % (configuration["source"], instance["name"], instance["host"],
+               "over TLS (rediss://)" if configuration["tls"] else "without TLS",
+               "takes only TLS on port %d" % instance["port"] if instance["tls"] else "has no TLS"),
+            "write %s_URL as %s://%s:%d, or set tls: %s on the instance"
+            % (prefix, "rediss" if instance["tls"] else "redis", instance["address"], instance["port"],
+               "false" if instance["tls"] else "true"),
+            instance_port=instance["port"])
+
+
 @rule("redis-sentinel-half-set")
 def redis_sentinel_half_set(report: Report) -> Iterator[Finding]:
     for prefix, configuration in sorted(_configurations(report).items()):

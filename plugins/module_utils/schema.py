@@ -673,6 +673,8 @@ REDIS_INSTANCE = {
     "appendonly": Field(optional(parse_bool), None, "default by purpose"),
     "appendfsync": Field(choice("always", "everysec", "no"), "everysec", ""),
     "save": Field(optional(redis_save), None, "RDB schedule; \"\" disables it"),
+    "tls": Field(bool_or_auto, AUTO, "clients reach it over TLS (rediss://); auto: when they dial a non-loopback "
+                                     "address and it is in no Sentinel set, whose clients Mastodon cannot encrypt"),
     "sentinel_master": Field(optional(named(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}", "Sentinel master name")), None,
                              "the name Sentinel monitors this instance's replicated set by; the instances of one "
                              "name on several hosts form the set"),

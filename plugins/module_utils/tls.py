@@ -1,6 +1,6 @@
 # Copyright (c) fediscale.mastodon contributors
 # GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
-"""Which PostgreSQL connections cross hosts and so go over TLS, and the certificates that prove the servers.
+"""Which PostgreSQL and Redis connections cross hosts and so go over TLS, and the certificates that prove the servers.
 
 A connection to a server address on the loopback never leaves its host and stays as it was. Any other goes
 over TLS with the server's certificate checked (``verify-full``: signed by the cluster's CA, and naming the
@@ -15,6 +15,13 @@ Who connects how (config/database.yml, streaming/database.js):
   when ``DB_SSLMODE`` is set (``no-verify`` skips the check, any other value verifies against Node's store, to
   which ``NODE_EXTRA_CA_CERTS`` adds the CA);
 - Mastodon's processes behind the local pgbouncer: ``DB_SSLMODE=disable``, nothing leaves the host.
+
+Redis (lib/mastodon/redis_configuration.rb, streaming/redis.js): a ``rediss://`` URL turns TLS on in Ruby's
+redis-client and in Node's ioredis, and both check the certificate and the name dialled. Ruby's OpenSSL verifies
+against the host's store, which the tls role extends with the CA (Debian's ``update-ca-certificates``); Node
+against its own bundle plus ``NODE_EXTRA_CA_CERTS``. With Sentinel neither side can encrypt: Rails builds a
+``redis://`` URL to the master and gives the sentinels no TLS option, and streaming passes ioredis none. An
+instance in a Sentinel set stays plain.
 """
 
 from __future__ import annotations
@@ -23,6 +30,7 @@ import ipaddress
 from typing import Any, Dict, List, Optional
 
 from ansible_collections.fediscale.mastodon.plugins.module_utils.connections import LOOPBACK_NAMES, address_of
+from ansible_collections.fediscale.mastodon.plugins.module_utils.schema import AUTO, PlanInputError, host_where
 
 # Where the tls role puts the cluster's CA (every host that dials a server over TLS) and a server's own pair.
 TLS_DIR = "/etc/ssl/fediscale-mastodon"
@@ -51,6 +59,20 @@ def server_sslmode(server: Dict[str, Any]) -> Optional[str]:
     return "verify-full" if server["limits_from"] == "inventory" else "require"
 
 
+def redis_instance_tls(instance: Dict[str, Any]) -> bool:
+    """Whether clients reach a Redis instance over TLS: ``tls``, or by default when they dial a non-loopback address
+    and the instance is in no Sentinel set."""
+    if instance["tls"] is True and instance["sentinel_master"] is not None:
+        raise PlanInputError(host_where(instance["host"], "redis") + ".instances.%s.tls" % instance["name"],
+                             "Redis %s is in the Sentinel set %s, and Mastodon reaches a set only without TLS "
+                             "(Rails and streaming give the sentinels and the master no TLS option)"
+                             % (instance["name"], instance["sentinel_master"]),
+                             "leave tls out (auto) or set it to false on the members of a Sentinel set")
+    if instance["tls"] == AUTO:
+        return instance["sentinel_master"] is None and not is_loopback(instance["address"])
+    return bool(instance["tls"])
+
+
 def subject_alt_names(host: str, sections: Dict[str, Any]) -> List[str]:
     """What a server's certificate names: the address clients dial, and the host's inventory name."""
     names = []
@@ -64,22 +86,35 @@ def subject_alt_names(host: str, sections: Dict[str, Any]) -> List[str]:
     return names
 
 
-def plan_tls(servers: Dict[str, Any], hosts: Dict[str, Dict[str, Any]], app_hosts: List[str]) -> Dict[str, Any]:
-    """Each server's sslmode, the certificates the tls role issues (managed servers that other hosts dial over
-    TLS) and the hosts that need the CA (those that dial a verifying server)."""
+def plan_tls(servers: Dict[str, Any], hosts: Dict[str, Dict[str, Any]], app_hosts: List[str],
+             redis_instances: List[Dict[str, Any]]) -> Dict[str, Any]:
+    """Each server's sslmode, the certificates the tls role issues (managed PostgreSQL servers and Redis hosts that
+    other hosts dial over TLS), the hosts that need the CA (those that dial a verifying server) and whether it joins
+    their trust store (for Ruby's Redis clients)."""
     modes = {role: server_sslmode(server) for role, server in servers.items()}
-    certificates = {server["host"]: {"subject_alt_names": subject_alt_names(server["host"], hosts[server["host"]])}
-                    for role, server in servers.items()
-                    if modes[role] is not None and server["limits_from"] == "inventory"}
-    verifying = any(mode in VERIFYING for mode in modes.values())
+    servers_with_tls = {server["host"] for role, server in servers.items()
+                        if modes[role] is not None and server["limits_from"] == "inventory"}
+    redis_hosts = {instance["host"] for instance in redis_instances if instance["tls"]}
+    certificates = {host: {"subject_alt_names": subject_alt_names(host, hosts[host])}
+                    for host in sorted(servers_with_tls | redis_hosts)}
+    verifying = any(mode in VERIFYING for mode in modes.values()) or bool(redis_hosts)
     return {
         "sslmode": modes,
         "certificates": certificates,
         "ca_hosts": sorted(set(app_hosts) | set(certificates)) if verifying or certificates else [],
+        "trust_store": bool(redis_hosts),
+        "redis_hosts": sorted(redis_hosts),
         "ca_file": CA_FILE,
         "certificate_file": CERTIFICATE_FILE,
         "key_file": KEY_FILE,
     }
+
+
+def redis_client_environment(configurations: Dict[str, Dict[str, Any]]) -> Dict[str, str]:
+    """What streaming's Node needs to verify a Redis over TLS; Ruby reads the host's trust store."""
+    if any(configuration["tls"] for configuration in configurations.values()):
+        return {"NODE_EXTRA_CA_CERTS": CA_FILE}
+    return {}
 
 
 def client_environment(sslmode: Optional[str], through_pgbouncer: bool) -> Dict[str, str]:

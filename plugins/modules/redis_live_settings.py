@@ -15,16 +15,18 @@ description:
     replicates the new master, so that no write goes to an instance about to stop; an instance with an append-only
     file rewrites it (C(BGREWRITEAOF)) and the module waits for the rewrite to finish, so that the restart loads a
     compact file.
-  - A password the running server refuses means O(login_password) changed: only a restart applies it, and the
-    module prepares nothing, since it cannot talk to the server.
+  - A password the running server refuses means that O(login_password) changed. Only a restart applies it, and
+    the module prepares nothing, since it cannot talk to the server.
+  - The settings that differ are set in one C(CONFIG SET), which Redis applies all or none; if it refuses them
+    together, each is tried alone, and one it still refuses is left to the restart.
   - The configuration file stays the only record of the settings; the module never sends C(CONFIG REWRITE).
 requirements:
   - redis-py (Debian's C(python3-redis)) on the host it runs on
 options:
   content:
     description:
-      - The configuration the instance must run with, as its file holds it (or will: in check mode the file is not
-        written yet, so a caller passes what it would write).
+      - The configuration the instance must run with, as its file holds it, or will hold it. In check mode the
+        file is not written yet, so a caller passes what it would write.
       - Holds C(requirepass); never logged.
     type: str
   path:
@@ -46,6 +48,12 @@ options:
     type: list
     elements: str
     default: []
+  reload_tls:
+    description:
+      - Make an instance with TLS read its certificate files again (setting C(tls-cert-file) re-reads all of
+        them), as after a renewal; an instance without TLS is left alone.
+    type: bool
+    default: false
   timeout:
     description: Seconds to wait for a failover or an AOF rewrite before failing.
     type: int
@@ -99,6 +107,10 @@ rewrote_aof:
   description: Whether the append-only file was rewritten before the restart.
   returned: success
   type: bool
+reloaded_tls:
+  description: Whether the instance read its certificate files again.
+  returned: success
+  type: bool
 """
 
 import time
@@ -106,7 +118,7 @@ import time
 from ansible.module_utils.basic import AnsibleModule, missing_required_lib
 
 from ansible_collections.fediscale.mastodon.plugins.module_utils.redis_client import (
-    REQUIREMENT, ask_sentinel, connect, connect_socket, redis,
+    REQUIREMENT, connect, connect_socket, redis,
 )
 from ansible_collections.fediscale.mastodon.plugins.module_utils.redis_settings import (
     aof_rewrite_state, parse_configuration, settings_that_differ, shown, split_by_restart,
@@ -173,6 +185,24 @@ def rewrite_aof(module, client):
     return True
 
 
+def apply_live(client, settings):
+    """CONFIG SET the settings at once (Redis applies all or none), else one by one: (applied, refused)."""
+    try:
+        client.execute_command("CONFIG", "SET", *[part for pair in sorted(settings.items()) for part in pair])
+        return sorted(settings), []
+    except redis.ResponseError:
+        pass
+    applied, refused = [], []
+    for name in sorted(settings):
+        try:
+            client.config_set(name, settings[name])
+            applied.append(name)
+        except redis.ResponseError:
+            # A setting this server reads only at start, or one that needs another first.
+            refused.append(name)
+    return applied, refused
+
+
 def main():
     module = AnsibleModule(
         argument_spec=dict(
@@ -182,6 +212,7 @@ def main():
             login_password=dict(type="str", required=True, no_log=True),
             master_name=dict(type="str"),
             sentinels=dict(type="list", elements="str", default=[]),
+            reload_tls=dict(type="bool", default=False),
             timeout=dict(type="int", default=300),
         ),
         required_by={"master_name": "sentinels"},
@@ -199,7 +230,8 @@ def main():
         wanted = parse_configuration(params["content"])
     except (OSError, ValueError) as error:
         module.fail_json(msg="%s: cannot read the configuration: %s" % (where(module), error))
-    result = dict(changed=False, applied=[], restart_for=[], restart=False, failed_over=False, rewrote_aof=False)
+    result = dict(changed=False, applied=[], restart_for=[], restart=False, failed_over=False, rewrote_aof=False,
+                  reloaded_tls=False)
     client = connect_socket(params["login_unix_socket"], params["login_password"])
     try:
         try:
@@ -213,24 +245,23 @@ def main():
         live, restart_for = split_by_restart(settings_that_differ(wanted, running))
         if module._diff:
             result["diff"] = dict(before=shown(running, live + restart_for), after=shown(wanted, live + restart_for))
-        for name in live:
-            if module.check_mode:
-                result["applied"].append(name)
-                continue
-            try:
-                client.config_set(name, wanted[name])
-                result["applied"].append(name)
-            except redis.ResponseError:
-                # A setting this server version reads only at start.
-                restart_for.append(name)
+        if live and module.check_mode:
+            result["applied"] = live
+        elif live:
+            result["applied"], refused = apply_live(client, {name: wanted[name] for name in live})
+            restart_for.extend(refused)
         result.update(restart_for=sorted(restart_for), restart=bool(restart_for))
+        if params["reload_tls"] and not restart_for and running.get("tls-port", "0") != "0":
+            if not module.check_mode:
+                client.execute_command("CONFIG", "SET", "tls-cert-file", wanted["tls-cert-file"])
+            result["reloaded_tls"] = True
         if restart_for and not module.check_mode:
             if params["master_name"]:
                 result["failed_over"] = fail_over(module, client)
             result["rewrote_aof"] = rewrite_aof(module, client)
     except redis.RedisError as error:
         module.fail_json(msg="%s: %s" % (where(module), error), **result)
-    result["changed"] = bool(result["applied"] or result["restart"])
+    result["changed"] = bool(result["applied"] or result["restart"] or result["reloaded_tls"])
     module.exit_json(**result)
 
 

@@ -31,6 +31,14 @@ options:
   login_password:
     description: The instance's password (C(requirepass)).
     type: str
+  login_unix_socket:
+    description: The instance's Unix socket, on its own host; wins over O(login_host) and O(login_port).
+    type: path
+  login_tls_ca_file:
+    description:
+      - Reach the instance over TLS (an instance that takes only TLS), checking its certificate against this CA
+        and its name against O(login_host).
+    type: path
   queues:
     description: Queues to report even when Redis has never seen them (the plan's queues, for example).
     type: list
@@ -162,6 +170,8 @@ def main():
             latency_error_seconds=dict(type="float", default=900),
             idle_pids=dict(type="list", elements="int", default=[]),
             idle_wait_seconds=dict(type="float", default=0),
+            login_unix_socket=dict(type="path"),
+            login_tls_ca_file=dict(type="path"),
         ),
         supports_check_mode=True,
     )
@@ -169,7 +179,11 @@ def main():
         module.fail_json(msg=missing_required_lib(redis_client.REQUIREMENT))
     params = module.params
     try:
-        conn = redis_client.connect(params["login_host"], params["login_port"], params["login_password"])
+        if params["login_unix_socket"]:
+            conn = redis_client.connect_socket(params["login_unix_socket"], params["login_password"])
+        else:
+            conn = redis_client.connect(params["login_host"], params["login_port"], params["login_password"],
+                                        params["login_tls_ca_file"])
         names = sorted(set(conn.smembers("queues")) | set(params["queues"]))
         before = _queues(conn, names) if params["trend_seconds"] > 0 else None
         if before:

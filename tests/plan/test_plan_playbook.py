@@ -157,7 +157,7 @@ def test_sentinels_replace_the_persistent_urls_in_mastodons_environment(tmp_path
     units = report["environment"]["web1"]["units"]
     assert units["REDIS_SENTINELS"] == units["SIDEKIQ_REDIS_SENTINELS"] == "10.0.0.11:26379,10.0.0.12:26379,10.0.0.13:26379"
     assert units["REDIS_SENTINEL_MASTER"] == "mastodon" and "REDIS_URL" not in units
-    assert units["CACHE_REDIS_URL"] == "redis://10.0.0.11:6380"
+    assert units["CACHE_REDIS_URL"] == "rediss://10.0.0.11:6380"
 
 
 def test_two_sentinels_fail_naming_them(tmp_path):

@@ -73,8 +73,13 @@ def counts(pairs):
 
 
 def sidekiq_redis():
+    """Where Rails pushes jobs; over TLS (rediss://) checked as Ruby's OpenSSL checks, against the host's store."""
     import redis
-    return redis.Redis.from_url(os.environ.get("SIDEKIQ_REDIS_URL") or os.environ["REDIS_URL"])
+    import ssl
+    url = os.environ.get("SIDEKIQ_REDIS_URL") or os.environ["REDIS_URL"]
+    tls = {"ssl_cert_reqs": "required", "ssl_check_hostname": True,
+           "ssl_ca_certs": ssl.get_default_verify_paths().cafile} if url.startswith("rediss://") else {}
+    return redis.Redis.from_url(url, **tls)
 
 
 def push(client, queue, hold):

@@ -25,6 +25,7 @@ POSTGRESQL_UNIT = "postgresql@%d-main.service" % PRIMARY["version"]
 SECRETS = yaml.safe_load((Path(__file__).resolve().parents[1] / "group_vars" / "all.yml").read_text())
 DATABASE_PASSWORD = SECRETS["postgresql_mastodon_password"]
 REDIS_PASSWORD = SECRETS["redis_password"]
+REDIS_SOCKETS = {6379: "/run/redis-persistent/redis-server.sock", 6380: "/run/redis-cache/redis-server.sock"}
 STATS_PASSWORD = SECRETS["pgbouncer_stats_password"]
 HOSTS = sorted(REPORT["hosts"])
 BOUNCERS = sorted(REPORT["pgbouncer"])
@@ -146,6 +147,41 @@ def test_every_connection_from_another_host_is_encrypted(hosts):
     assert set(rows[1::2]) == {"true"}, rows
 
 
+# A client on an app host, with the password as an argument; TLS checks the certificate against the CA and the
+# name against the address, as Mastodon's clients do.
+REDIS_PING = ("python3 -c 'import redis, sys; print(redis.Redis(host=\"172.30.42.12\", port=6379, "
+              "password=sys.argv[1], socket_timeout=5%s).ping())' " + REDIS_PASSWORD)
+TLS_OPTIONS = (", ssl=True, ssl_cert_reqs=\"required\", ssl_check_hostname=True, "
+               "ssl_ca_certs=\"/etc/ssl/fediscale-mastodon/ca.crt\"")
+
+
+def test_redis_takes_only_tls_from_other_hosts_and_the_wire_shows_no_password_or_job(hosts):
+    node, web = hosts["demo-redis1"], hosts["demo-web1"]
+    assert [redis(node, port, "CONFIG GET %s" % name).stdout.split()[1] for port in (6379, 6380)
+            for name in ("port", "tls-port")] == ["0", "6379", "0", "6380"]
+    # Streaming on the web hosts and Sidekiq hold connections on the TLS port, the only one there is.
+    clients = {line.split(" addr=")[1].split(":")[0] for line in redis(node, 6379, "CLIENT LIST").stdout.splitlines()
+               if " addr=172." in line}
+    assert {"172.30.42.13", "172.30.42.14", "172.30.42.15"} <= clients, clients
+
+    node.run("rm -f /tmp/redis.pcap; (timeout 30 tcpdump -i any -U -w /tmp/redis.pcap tcp port 6379 "
+             "> /dev/null 2>&1 &)")
+    time.sleep(2)
+    secured = web.run(REDIS_PING % TLS_OPTIONS)
+    time.sleep(3)
+    node.run("pkill -INT tcpdump")
+    time.sleep(1)
+    assert secured.stdout.strip() == "True", secured.stderr
+    packets = node.run("tcpdump -r /tmp/redis.pcap 2>/dev/null | wc -l").stdout
+    text = node.run("tcpdump -A -r /tmp/redis.pcap 2>/dev/null").stdout
+    assert int(packets) > 10
+    for secret in (REDIS_PASSWORD, "AUTH", "queue:", "BRPOP", "SUBSCRIBE"):
+        assert secret not in text, secret
+
+    plain = web.run(REDIS_PING % "")
+    assert plain.rc != 0 and "True" not in plain.stdout
+
+
 # --- 2. The advisor, and its advice applied (a scale-up and a scale-down in one run) ---
 
 # push has one process of 10 threads: 0.5 s jobs at 30 a second outrun its 20 a second, so its latency grows.
@@ -155,7 +191,8 @@ FLOOD = ("set -a; . /etc/mastodon/environment; set +a; nohup timeout 200 python3
 
 def read_queue(hosts, queue):
     result = hosts["demo-redis1"].ansible("fediscale.mastodon.sidekiq_queues",
-                                          "login_password=%s trend_seconds=5" % REDIS_PASSWORD, check=True)
+                                          "login_unix_socket=%s login_password=%s trend_seconds=5"
+                                          % (REDIS_SOCKETS[6379], REDIS_PASSWORD), check=True)
     return next(row for row in result["queues"] if row["queue"] == queue)
 
 
@@ -252,14 +289,15 @@ def test_local_media_on_several_hosts_fails_at_the_plan_and_changes_nothing(host
 # --- 4. Faults ---
 
 def redis(host, port, command):
-    return host.run("redis-cli -p %d -a %s --no-auth-warning %s" % (port, REDIS_PASSWORD, command))
+    """redis-cli on the Redis host, through the instance's socket (its port takes only TLS)."""
+    return host.run("redis-cli -s %s -a %s --no-auth-warning %s" % (REDIS_SOCKETS[port], REDIS_PASSWORD, command))
 
 
 def test_persistent_redis_keeps_every_job_through_kill_9(hosts):
     node = hosts["demo-redis1"]
     jobs = 2000
-    node.run("seq %d | awk '{ print \"LPUSH queue:probe job-\" $1 }' | redis-cli -p 6379 -a %s --no-auth-warning "
-             ">/dev/null" % (jobs, REDIS_PASSWORD))
+    node.run("seq %d | awk '{ print \"LPUSH queue:probe job-\" $1 }' | redis-cli -s %s -a %s --no-auth-warning "
+             ">/dev/null" % (jobs, REDIS_SOCKETS[6379], REDIS_PASSWORD))
     time.sleep(1.5)  # appendfsync everysec
     before = node.run("systemctl show -P MainPID redis-server@persistent.service").stdout.strip()
     node.run("systemctl kill -s KILL redis-server@persistent.service")

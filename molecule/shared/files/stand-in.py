@@ -28,7 +28,9 @@ import os
 import random
 import signal
 import socket
+import ssl
 import sys
+import tempfile
 import threading
 import time
 import urllib.parse
@@ -64,15 +66,38 @@ def log(message):
 
 # PostgreSQL: the settings of config/database.yml and streaming/database.js.
 
+# TLS trust as each runtime has it. Node verifies against the roots it ships (Mozilla's list) and
+# NODE_EXTRA_CA_CERTS, never the host's store; Ruby's OpenSSL against SSL_CERT_FILE or the host's store.
+MOZILLA_ROOTS = "/usr/share/ca-certificates/mozilla"
+_node_ca_file = None
+
+
+def node_ca_file():
+    global _node_ca_file
+    if _node_ca_file is None:
+        roots = [os.path.join(MOZILLA_ROOTS, name) for name in sorted(os.listdir(MOZILLA_ROOTS))] \
+            if os.path.isdir(MOZILLA_ROOTS) else []
+        extra = os.environ.get("NODE_EXTRA_CA_CERTS")
+        descriptor, _node_ca_file = tempfile.mkstemp(prefix="node-roots-", suffix=".pem")
+        with os.fdopen(descriptor, "w") as bundle:
+            for path in roots + ([extra] if extra else []):
+                with open(path) as certificate:
+                    bundle.write(certificate.read().strip() + "\n")
+    return _node_ca_file
+
+
+def ruby_ca_file():
+    return ssl.get_default_verify_paths().cafile
+
+
 def node_ssl(sslmode):
     """streaming/database.js: no DB_SSLMODE is no TLS; no-verify encrypts without a check; any other value
-    verifies against Node's store, which NODE_EXTRA_CA_CERTS extends (Node never reads PGSSLROOTCERT)."""
+    verifies against Node's store (Node never reads PGSSLROOTCERT)."""
     if sslmode in (None, "", "disable"):
         return {"sslmode": "disable"}
     if sslmode == "no-verify":
         return {"sslmode": "require", "sslrootcert": "/nonexistent"}
-    return {"sslmode": "verify-full",
-            "sslrootcert": os.environ.get("NODE_EXTRA_CA_CERTS") or "/etc/ssl/certs/ca-certificates.crt"}
+    return {"sslmode": "verify-full", "sslrootcert": node_ca_file()}
 
 
 def database_settings(prefix="", node=False):
@@ -207,11 +232,15 @@ def rails_pools(pool_size):
 
 # Redis: lib/mastodon/redis_configuration.rb and streaming/redis.js.
 
-def redis_client(prefix="", fallback=True, **options):
+def redis_client(prefix="", fallback=True, node=False, **options):
     """The client of one of Mastodon's Redis configurations: *_URL wins, then sentinels, then *_HOST;
-    SIDEKIQ_ and CACHE_ fall back to the base configuration when none of those is given."""
+    SIDEKIQ_ and CACHE_ fall back to the base configuration when none of those is given. A rediss:// URL is TLS
+    with the certificate and the name dialled checked, as redis-client (Ruby) and ioredis (``node``) do."""
     env, name = os.environ, prefix + "REDIS_"
     if env.get(name + "URL"):
+        if env[name + "URL"].startswith("rediss://"):
+            options.update(ssl_cert_reqs="required", ssl_check_hostname=True,
+                           ssl_ca_certs=node_ca_file() if node else ruby_ca_file())
         return redis.Redis.from_url(env[name + "URL"], **options)
     password = env.get(name + "PASSWORD")
     if env.get(name + "SENTINELS") and env.get(name + "SENTINEL_MASTER"):
@@ -222,7 +251,7 @@ def redis_client(prefix="", fallback=True, **options):
             "password": env.get(name + "SENTINEL_PASSWORD", password)})
         return sentinel.master_for(env[name + "SENTINEL_MASTER"], password=password, **options)
     if prefix and not env.get(name + "HOST"):
-        return redis_client("", **options)
+        return redis_client("", node=node, **options)
     return redis.Redis(host=env.get(name + "HOST", "localhost"), port=int(env.get(name + "PORT", 6379)),
                        db=int(env.get(name + "DB", 0)), username=env.get(name + "USER"), password=password, **options)
 
@@ -556,7 +585,7 @@ class Subscriber:
     def __init__(self):
         import queue
         self.queue_type, self.listeners, self.lock = queue.Queue, {}, threading.Lock()
-        self.pubsub = redis_client().pubsub()
+        self.pubsub = redis_client(node=True).pubsub()
         self.pubsub.subscribe("stand-in:alive")
         threading.Thread(target=self._dispatch, daemon=True).start()
 

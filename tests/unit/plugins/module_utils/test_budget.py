@@ -185,7 +185,7 @@ def test_environment_points_units_at_pgbouncer_and_migrations_at_the_primary():
     env = report["environment"]["worker1"]
     assert env["units"]["DB_HOST"] == "127.0.0.1" and env["units"]["DB_PORT"] == "6432"
     assert env["migrations"]["DB_HOST"] == "10.0.0.10" and env["migrations"]["DB_PORT"] == "5432"
-    assert env["units"]["CACHE_REDIS_URL"] == "redis://redis1:6380"
+    assert env["units"]["CACHE_REDIS_URL"] == "rediss://redis1:6380"
     assert report["environment"]["web1"]["units"]["DB_HOST"] == "10.0.0.10"
 
 
@@ -217,6 +217,14 @@ def test_postgresql_hosts_get_their_settings_and_the_app_hosts_as_clients():
                                                               "mastodon": {"debian_version": 12}}))
     assert on_debian_12["postgresql"]["db1"]["version"] == 15
     assert "reserved_connections" not in on_debian_12["postgresql"]["db1"]["settings"]  # PostgreSQL 16+ only
+
+
+def test_somaxconn_is_raised_only_past_the_kernels_default_for_postgresqls_backlog():
+    # PostgreSQL listens with twice max_connections; the kernel's default 4096 holds 2048 connections' worth.
+    assert plan.connection_budget(cluster())["postgresql"]["db1"]["somaxconn"] is None
+    large = cluster(hosts__db1__postgresql={"max_connections": 3000, "ram": "64GB",
+                                            "acknowledge_max_connections_over_1000": True})
+    assert plan.connection_budget(large)["postgresql"]["db1"]["somaxconn"] == 6000
 
 
 def test_versions_follow_the_hosts_debian_release():
@@ -459,7 +467,8 @@ def test_sentinel_set_replaces_the_urls_of_the_datasets_it_holds():
         assert units[prefix + "_SENTINELS"] == "10.0.0.11:26380,10.0.0.12:26380,10.0.0.13:26380"
         assert units[prefix + "_SENTINEL_MASTER"] == "mastodon"
         assert prefix + "_URL" not in units
-    assert units["CACHE_REDIS_URL"] == "redis://10.0.0.11:6380"
+    # The cache is in no Sentinel set: it alone goes over TLS.
+    assert units["CACHE_REDIS_URL"] == "rediss://10.0.0.11:6380"
     assert report["redis"]["configurations"]["REDIS"]["instance"] == "persistent"
     assert report["findings"] == []
     assert redis_plan.redis_sentinel_of(description) == sentinel

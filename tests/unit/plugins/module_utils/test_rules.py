@@ -663,6 +663,28 @@ class TestRedisSettingIgnored:
                      "redis-setting-ignored") == []
 
 
+class TestRedisTlsSchemeMismatch:
+    SETTINGS = {"REDIS_URL": "redis://redis1:6379", "CACHE_REDIS_URL": "rediss://redis1:6380"}
+
+    def test_plain_url_to_an_instance_that_takes_only_tls(self):
+        [item] = found(cluster(mastodon__redis_settings=self.SETTINGS), "redis-tls-scheme-mismatch")
+        assert (item["severity"], item["host"], item["service"]) == ("error", "redis1", "redis persistent")
+        assert item["message"] == ("REDIS_URL reaches Redis persistent on redis1 without TLS, but the instance takes "
+                                   "only TLS on port 6379: Mastodon could not connect")
+        assert item["hint"] == "write REDIS_URL as rediss://redis1:6379, or set tls: false on the instance"
+
+    def test_tls_url_to_a_plain_instance(self):
+        instances = [{"name": "persistent", "purpose": "persistent", "port": 6379, "tls": False},
+                     {"name": "cache", "purpose": "cache", "port": 6380, "maxmemory": "1GB", "tls": False}]
+        [item] = found(cluster(mastodon__redis_settings=self.SETTINGS, hosts__redis1__redis={"instances": instances}),
+                       "redis-tls-scheme-mismatch")
+        assert item["service"] == "redis cache" and "over TLS (rediss://), but the instance has no TLS" in item["message"]
+        assert item["hint"] == "write CACHE_REDIS_URL as redis://redis1:6380, or set tls: true on the instance"
+
+    def test_derived_settings_agree(self):
+        assert found(cluster(), "redis-tls-scheme-mismatch") == []
+
+
 class TestRedisSentinelHalfSet:
     def test_sentinels_without_master(self):
         [item] = found(cluster(mastodon__redis_settings={"REDIS_SENTINELS": "r1:26379,r2:26379,r3:26379",

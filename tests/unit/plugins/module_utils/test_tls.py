@@ -1,16 +1,24 @@
 """TLS between hosts: which connections are encrypted, how they are checked, and what each host gets."""
 
+import pytest
+
 from ansible_collections.fediscale.mastodon.plugins.module_utils import plan, tls
+from ansible_collections.fediscale.mastodon.plugins.module_utils.schema import PlanInputError
 
 from ...clusters import cluster
 
 
+# PostgreSQL's tests keep Redis plain, so that what they see is PostgreSQL's alone.
+PLAIN_REDIS = [{"name": "persistent", "purpose": "persistent", "port": 6379, "tls": False},
+               {"name": "cache", "purpose": "cache", "port": 6380, "maxmemory": "1GB", "tls": False}]
+
+
 def report(**changes):
-    return plan.connection_budget(cluster(**changes))
+    return plan.connection_budget(cluster(**dict({"hosts__redis1__redis": {"instances": PLAIN_REDIS}}, **changes)))
 
 
 def behind_pgbouncer(**changes):
-    description = cluster(**changes)
+    description = cluster(**dict({"hosts__redis1__redis": {"instances": PLAIN_REDIS}}, **changes))
     description["hosts"]["web1"]["pgbouncer"] = {}
     return plan.connection_budget(description)
 
@@ -71,3 +79,52 @@ def test_the_operator_may_turn_it_off():
 def test_a_dns_address_is_named_once():
     assert tls.subject_alt_names("db1", {"mastodon": {"address": None}}) == ["DNS:db1"]
     assert tls.subject_alt_names("db1", {"mastodon": {"address": "db1.internal"}}) == ["DNS:db1.internal", "DNS:db1"]
+
+
+# --- Redis ---
+
+def test_redis_on_another_host_goes_over_tls_with_a_certificate_and_the_ca_in_the_clients_stores():
+    budget = plan.connection_budget(cluster(hosts__redis1__mastodon={"address": "10.0.0.12"}))
+    units = budget["environment"]["web1"]["units"]
+    assert (units["REDIS_URL"], units["CACHE_REDIS_URL"]) == ("rediss://10.0.0.12:6379", "rediss://10.0.0.12:6380")
+    # Streaming's Node needs the CA named; Ruby reads the host's store, which the tls role extends.
+    assert units["NODE_EXTRA_CA_CERTS"] == tls.CA_FILE and "SSL_CERT_FILE" not in units
+    assert budget["tls"]["certificates"]["redis1"] == {"subject_alt_names": ["IP:10.0.0.12", "DNS:redis1"]}
+    assert budget["tls"]["redis_hosts"] == ["redis1"] and budget["tls"]["trust_store"] is True
+    assert {"web1", "worker1", "redis1"} <= set(budget["tls"]["ca_hosts"])
+    assert {item["name"]: item["tls"] for item in budget["redis"]["instances"]} == {"persistent": True, "cache": True}
+    assert budget["redis"]["configurations"]["CACHE_REDIS"]["tls"] is True
+
+
+def test_redis_on_the_loopback_or_turned_off_stays_plain():
+    budget = plan.connection_budget(cluster(hosts__redis1__mastodon={"address": "127.0.0.1"}))
+    assert budget["environment"]["web1"]["units"]["REDIS_URL"] == "redis://127.0.0.1:6379"
+    assert budget["tls"]["trust_store"] is False and "redis1" not in budget["tls"]["certificates"]
+    assert report()["environment"]["web1"]["units"]["CACHE_REDIS_URL"] == "redis://redis1:6380"
+
+
+def sentinel_cluster(tls_setting):
+    member = {"name": "persistent", "purpose": "persistent", "port": 6379, "sentinel_master": "mastodon",
+              "tls": tls_setting}
+    cache = {"name": "cache", "purpose": "cache", "port": 6380, "maxmemory": "1GB"}
+    return cluster(hosts__redis1__redis={"instances": [member, cache], "sentinel": True},
+                   hosts__redis1__mastodon={"address": "10.0.0.12"},
+                   hosts__redis2={"redis": {"instances": [member], "sentinel": True},
+                                  "mastodon": {"address": "10.0.0.13"}},
+                   hosts__redis3={"redis": {"sentinel": True}, "mastodon": {"address": "10.0.0.14"}})
+
+
+def test_a_sentinel_set_stays_plain_because_mastodon_cannot_encrypt_it():
+    budget = plan.connection_budget(sentinel_cluster("auto"))
+    units = budget["environment"]["web1"]["units"]
+    assert "REDIS_URL" not in units and units["REDIS_SENTINEL_MASTER"] == "mastodon"
+    assert units["CACHE_REDIS_URL"] == "rediss://10.0.0.12:6380"
+    assert budget["tls"]["redis_hosts"] == ["redis1"]
+
+
+def test_tls_asked_of_a_sentinel_set_is_refused_with_the_reason():
+    with pytest.raises(PlanInputError) as error:
+        plan.connection_budget(sentinel_cluster(True))
+    assert str(error.value).startswith("host redis1, redis.instances.persistent.tls: Redis persistent is in the "
+                                       "Sentinel set mastodon, and Mastodon reaches a set only without TLS")
+    assert "leave tls out (auto) or set it to false" in str(error.value)
