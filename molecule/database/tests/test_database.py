@@ -445,6 +445,14 @@ def test_an_unreadable_server_leaves_the_inventorys_limits_and_a_warning(db, tmp
 
 # --- A host upgraded from Debian 12 keeps its old cluster ---
 
+def converge_database_host(db):
+    env = dict(os.environ, ANSIBLE_NOCOLOR="1", ANSIBLE_FORCE_COLOR="0")
+    playbook = Path(__file__).resolve().parents[1] / "converge.yml"
+    return subprocess.run([str(Path(sys.executable).with_name("ansible-playbook")), str(playbook),
+                           "-i", db.backend.ansible_inventory, "--limit", "database-db"],
+                          env=env, capture_output=True, text=True, timeout=600, check=False)
+
+
 def test_a_cluster_of_another_version_stops_the_role_before_it_changes_anything(db):
     """As after a Debian upgrade: the old major's cluster (binaries gone) beside the plan's version."""
     old = "14" if db.file("/etc/postgresql/15").exists else "15"
@@ -454,11 +462,7 @@ def test_a_cluster_of_another_version_stops_the_role_before_it_changes_anything(
            "> /etc/postgresql/%s/main/postgresql.conf" % (old, old))
     before = db.run("find /etc/postgresql -type f -exec sha256sum {} + | sort").stdout
     try:
-        env = dict(os.environ, ANSIBLE_NOCOLOR="1", ANSIBLE_FORCE_COLOR="0")
-        playbook = Path(__file__).resolve().parents[1] / "converge.yml"
-        run = subprocess.run([str(Path(sys.executable).with_name("ansible-playbook")), str(playbook),
-                              "-i", db.backend.ansible_inventory, "--limit", "database-db"],
-                             env=env, capture_output=True, text=True, timeout=600, check=False)
+        run = converge_database_host(db)
         output = run.stdout + run.stderr
         assert run.returncode != 0
         assert "the PostgreSQL %s cluster main (/var/lib/postgresql/%s/main) is on this host" % (old, old) in output
@@ -473,11 +477,7 @@ def test_a_planned_setting_that_alter_system_overrides_stops_the_role(db):
     planned = psql(db, "SHOW max_connections").stdout.strip()
     psql(db, "ALTER SYSTEM SET max_connections = 999")
     try:
-        env = dict(os.environ, ANSIBLE_NOCOLOR="1", ANSIBLE_FORCE_COLOR="0")
-        playbook = Path(__file__).resolve().parents[1] / "converge.yml"
-        run = subprocess.run([str(Path(sys.executable).with_name("ansible-playbook")), str(playbook),
-                              "-i", db.backend.ansible_inventory, "--limit", "database-db"],
-                             env=env, capture_output=True, text=True, timeout=600, check=False)
+        run = converge_database_host(db)
         output = " ".join((run.stdout + run.stderr).split())
         assert run.returncode != 0
         assert ("host database-db: /var/lib/postgresql/%s/main/postgresql.auto.conf (ALTER SYSTEM) overrides the "
