@@ -368,7 +368,14 @@ def server_reports(servers: Dict[str, Dict[str, Any]], hosts: Dict[str, Dict[str
 
 
 def mark_routes(processes: List[Dict[str, Any]], bouncers: Dict[str, Any], servers: Dict[str, Any]) -> None:
-    """Whether each process group goes through its host's pgbouncer, and what it opens on the replica."""
+    """Whether each process group goes through its host's pgbouncer, and what it opens on the replica.
+
+    Who reads from a replica follows Mastodon's source: the Rails processes, Puma and Sidekiq alike, when
+    ``REPLICA_DB_*`` is set (config/database.yml's ``replica``, app/models/application_record.rb's
+    ``connects_to``), through ``with_read_replica`` in controllers and in workers such as FeedInsertWorker and
+    MergeWorker (app/helpers/database_helper.rb), each with a pool as large as its primary one. Streaming reads no
+    ``REPLICA_*`` (streaming/database.js), and migrations and tootctl never get one (migrations.env drops them).
+    """
     for row in processes:
         row["via"] = "pgbouncer" if row["host"] in bouncers else "direct"
         row["replica_connections"] = row["connections"] if row["rails"] and "replica" in servers else 0
