@@ -235,20 +235,26 @@ def converge(host, *extra):
 
 @pytest.mark.skipif(SERVER != "redis", reason="the role's steps are the same for either family")
 def test_a_run_killed_part_way_converges_on_the_next_and_loses_nothing(host):
-    """Runs that resize every instance, killed 7 and 14 s in (installing and writing, then applying live); then
-    a whole run: every unit runs with its file's settings, the process and the queued job are the same."""
+    """Runs that resize every instance, killed as they write the instances' files and as they apply the settings
+    live; then a whole run: every unit runs with its file's settings, the process and the queued job are the
+    same. The kills follow the run's own output, so a fast machine cannot finish a run before its kill."""
     pid = main_pid(host, "persistent")
     job = queued_job(host, "persistent")
-    for delay, size in ((7, 24), (14, 40)):
+    for task, size in (("Write each instance's configuration", 24), ("Apply each instance's settings live", 40)):
         resized = {"redis_instances": [
             {"name": "persistent", "purpose": "persistent", "port": 6379, "maxmemory": "%dMB" % size},
             {"name": "cache", "purpose": "cache", "port": 6380, "maxmemory": "%dMB" % (size // 2)},
             {"name": "sidekiq", "purpose": "sidekiq", "port": 6381}]}
         command, env = converge(host, "-e", json.dumps(resized))
-        run = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        time.sleep(delay)
+        run = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        for line in run.stdout:
+            if "TASK [fediscale.mastodon.redis : %s" % task in line:
+                break
+        # Into the task, which loops over the instances.
+        time.sleep(0.5)
         run.kill()
-        run.wait()
+        run.stdout.close()
+        assert run.wait() == -9, "the run ended before %s" % task
     for attempt in ("converges", "changes nothing"):
         command, env = converge(host)
         run = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600, check=False)
