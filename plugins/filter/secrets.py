@@ -15,11 +15,12 @@ def scram_secret(password, existing=None):
     return scram.kept_or_new_secret(password, existing if isinstance(existing, str) else None)
 
 
-def with_redis_password(environment, password):
+def with_redis_password(environment, password, sentinel_password=""):
     if not isinstance(environment, dict):
         raise AnsibleFilterError("with_redis_password: expected the environment mapping, got %r" % (environment,))
     return mastodon.with_redis_password({str(key): str(value) for key, value in environment.items()},
-                                        "" if password is None else str(password))
+                                        "" if password is None else str(password),
+                                        "" if sentinel_password is None else str(sentinel_password))
 
 
 class FilterModule:

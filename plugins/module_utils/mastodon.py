@@ -166,20 +166,25 @@ REDIS_PREFIXES = ("REDIS", "SIDEKIQ_REDIS", "CACHE_REDIS")
 REDIS_URL_SETTINGS = tuple(prefix + "_URL" for prefix in REDIS_PREFIXES)
 
 
-def with_redis_password(environment: Dict[str, str], password: str) -> Dict[str, str]:
+def with_redis_password(environment: Dict[str, str], password: str, sentinel_password: str = "") -> Dict[str, str]:
     """``environment`` with ``password`` in each Redis URL that carries no credentials yet.
 
     Mastodon takes the password from the URL when a ``*_URL`` is set
     (``*_REDIS_PASSWORD`` is read only with ``*_HOST`` or sentinels). With
-    sentinels, ``*_PASSWORD`` is the master's; the sentinels themselves take
-    none, since Mastodon's Rails side sends them none.
+    sentinels, ``*_PASSWORD`` is the master's, and ``sentinel_password`` goes
+    to ``*_SENTINEL_PASSWORD``: Rails (``lib/mastodon/redis_configuration.rb``)
+    and streaming (``streaming/redis.js``) log in to the sentinels as
+    ``*_SENTINEL_USERNAME`` with it, falling back to the master's user and password.
     """
     result = dict(environment)
-    if not password:
-        return result
     for prefix in REDIS_PREFIXES:
         if result.get(prefix + "_SENTINELS") and not result.get(prefix + "_URL"):
-            result.setdefault(prefix + "_PASSWORD", password)
+            if password:
+                result.setdefault(prefix + "_PASSWORD", password)
+            if sentinel_password:
+                result.setdefault(prefix + "_SENTINEL_PASSWORD", sentinel_password)
+    if not password:
+        return result
     for name in REDIS_URL_SETTINGS:
         url = result.get(name)
         if not url or "://" not in url:

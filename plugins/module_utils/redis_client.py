@@ -16,11 +16,12 @@ TIMEOUT_SECONDS = 3
 REQUIREMENT = "redis-py (Debian: python3-redis)"
 
 
-def connect(host: str, port: int, password: Optional[str] = None, tls_ca_file: Optional[str] = None) -> Any:
+def connect(host: str, port: int, password: Optional[str] = None, tls_ca_file: Optional[str] = None,
+            username: Optional[str] = None) -> Any:
     """A client over TCP; with ``tls_ca_file``, over TLS with the server's certificate and name checked."""
     tls = {} if tls_ca_file is None else {"ssl": True, "ssl_cert_reqs": "required", "ssl_check_hostname": True,
                                           "ssl_ca_certs": tls_ca_file}
-    return redis.Redis(host=host, port=port, password=password, socket_timeout=TIMEOUT_SECONDS,
+    return redis.Redis(host=host, port=port, username=username, password=password, socket_timeout=TIMEOUT_SECONDS,
                        decode_responses=True, **tls)
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 from typing import Any, Dict, List, Optional
 
 from ansible_collections.fediscale.mastodon.plugins.module_utils import tls
+from ansible_collections.fediscale.mastodon.plugins.module_utils.sentinel import SENTINEL_MASTODON_USER
 from ansible_collections.fediscale.mastodon.plugins.module_utils.connections import address_of, endpoint_host
 from ansible_collections.fediscale.mastodon.plugins.module_utils.schema import (
     AUTO, PlanInputError, host_where, parse_description,
@@ -98,7 +99,8 @@ def redis_sentinel(hosts: Dict[str, Dict[str, Any]], cluster: Dict[str, Any],
         entry["initial_master_host"] = first["host"]
         # What the redis_sentinel and redis_replication modules take.
         entry["monitor"] = {"name": entry["name"], "initial_master": "%s:%d" % (first["address"], first["port"]),
-                            "quorum": quorum, "down_after_ms": entry["down_after_ms"]}
+                            "quorum": quorum, "down_after_ms": entry["down_after_ms"],
+                            "members": ["%s:%d" % (item["address"], item["port"]) for item in entry["members"]]}
     return {"sentinels": sentinels, "sets": [sets[name] for name in sorted(sets)],
             "endpoints": ["%s:%d" % (item["address"], item["port"]) for item in sentinels]}
 
@@ -108,7 +110,9 @@ def _redis_target_settings(prefix: str, target: Dict[str, Any], sentinel: Dict[s
     if target["sentinel_master"] is not None and sentinel["sentinels"]:
         return {prefix + "_SENTINELS": ",".join("%s:%d" % (item["address"], item["port"])
                                                 for item in sentinel["sentinels"]),
-                prefix + "_SENTINEL_MASTER": target["sentinel_master"]}
+                prefix + "_SENTINEL_MASTER": target["sentinel_master"],
+                # The sentinels' ask-only user for Mastodon (module_utils/sentinel.py); the password is a secret.
+                prefix + "_SENTINEL_USERNAME": SENTINEL_MASTODON_USER}
     return {prefix + "_URL": _redis_url(target)}
 
 

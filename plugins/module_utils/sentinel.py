@@ -10,6 +10,7 @@ plan's initial master only while no sentinel names one (a new set).
 
 from __future__ import annotations
 
+import hashlib
 from collections import Counter
 from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Tuple
 
@@ -17,6 +18,24 @@ Address = Tuple[str, int]
 
 SENTINEL_PORT = 26379
 REDIS_PORT = 6379
+
+# Who may do what on a sentinel (Redis ACL users; Sentinel has them since Redis 6.2).
+# The collection's user, and the one the sentinels log in to each other with (sentinel-user): everything.
+SENTINEL_ADMIN_USER = "fediscale-admin"
+# Mastodon's user (REDIS_SENTINEL_USERNAME), and the default user for clients without credentials: ask only.
+SENTINEL_MASTODON_USER = "mastodon"
+# What a client that follows a master sends a sentinel, and nothing that changes one:
+# - redis-client (Ruby, lib/mastodon/redis_configuration.rb's sentinel options): HELLO with AUTH,
+#   SENTINEL GET-MASTER-ADDR-BY-NAME, SENTINELS to refresh its list, REPLICAS (SLAVES before Redis 5) for a replica;
+# - ioredis (streaming/redis.js): AUTH, SENTINEL GET-MASTER-ADDR-BY-NAME, SENTINELS, and the +switch-master
+#   subscription when it watches for failovers;
+# - health checks: PING, ROLE.
+# Never MONITOR, REMOVE, SET, RESET, FAILOVER, CONFIG, ACL, DEBUG or SHUTDOWN: a client that could would hand the
+# set's clients, and their password, to any master it names.
+SENTINEL_ASK_RULES = ("resetchannels", "&+switch-master", "-@all", "+auth", "+hello", "+ping", "+role",
+                      "+sentinel|get-master-addr-by-name", "+sentinel|sentinels", "+sentinel|replicas",
+                      "+sentinel|slaves", "+subscribe", "+unsubscribe")
+SENTINEL_ADMIN_RULES = ("~*", "&*", "+@all")
 
 
 def parse_address(value: str, default_port: int) -> Address:
@@ -129,3 +148,49 @@ def sentinel_changes(monitored: Dict[str, Dict[str, str]], wanted: List[Dict[str
         if int(current.get("down-after-milliseconds", 0)) != entry["down_after_ms"]:
             commands.append(["SET", entry["name"], "down-after-milliseconds", entry["down_after_ms"]])
     return commands
+
+
+def unplanned_master(master: Address, members: Iterable[Address]) -> Optional[str]:
+    """Why ``master`` may not be followed, or None when it is one of the set's planned ``members``.
+
+    Sentinel names whatever master it was told to monitor; an instance that
+    followed an address outside the plan would send it the set's password
+    and replace its data with that server's.
+    """
+    planned = [tuple(member) for member in members]
+    if tuple(master) in planned:
+        return None
+    return "%s is not one of its planned members (%s)" % (format_address(master),
+                                                          ", ".join(format_address(item) for item in planned))
+
+
+def acl_user_rules(rules: Sequence[str], password: Optional[str]) -> List[str]:
+    """The ``ACL SETUSER`` arguments that make a user exactly this: on, one password (or none), these rules."""
+    secret = ["nopass"] if password is None else ["#" + hashlib.sha256(password.encode()).hexdigest()]
+    return ["reset", "on"] + secret + list(rules)
+
+
+def acl_user_differs(current: Optional[Dict[str, Any]], rendered: Dict[str, Any], password: Optional[str]) -> bool:
+    """Whether a user (``ACL GETUSER``'s reply as a mapping; None for no such user) differs from the wanted one.
+
+    ``rendered`` is the server's own ``ACL GETUSER`` reply for the wanted rules
+    (set on a disabled scratch user): Redis 7.0 rewrites ``-@all +auth +ping …``
+    into categories (``-@all +@fast …``) where 7.2 and Valkey keep it as given,
+    so rules compare only in the server's rendering. Passwords are SHA-256 digests.
+    """
+    if current is None:
+        return True
+    flags = [str(flag) for flag in current.get("flags") or []]
+    if "on" not in flags or ("nopass" in flags) != (password is None):
+        return True
+    wanted_passwords = [] if password is None else [hashlib.sha256(password.encode()).hexdigest()]
+    if sorted(str(item) for item in current.get("passwords") or []) != wanted_passwords:
+        return True
+    return any(_words(current.get(field)) != _words(rendered.get(field)) for field in ("commands", "keys", "channels"))
+
+
+def _words(value: Any) -> List[str]:
+    """An ACL field as words: Redis 7 reports keys and channels as one string, 6.2 as a list."""
+    if isinstance(value, (list, tuple)):
+        return [str(item) for item in value]
+    return str(value or "").split()

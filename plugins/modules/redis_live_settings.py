@@ -48,6 +48,9 @@ options:
     type: list
     elements: str
     default: []
+  sentinel_password:
+    description: Password of the sentinels' C(fediscale-admin) user, which may ask for a failover.
+    type: str
   reload_tls:
     description:
       - Make an instance with TLS read its certificate files again (setting C(tls-cert-file) re-reads all of
@@ -123,7 +126,9 @@ from ansible_collections.fediscale.mastodon.plugins.module_utils.redis_client im
 from ansible_collections.fediscale.mastodon.plugins.module_utils.redis_settings import (
     aof_rewrite_state, parse_configuration, settings_that_differ, shown, split_by_restart,
 )
-from ansible_collections.fediscale.mastodon.plugins.module_utils.sentinel import SENTINEL_PORT, parse_address
+from ansible_collections.fediscale.mastodon.plugins.module_utils.sentinel import (
+    SENTINEL_ADMIN_USER, SENTINEL_PORT, parse_address,
+)
 
 POLL_SECONDS = 0.5
 
@@ -154,8 +159,8 @@ def fail_over(module, client):
     errors = []
     for sentinel in params["sentinels"]:
         try:
-            connect(*parse_address(sentinel, SENTINEL_PORT)).execute_command("SENTINEL", "FAILOVER",
-                                                                             params["master_name"])
+            connect(*parse_address(sentinel, SENTINEL_PORT), password=params["sentinel_password"],
+                    username=SENTINEL_ADMIN_USER if params["sentinel_password"] else None).execute_command("SENTINEL", "FAILOVER", params["master_name"])
             break
         except redis.RedisError as error:
             errors.append("%s: %s" % (sentinel, error))
@@ -212,6 +217,7 @@ def main():
             login_password=dict(type="str", required=True, no_log=True),
             master_name=dict(type="str"),
             sentinels=dict(type="list", elements="str", default=[]),
+            sentinel_password=dict(type="str", no_log=True),
             reload_tls=dict(type="bool", default=False),
             timeout=dict(type="int", default=300),
         ),

@@ -11,6 +11,8 @@ description:
     While none names one, the set is new and O(initial_master) is its master.
   - Sends C(REPLICAOF) only when the instance follows another master or none; the master the sentinels named is
     left alone, so the module never undoes a failover. Only a new set's initial master gets C(REPLICAOF NO ONE).
+  - It refuses, changing nothing, a master that is not one of O(members), because an instance that followed an
+    address someone else gave the sentinels would send that server the set's password and take its data.
   - Replication is runtime state here, never written to the instance's configuration file. A restarted replica
     comes back as a master until the sentinels (or this module) point it at the current one.
 requirements:
@@ -45,6 +47,11 @@ options:
     description: The master of a set no sentinel knows yet, as C(host:port).
     type: str
     required: true
+  members:
+    description: The set's planned members, as C(host:port). Default, O(initial_master) and this instance only.
+    type: list
+    elements: str
+    default: []
 attributes:
   check_mode:
     description: Reports the C(REPLICAOF) it would send.
@@ -65,6 +72,7 @@ EXAMPLES = r"""
     master_name: mastodon
     sentinels: [10.0.0.11:26379, 10.0.0.12:26379, 10.0.0.13:26379]
     initial_master: 10.0.0.11:6379
+    members: [10.0.0.11:6379, 10.0.0.12:6379, 10.0.0.13:6379]
 """
 
 RETURN = r"""
@@ -97,7 +105,7 @@ from ansible_collections.fediscale.mastodon.plugins.module_utils.redis_client im
     REQUIREMENT, ask_sentinel, connect, redis,
 )
 from ansible_collections.fediscale.mastodon.plugins.module_utils.sentinel import (
-    REDIS_PORT, ask_sentinels, current_master, format_address, parse_address, replication_change,
+    REDIS_PORT, ask_sentinels, current_master, format_address, parse_address, replication_change, unplanned_master,
 )
 
 
@@ -111,6 +119,7 @@ def main():
             master_name=dict(type="str", required=True),
             sentinels=dict(type="list", elements="str", required=True),
             initial_master=dict(type="str", required=True),
+            members=dict(type="list", elements="str", default=[]),
         ),
         supports_check_mode=True,
     )
@@ -120,6 +129,17 @@ def main():
     answers, unreachable = ask_sentinels(ask_sentinel, params["sentinels"], [params["master_name"]])
     master, named_by = current_master(answers[params["master_name"]], parse_address(params["initial_master"], REDIS_PORT))
     own = (params["address"], params["login_port"])
+    members = [parse_address(member, REDIS_PORT) for member in params["members"]] or [
+        parse_address(params["initial_master"], REDIS_PORT), own]
+    reason = unplanned_master(master, members)
+    if reason:
+        module.fail_json(msg="Redis %s, set %s: the master the sentinels name: %s. Nothing was changed. If that "
+                             "server is not yours, the sentinels were reconfigured: on each sentinel that names it, "
+                             "as the admin user, SENTINEL REMOVE %s, then SENTINEL MONITOR %s at the member with the "
+                             "newest data (the highest master_repl_offset in INFO replication), and run again; if it "
+                             "is a new member, add it to the inventory first."
+                         % (format_address(own), params["master_name"], reason, params["master_name"],
+                            params["master_name"]))
     client = connect(params["login_host"], params["login_port"], params["login_password"])
     try:
         reply = client.execute_command("ROLE")

@@ -160,6 +160,24 @@ def test_sentinels_replace_the_persistent_urls_in_mastodons_environment(tmp_path
     assert units["CACHE_REDIS_URL"] == "rediss://10.0.0.11:6380"
 
 
+def test_site_with_sentinels_stops_before_any_host_without_the_sentinels_passwords(tmp_path):
+    inventory = copy_inventory("example", tmp_path)
+    add_sentinels(inventory)
+    edit_yaml(inventory / "group_vars" / "all.yml",
+              lambda data: data.update(ansible_connection="ssh", ansible_ssh_common_args="-o ConnectTimeout=2",
+                                       plan_find_running_units=False))
+    env = dict(os.environ, ANSIBLE_COLLECTIONS_PATH=str(COLLECTIONS_ROOT), ANSIBLE_NOCOLOR="1",
+               ANSIBLE_HOST_KEY_CHECKING="False")
+    result = subprocess.run([PLAYBOOK, "fediscale.mastodon.site", "-i", str(inventory)], env=env,
+                            cwd=str(tmp_path), capture_output=True, text=True, timeout=300, check=False)
+    output = result.stdout + result.stderr
+    assert result.returncode != 0
+    assert "host redis1, redis sentinel: redis_sentinel_admin_password is empty or unset." in output
+    assert "host redis1, redis sentinel: redis_sentinel_mastodon_password is empty or unset." in output
+    assert "host web1, redis sentinel: app_redis_sentinel_password is empty or unset." in output
+    assert "UNREACHABLE" not in output and "PLAY [PostgreSQL]" not in output
+
+
 def test_two_sentinels_fail_naming_them(tmp_path):
     stdout = failing_plan(tmp_path, lambda inventory: add_sentinels(inventory, hosts=("redis1", "redis2")))
     assert "ERROR redis-sentinel-too-few-sentinels [redis sentinel mastodon]" in stdout

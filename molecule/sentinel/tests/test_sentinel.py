@@ -16,6 +16,8 @@ import yaml
 SCENARIO = Path(__file__).resolve().parents[1]
 GROUP_VARS = yaml.safe_load((SCENARIO / "group_vars" / "redis.yml").read_text())
 PASSWORD = GROUP_VARS["redis_password"]
+SENTINEL_ADMIN = ("fediscale-admin", GROUP_VARS["redis_sentinel_admin_password"])
+SENTINEL_MASTODON = ("mastodon", GROUP_VARS["redis_sentinel_mastodon_password"])
 DOWN_AFTER_MS = GROUP_VARS["mastodon_redis_sentinel_down_after_ms"]
 ADDRESSES = {name: yaml.safe_load((SCENARIO / "host_vars" / ("%s.yml" % name)).read_text())["mastodon_address"]
              for name in ("sentinel-a", "sentinel-b", "sentinel-c")}
@@ -34,9 +36,13 @@ def hosts(host):
     return {name: host.get_host("ansible://%s" % name, ansible_inventory=inventory) for name in NAMES}
 
 
-def cli(host, command, port=6379, password=True):
+def cli(host, command, port=6379, password=True, user=None, address=None):
+    """redis-cli on ``host``: as the instance's password, as ``user`` (name, password), or without credentials."""
     auth = "-a %s --no-auth-warning " % PASSWORD if password else ""
-    return host.run("%s-cli -p %d %s%s" % (SERVER, port, auth, command))
+    if user:
+        auth = "--user %s --pass %s --no-auth-warning " % user
+    target = "-h %s " % address if address else ""
+    return host.run("%s-cli %s-p %d %s%s" % (SERVER, target, port, auth, command))
 
 
 def role(host):
@@ -50,7 +56,7 @@ def sentinel_master(host):
 
 def sentinel_masters(host):
     """SENTINEL MASTERS as {name: {field: value}}."""
-    lines = cli(host, "SENTINEL MASTERS", port=26379, password=False).stdout.splitlines()
+    lines = cli(host, "SENTINEL MASTERS", port=26379, user=SENTINEL_ADMIN).stdout.splitlines()
     masters, current = {}, {}
     for key, value in zip(lines[::2], lines[1::2]):
         if key == "name":
@@ -123,6 +129,45 @@ def test_the_sentinel_owns_its_configuration(hosts):
         assert lines[0] == MARKER
         assert "bind 127.0.0.1 -::1 %s" % ADDRESSES[name] in lines and "port 26379" in lines
         assert "sentinel monitor mastodon %s 6379 2" % ADDRESSES["sentinel-a"] in lines
+        # Its users as digests; only sentinel-pass, which it sends the other sentinels, is in clear.
+        assert any(re.match(r"user fediscale-admin on .*#[0-9a-f]{64} ", line) for line in lines), name
+        assert any(re.match(r"user mastodon on .*#[0-9a-f]{64} ", line) for line in lines), name
+        assert [line for line in lines if SENTINEL_ADMIN[1] in line] == [
+            "sentinel sentinel-pass %s" % SENTINEL_ADMIN[1]], name
+        assert SENTINEL_MASTODON[1] not in conf.content_string, name
+
+
+def test_every_sentinel_has_the_users_and_no_other(hosts):
+    # sentinel-b started as an older role left it: no users, the default user allowed everything.
+    for name in NAMES:
+        listed = cli(hosts[name], "ACL LIST", port=26379, user=SENTINEL_ADMIN).stdout.splitlines()
+        users = sorted(line.split()[1] for line in listed)
+        assert users == ["default", "fediscale-admin", "mastodon"], name
+        login = cli(hosts[name], "SENTINEL CONFIG GET sentinel-user", port=26379, user=SENTINEL_ADMIN).stdout.split()
+        assert login == ["sentinel-user", "fediscale-admin"], name
+
+
+REFUSED_TO_ASKERS = ("SENTINEL MONITOR rogue 172.30.42.99 6379 2", "SENTINEL REMOVE mastodon",
+                     "SENTINEL SET mastodon quorum 1", "SENTINEL FAILOVER mastodon", "SENTINEL RESET mastodon",
+                     "SENTINEL CONFIG SET announce-ip 172.30.42.99", "SENTINEL DEBUG", "ACL LIST",
+                     "ACL SETUSER default on nopass +@all", "SHUTDOWN", "PUBLISH +switch-master x")
+
+
+def test_a_client_on_the_network_may_only_ask_the_sentinels(hosts):
+    """As an outsider on the same network would: from another host, without credentials or as Mastodon."""
+    outsider = hosts["sentinel-c"]
+    target = ADDRESSES["sentinel-a"]
+    for user in (None, SENTINEL_MASTODON):
+        for command in REFUSED_TO_ASKERS:
+            answer = cli(outsider, command, port=26379, password=False, user=user, address=target).stdout
+            assert answer.startswith("NOPERM"), (user, command, answer)
+        master = cli(outsider, "SENTINEL GET-MASTER-ADDR-BY-NAME mastodon", port=26379, password=False, user=user,
+                     address=target).stdout.split()
+        assert master == [ADDRESSES["sentinel-a"], "6379"], user
+        assert len(cli(outsider, "SENTINEL SENTINELS mastodon", port=26379, password=False, user=user,
+                       address=target).stdout.split()) > 4, user
+    wrong = cli(outsider, "PING", port=26379, password=False, user=("mastodon", "guess"), address=target)
+    assert "WRONGPASS" in wrong.stdout + wrong.stderr
 
 
 def test_the_sentinel_listens_on_its_private_address(hosts):
@@ -151,25 +196,70 @@ def test_the_production_sentinel_unit_scores_better_than_debians(hosts):
 
 CLIENT = """
 import sys
-from redis.sentinel import Sentinel
-sentinel = Sentinel([(address, 26379) for address in sys.argv[1].split(",")], socket_timeout=2)
-master = sentinel.master_for("mastodon", password=sys.argv[2], socket_timeout=2)
+import redis
+sentinels, password, user, sentinel_password = sys.argv[1].split(","), sys.argv[2], sys.argv[3], sys.argv[4]
+for address in sentinels:
+    try:
+        sentinel = redis.Redis(host=address, port=26379, username=user, password=sentinel_password, socket_timeout=2)
+        host, port = sentinel.execute_command("SENTINEL", "GET-MASTER-ADDR-BY-NAME", "mastodon")
+        break
+    except redis.ConnectionError:
+        continue
+master = redis.Redis(host=host.decode(), port=int(port), password=password, socket_timeout=2)
 master.set("probe", "through the sentinels")
-print(master.get("probe").decode(), "%s:%d" % sentinel.discover_master("mastodon"))
+print(master.get("probe").decode(), "%s:%d" % (host.decode(), int(port)))
 """
 
 
 def sentinel_client(host):
-    """What Mastodon does with REDIS_SENTINELS: ask the sentinels for the master, then write to it."""
+    """What Mastodon does with REDIS_SENTINELS: log in to a sentinel as REDIS_SENTINEL_USERNAME, ask it for the
+    master (SENTINEL GET-MASTER-ADDR-BY-NAME, as redis-client and ioredis do), then write to it."""
     script = host.run("mktemp").stdout.strip()
     host.run("cat > %s <<'PY'\n%sPY" % (script, CLIENT))
-    return host.run("python3 %s %s %s" % (script, ",".join(ADDRESSES[name] for name in NAMES), PASSWORD))
+    return host.run("python3 %s %s %s %s %s" % (script, ",".join(ADDRESSES[name] for name in NAMES), PASSWORD,
+                                                *SENTINEL_MASTODON))
 
 
 def test_a_client_finds_the_master_through_the_sentinels(hosts):
     result = sentinel_client(hosts["sentinel-c"])
     assert result.rc == 0, result.stderr
     assert result.stdout.split() == ["through", "the", "sentinels", ADDRESSES["sentinel-a"] + ":6379"]
+
+
+def converge(host):
+    env = dict(os.environ, ANSIBLE_NOCOLOR="1", ANSIBLE_FORCE_COLOR="0")
+    return subprocess.run([PLAYBOOK, str(SCENARIO / "converge.yml"), "-i", host.backend.ansible_inventory],
+                          env=env, capture_output=True, text=True, timeout=600, check=False)
+
+
+def test_a_sentinel_that_names_an_unplanned_master_stops_the_role_and_nothing_follows_it(host, hosts):
+    """As after someone with the admin password (or an older, open sentinel) pointed one sentinel elsewhere:
+    here at sentinel-a's cache, a Redis that is not a member of the set."""
+    master = master_host(hosts)
+    rogue = "%s 6380" % ADDRESSES["sentinel-a"]
+    hijacked = hosts["sentinel-b"]
+    for command in ("SENTINEL REMOVE mastodon", "SENTINEL MONITOR mastodon %s 2" % rogue):
+        assert cli(hijacked, command, port=26379, user=SENTINEL_ADMIN).stdout.strip() == "OK"
+    roles = {name: role(hosts[name]) for name in NAMES}
+
+    run = converge(host)
+    assert run.returncode != 0
+    message = "Sentinel 127.0.0.1:26379, set mastodon: the master this sentinel monitors: %s:6380 is not one of " \
+              "its planned members (%s). Nothing was changed." % (
+                  ADDRESSES["sentinel-a"], ", ".join("%s:6379" % ADDRESSES[name] for name in NAMES))
+    assert message in run.stdout, run.stdout[-3000:]
+    assert re.search(r"fatal: \[sentinel-b\]", run.stdout) and not re.search(r"fatal: \[sentinel-[ac]\]", run.stdout)
+    assert {name: role(hosts[name]) for name in NAMES} == roles
+    assert cli(hijacked, "SENTINEL GET-MASTER-ADDR-BY-NAME mastodon", port=26379).stdout.split() == rogue.split()
+
+    # The recovery the message gives, at the master the other sentinels still name.
+    for command in ("SENTINEL REMOVE mastodon", "SENTINEL MONITOR mastodon %s 6379 2" % ADDRESSES[master],
+                    "SENTINEL SET mastodon down-after-milliseconds %d" % DOWN_AFTER_MS,
+                    "SENTINEL SET mastodon auth-pass %s" % PASSWORD):
+        assert cli(hijacked, command, port=26379, user=SENTINEL_ADMIN).stdout.strip() == "OK"
+    wait_for(lambda: sentinel_masters(hijacked)["mastodon"].get("num-slaves") == "2"
+             and sentinel_masters(hijacked)["mastodon"].get("num-other-sentinels") == "2", 30,
+             "sentinel-b knows the replicas and the other sentinels again")
 
 
 def test_failover_keeps_the_data_and_the_role_does_not_undo_it(host, hosts):
@@ -195,9 +285,7 @@ def test_failover_keeps_the_data_and_the_role_does_not_undo_it(host, hosts):
     assert cli(hosts[old], "LLEN queue:default").stdout.strip() == "1000"
 
     # A second run of the role agrees with Sentinel: nothing changes and the master stays where it is.
-    env = dict(os.environ, ANSIBLE_NOCOLOR="1", ANSIBLE_FORCE_COLOR="0")
-    run = subprocess.run([PLAYBOOK, str(SCENARIO / "converge.yml"), "-i", host.backend.ansible_inventory],
-                         env=env, capture_output=True, text=True, timeout=600, check=False)
+    run = converge(host)
     assert run.returncode == 0, run.stdout[-3000:]
     recap = run.stdout[run.stdout.rindex("PLAY RECAP"):]
     assert re.findall(r"changed=(\d+)", recap) == ["0", "0", "0"], recap
@@ -225,9 +313,7 @@ def test_a_restart_the_master_needs_comes_after_a_failover_and_loses_no_write(ho
     assert cli(hosts[old], "WAIT 2 5000").stdout.strip() == "2"
     pid = main_pid(hosts[old])
 
-    env = dict(os.environ, ANSIBLE_NOCOLOR="1", ANSIBLE_FORCE_COLOR="0")
-    run = subprocess.run([PLAYBOOK, str(SCENARIO / "converge.yml"), "-i", host.backend.ansible_inventory],
-                         env=env, capture_output=True, text=True, timeout=600, check=False)
+    run = converge(host)
     assert run.returncode == 0, run.stdout[-3000:]
 
     new = master_host(hosts)

@@ -232,6 +232,23 @@ def rails_pools(pool_size):
 
 # Redis: lib/mastodon/redis_configuration.rb and streaming/redis.js.
 
+class AskingSentinel(redis.sentinel.Sentinel):
+    """Finds the master as redis-client (Ruby) and ioredis do, with SENTINEL GET-MASTER-ADDR-BY-NAME; redis-py's
+    own SENTINEL MASTERS is a command Mastodon never sends, which the sentinels' Mastodon user may not run."""
+
+    def discover_master(self, service_name):
+        for index, sentinel in enumerate(self.sentinels):
+            try:
+                address = sentinel.sentinel_get_master_addr_by_name(service_name)
+            except (redis.ConnectionError, redis.TimeoutError):
+                continue
+            if address:
+                self.sentinels[0], self.sentinels[index] = sentinel, self.sentinels[0]
+                host, port = address
+                return host.decode() if isinstance(host, bytes) else host, int(port)
+        raise redis.sentinel.MasterNotFoundError("No sentinel names a master for %r" % service_name)
+
+
 def redis_client(prefix="", fallback=True, node=False, **options):
     """The client of one of Mastodon's Redis configurations: *_URL wins, then sentinels, then *_HOST;
     SIDEKIQ_ and CACHE_ fall back to the base configuration when none of those is given. A rediss:// URL is TLS
@@ -242,14 +259,16 @@ def redis_client(prefix="", fallback=True, node=False, **options):
             options.update(ssl_cert_reqs="required", ssl_check_hostname=True,
                            ssl_ca_certs=node_ca_file() if node else ruby_ca_file())
         return redis.Redis.from_url(env[name + "URL"], **options)
-    password = env.get(name + "PASSWORD")
+    password, user = env.get(name + "PASSWORD"), env.get(name + "USER")
     if env.get(name + "SENTINELS") and env.get(name + "SENTINEL_MASTER"):
         default_port = int(env.get(name + "SENTINEL_PORT", 26379))
         sentinels = [(item.split(":")[0], int(item.split(":")[1]) if ":" in item else default_port)
                      for item in env[name + "SENTINELS"].split(",")]
-        sentinel = redis.sentinel.Sentinel(sentinels, sentinel_kwargs={
+        # The sentinels' login falls back to the master's user and password (Ruby and Node alike).
+        sentinel = AskingSentinel(sentinels, sentinel_kwargs={
+            "username": env.get(name + "SENTINEL_USERNAME", user),
             "password": env.get(name + "SENTINEL_PASSWORD", password)})
-        return sentinel.master_for(env[name + "SENTINEL_MASTER"], password=password, **options)
+        return sentinel.master_for(env[name + "SENTINEL_MASTER"], username=user, password=password, **options)
     if prefix and not env.get(name + "HOST"):
         return redis_client("", node=node, **options)
     return redis.Redis(host=env.get(name + "HOST", "localhost"), port=int(env.get(name + "PORT", 6379)),

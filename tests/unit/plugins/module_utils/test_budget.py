@@ -460,12 +460,14 @@ def test_sentinel_set_replaces_the_urls_of_the_datasets_it_holds():
     assert [(item["host"], item["address"], item["port"]) for item in entry["members"]] == [
         ("redis1", "10.0.0.11", 6379), ("redis2", "10.0.0.12", 6379), ("redis3", "10.0.0.13", 6379)]
     assert entry["monitor"] == {"name": "mastodon", "initial_master": "10.0.0.11:6379", "quorum": 2,
-                                "down_after_ms": 30000}
+                                "down_after_ms": 30000,
+                                "members": ["10.0.0.11:6379", "10.0.0.12:6379", "10.0.0.13:6379"]}
     assert sentinel["endpoints"] == ["10.0.0.11:26380", "10.0.0.12:26380", "10.0.0.13:26380"]
     units = report["environment"]["web1"]["units"]
     for prefix in ("REDIS", "SIDEKIQ_REDIS"):
         assert units[prefix + "_SENTINELS"] == "10.0.0.11:26380,10.0.0.12:26380,10.0.0.13:26380"
         assert units[prefix + "_SENTINEL_MASTER"] == "mastodon"
+        assert units[prefix + "_SENTINEL_USERNAME"] == "mastodon"
         assert prefix + "_URL" not in units
     # The cache is in no Sentinel set: it alone goes over TLS.
     assert units["CACHE_REDIS_URL"] == "rediss://10.0.0.11:6380"

@@ -25,3 +25,13 @@ def test_sentinel_settings_get_the_masters_password_once():
     assert result["SIDEKIQ_REDIS_PASSWORD"] == "own"
     assert result["CACHE_REDIS_URL"] == "redis://:secret@r3:6380"
     assert "CACHE_REDIS_PASSWORD" not in result
+    assert "REDIS_SENTINEL_PASSWORD" not in result
+
+
+def test_sentinel_settings_get_the_sentinel_users_password():
+    env = {"REDIS_SENTINELS": "r1:26379", "REDIS_SENTINEL_MASTER": "mastodon", "REDIS_SENTINEL_USERNAME": "mastodon",
+           "CACHE_REDIS_URL": "redis://r3:6380"}
+    result = with_redis_password(env, "secret", "asker")
+    assert (result["REDIS_PASSWORD"], result["REDIS_SENTINEL_PASSWORD"]) == ("secret", "asker")
+    assert "CACHE_REDIS_SENTINEL_PASSWORD" not in result
+    assert with_redis_password(env, "", "asker")["REDIS_SENTINEL_PASSWORD"] == "asker"
