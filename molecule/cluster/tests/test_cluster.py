@@ -127,6 +127,30 @@ def test_an_upload_goes_to_the_bucket_and_comes_back_through_nginxs_cache(hosts)
     assert (first, second) == ([200, "MISS", "demo-media"], [200, "HIT", "demo-media"])
 
 
+ASK_NGINX = """
+import http.client, json
+answers = {}
+for name in ("172.30.42.16", "unknown.example", "mastodon.test"):
+    connection = http.client.HTTPConnection("172.30.42.16", 80, timeout=10)
+    connection.request("GET", "/about", headers={"Host": name})
+    try:
+        answers[name] = connection.getresponse().status
+    except http.client.RemoteDisconnected:
+        answers[name] = "closed"
+print(json.dumps(answers))
+"""
+
+
+def test_nginx_gives_a_host_it_does_not_serve_no_page(hosts):
+    # From another host on the network, by address and by a made-up name: nginx closes without an answer.
+    result = python(hosts["demo-web1"], ASK_NGINX)
+    assert result.rc == 0, result.stderr
+    assert json.loads(result.stdout) == {"172.30.42.16": "closed", "unknown.example": "closed", "mastodon.test": 200}
+    config = hosts["demo-proxy1"].run("nginx -T").stdout
+    assert "configuration file /etc/nginx/sites-enabled/default" not in config
+    assert "return 444;" in config
+
+
 THROUGH_PGBOUNCER = ("set -a; . /etc/mastodon/environment; set +a; python3 -c 'import os, psycopg; psycopg.connect("
                      "host=os.environ[\"DB_HOST\"], port=os.environ[\"DB_PORT\"], dbname=os.environ[\"DB_NAME\"], "
                      "user=os.environ[\"DB_USER\"], password=os.environ[\"DB_PASS\"], "

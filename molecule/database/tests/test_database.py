@@ -327,6 +327,21 @@ def test_production_units_score_below_2(app):
     assert ours < 2.0 < debian
 
 
+def test_postgresql_runs_sandboxed_and_its_production_unit_scores_below_4(db):
+    version = SERVER["version"]
+    db.run("cat /lib/systemd/system/postgresql@.service /etc/systemd/system/postgresql@.service.d/hardening.conf "
+           "> /tmp/score-ours.service")
+    db.run("cp /lib/systemd/system/postgresql@.service /tmp/score-debian.service")
+    ours, debian = exposure(db, "/tmp/score-ours.service"), exposure(db, "/tmp/score-debian.service")
+    assert ours < 4.0 < debian
+    # The running server is the sandboxed one, and writes its data, log and socket directories.
+    show = db.run("systemctl show -p ProtectSystem -p NoNewPrivileges -p CapabilityBoundingSet "
+                  "postgresql@%s-main" % version).stdout
+    assert "ProtectSystem=strict" in show and "NoNewPrivileges=yes" in show and "CapabilityBoundingSet=\n" in show + "\n"
+    assert psql(db, "CREATE TABLE sandbox_probe AS SELECT 1 AS one; CHECKPOINT; DROP TABLE sandbox_probe").rc == 0
+    assert db.file("/var/run/postgresql/.s.PGSQL.%d" % SERVER["port"]).is_socket
+
+
 CANCEL = """
 import sys, threading, time, psycopg
 from psycopg import errors

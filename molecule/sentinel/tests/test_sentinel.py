@@ -120,9 +120,19 @@ def test_replication_is_never_written_to_a_file(hosts):
         assert "Read-only file system" in result.stdout + result.stderr, name
 
 
-def test_the_sentinel_owns_its_configuration(hosts):
+def test_the_sentinel_owns_its_configuration_and_no_other(hosts):
     for name in NAMES:
-        conf = hosts[name].file("/etc/%s/sentinel.conf" % SERVER)
+        # /etc/redis is root's: no Redis process can replace an instance's file (Debian makes it redis's, 2770).
+        etc = hosts[name].file("/etc/%s" % SERVER)
+        assert (etc.user, etc.group, etc.mode) == ("root", SERVER, 0o750), name
+        assert hosts[name].run("dpkg-statoverride --list /etc/%s" % SERVER).stdout.split() == [
+            "root", SERVER, "750", "/etc/%s" % SERVER]
+        own = hosts[name].file("/etc/%s/sentinel" % SERVER)
+        assert (own.user, own.group, own.mode) == (SERVER, SERVER, 0o750), name
+        # Where Debian's unit read it (sentinel-b's state was there, as an older role left it): no secret left.
+        former = hosts[name].file("/etc/%s/sentinel.conf" % SERVER).content_string
+        assert former.startswith("# Not read:") and len(former.splitlines()) == 1, name
+        conf = hosts[name].file("/etc/%s/sentinel/sentinel.conf" % SERVER)
         # 0640 as written; Sentinel's own rewrites, under UMask=0077, leave 0600.
         assert (conf.user, conf.group) == (SERVER, SERVER) and conf.mode in (0o640, 0o600)
         lines = conf.content_string.splitlines()
@@ -184,14 +194,20 @@ def exposure(host, path):
 def test_the_production_sentinel_unit_scores_better_than_debians(hosts):
     host = hosts["sentinel-a"]
     # The production form: Debian's unit with the hardening drop-in, not the container one.
-    host.run("cat /lib/systemd/system/{0}-sentinel.service "
-             "/etc/systemd/system/{0}-sentinel.service.d/hardening.conf > /tmp/score-ours.service".format(SERVER))
+    host.run("cat /lib/systemd/system/{0}-sentinel.service /etc/systemd/system/{0}-sentinel.service.d/hardening.conf "
+             "/etc/systemd/system/{0}-sentinel.service.d/config.conf > /tmp/score-ours.service".format(SERVER))
     host.run("cp /lib/systemd/system/%s-sentinel.service /tmp/score-debian.service" % SERVER)
     ours, debian = exposure(host, "/tmp/score-ours.service"), exposure(host, "/tmp/score-debian.service")
     # Debian's unit scores 1.2 on Debian 12 and 1.1 on Debian 13; the drop-in keeps ours at 1.1 on both.
     assert ours <= debian <= 1.2 and ours <= 1.1
     show = host.run("systemctl show -p PrivateUsers -p ProtectSystem -p PrivateMounts %s-sentinel" % SERVER).stdout
     assert "PrivateUsers=no" in show and "ProtectSystem=strict" in show and "PrivateMounts=yes" in show
+    paths = host.run("systemctl show -p ReadWritePaths -p ExecStart %s-sentinel" % SERVER).stdout
+    assert "/etc/%s/sentinel/sentinel.conf" % SERVER in paths
+    assert re.search(r"ReadWritePaths=.*/etc/%s/sentinel\b" % SERVER, paths)
+    assert not re.search(r"ReadWritePaths=.*/etc/%s( |$)" % SERVER, paths, re.M)
+    # The sentinel's own user cannot write where the instances' files are.
+    assert host.run("runuser -u %s -- touch /etc/%s/probe" % (SERVER, SERVER)).rc != 0
 
 
 CLIENT = """
