@@ -134,7 +134,8 @@ for name in ("172.30.42.16", "unknown.example", "mastodon.test"):
     connection = http.client.HTTPConnection("172.30.42.16", 80, timeout=10)
     connection.request("GET", "/about", headers={"Host": name})
     try:
-        answers[name] = connection.getresponse().status
+        response = connection.getresponse()
+        answers[name] = [response.status, response.read().decode()]
     except http.client.RemoteDisconnected:
         answers[name] = "closed"
 print(json.dumps(answers))
@@ -145,7 +146,13 @@ def test_nginx_gives_a_host_it_does_not_serve_no_page(hosts):
     # From another host on the network, by address and by a made-up name: nginx closes without an answer.
     result = python(hosts["demo-web1"], ASK_NGINX)
     assert result.rc == 0, result.stderr
-    assert json.loads(result.stdout) == {"172.30.42.16": "closed", "unknown.example": "closed", "mastodon.test": 200}
+    answers = json.loads(result.stdout)
+    assert (answers["172.30.42.16"], answers["unknown.example"], answers["mastodon.test"][0]) == ("closed", "closed", 200)
+    # The Mastodon-shaped stand-in behind it serves no environment and no secret.
+    page = answers["mastodon.test"][1]
+    for secret in (DATABASE_PASSWORD, REDIS_PASSWORD, STATS_PASSWORD):
+        assert secret not in page
+    assert "REDIS_URL" not in page and "DB_PASS" not in page
     config = hosts["demo-proxy1"].run("nginx -T").stdout
     assert "configuration file /etc/nginx/sites-enabled/default" not in config
     assert "return 444;" in config

@@ -243,19 +243,23 @@ def test_a_client_finds_the_master_through_the_sentinels(hosts):
 
 
 def converge(host):
+    """The role's converge again; -v shows what a task that changed something did."""
     env = dict(os.environ, ANSIBLE_NOCOLOR="1", ANSIBLE_FORCE_COLOR="0")
-    return subprocess.run([PLAYBOOK, str(SCENARIO / "converge.yml"), "-i", host.backend.ansible_inventory],
+    return subprocess.run([PLAYBOOK, "-v", str(SCENARIO / "converge.yml"), "-i", host.backend.ansible_inventory],
                           env=env, capture_output=True, text=True, timeout=600, check=False)
 
 
 def changed_tasks(stdout):
-    """The tasks of a run that changed something, with the hosts they changed."""
-    tasks, task = [], None
+    """The tasks of a run that changed something, with the hosts and the results."""
+    tasks, task, changed = [], None, None
     for line in stdout.splitlines():
-        if line.startswith("TASK ["):
-            task = line
+        if line.startswith("TASK [") or line.startswith("PLAY RECAP"):
+            task, changed = line, None
         elif line.startswith("changed: ["):
-            tasks.append("%s %s" % (task, line))
+            changed = "%s %s" % (task, line)
+            tasks.append(changed)
+        elif changed is not None and line.strip():
+            tasks[-1] += " " + line.strip()
     return tasks
 
 
@@ -275,13 +279,14 @@ def test_a_sentinel_that_names_an_unplanned_master_stops_the_role_and_nothing_fo
     roles = {name: role(hosts[name]) for name in NAMES}
 
     run = converge(host)
+    output = run.stdout + run.stderr
     assert run.returncode != 0
     message = "Sentinel 127.0.0.1:26379, set mastodon: the master this sentinel monitors: %s:6380 is not one of " \
               "its planned members (%s). Nothing was changed." % (
                   ADDRESSES["sentinel-a"], ", ".join("%s:6379" % ADDRESSES[name] for name in NAMES))
     # Ansible folds long messages over several lines.
-    assert message in " ".join(run.stdout.split()), run.stdout[-3000:]
-    assert re.search(r"fatal: \[sentinel-b\]", run.stdout) and not re.search(r"fatal: \[sentinel-[ac]\]", run.stdout)
+    assert message in " ".join(output.split()), output[-3000:]
+    assert re.search(r"fatal: \[sentinel-b\]", output) and not re.search(r"fatal: \[sentinel-[ac]\]", output)
     assert {name: role(hosts[name]) for name in NAMES} == roles
     assert cli(hijacked, "SENTINEL GET-MASTER-ADDR-BY-NAME mastodon", port=26379).stdout.split() == rogue.split()
 
