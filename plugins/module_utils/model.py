@@ -10,7 +10,9 @@ from __future__ import annotations
 
 from typing import Any, Dict
 
-from ansible_collections.fediscale.mastodon.plugins.module_utils import adoption, connections, deploy, mastodon, media, tls
+from ansible_collections.fediscale.mastodon.plugins.module_utils import (
+    adoption, connections, deploy, firewall, mastodon, media, tls,
+)
 from ansible_collections.fediscale.mastodon.plugins.module_utils.redis_plan import plan_redis
 from ansible_collections.fediscale.mastodon.plugins.module_utils.schema import PlanInputError, parse_description
 
@@ -52,6 +54,9 @@ def compute(description: Any) -> Dict[str, Any]:
         nginx[host]["media"] = media.nginx_media(cluster, hosts[host]["nginx"])
     encryption = tls.plan_tls(servers, hosts, app_hosts, redis["instances"])
     deploy.add_pgbouncer_listeners(bouncers, cluster, servers, encryption["sslmode"])
+    units = {host: deploy.app_units([row for row in processes if row["host"] == host], bouncers.get(host))
+             for host in app_hosts}
+    postgresql = deploy.postgresql_hosts(cluster, servers, hosts, app_hosts, encryption["sslmode"])
     return {
         "mastodon": cluster,
         "servers": server_reports,
@@ -61,14 +66,14 @@ def compute(description: Any) -> Dict[str, Any]:
         "direct_connections": direct,
         "redis": redis,
         "nginx": nginx,
-        "postgresql": deploy.postgresql_hosts(cluster, servers, hosts, app_hosts, encryption["sslmode"]),
+        "postgresql": postgresql,
+        "firewall": firewall.plan_firewall(cluster, hosts, app_hosts, redis, nginx, units, binds, postgresql),
         "tls": encryption,
         "media": media.report(cluster, hosts),
         "environment": {host: deploy.environment(host, hosts[host], cluster, servers, bouncers.get(host),
                                                  redis, binds[host], encryption["sslmode"])
                         for host in app_hosts},
-        "units": {host: deploy.app_units([row for row in processes if row["host"] == host], bouncers.get(host))
-                  for host in app_hosts},
+        "units": units,
         "hosts": {host: sorted(section for section in hosts[host] if section != "mastodon") for host in sorted(hosts)},
         "debian": {host: hosts[host]["mastodon"]["debian_version"] for host in sorted(hosts)},
         "env_production": {host: hosts[host]["mastodon"]["env_production"] for host in sorted(hosts)},

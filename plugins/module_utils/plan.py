@@ -46,6 +46,21 @@ def verdict(report: Dict[str, Any]) -> str:
         primary["total"], primary["max_connections"], primary["host"], primary["utilisation_percent"], counts)
 
 
+def firewall_statement(report: Dict[str, Any]) -> str:
+    """Whether the firewall role admits only the planned hosts to each listener, and why not."""
+    plan = report["firewall"]
+    listeners = sum(len(items) for items in plan["hosts"].values())
+    if plan["enabled"]:
+        return "on: %d listeners on %d hosts admit only the hosts the plan connects to them" % (
+            listeners, len(plan["hosts"]))
+    if not listeners:
+        return "off: no listener beyond loopback"
+    if plan["setting"] is False:
+        return "off (mastodon_firewall: false): %d listeners are open to the whole network" % listeners
+    return ("off: %s known by name, not IP address (set mastodon_address on each); %d listeners are open to the "
+            "whole network" % (", ".join(plan["unaddressed"]), listeners))
+
+
 def headroom_statement(server: Dict[str, Any]) -> str:
     room = server["headroom"]
     if room["connections"] < 0:
@@ -145,7 +160,7 @@ def render_table(report: Dict[str, Any]) -> str:
     for row in rows:
         lines.append("  ".join(cell.rjust(width) if 3 <= index <= 5 else cell.ljust(width)
                                for index, (cell, width) in enumerate(zip(row, widths))).rstrip())
-    lines.extend(["", "Headroom: %s" % report["headroom"], ""])
+    lines.extend(["", "Headroom: %s" % report["headroom"], "Firewall: %s" % firewall_statement(report), ""])
     if report.get("during_change"):
         lines.extend([_during_change(report), ""])
     lines.append("%d errors, %d warnings" % (report["errors"], report["warnings"]))
@@ -171,7 +186,7 @@ def render_markdown(report: Dict[str, Any]) -> str:
     lines.append("| " + " | ".join(rows[0]) + " |")
     lines.append("| " + " | ".join("---:" if 3 <= index <= 5 else "---" for index in range(len(rows[0]))) + " |")
     lines.extend("| " + " | ".join(cell.replace("|", "\\|") for cell in row) + " |" for row in rows[1:])
-    lines.extend(["", "Headroom: %s" % report["headroom"]])
+    lines.extend(["", "Headroom: %s" % report["headroom"], "", "Firewall: %s" % firewall_statement(report)])
     if report.get("during_change"):
         lines.extend(["", "## During the change", "", _during_change(report)])
     lines.extend(["", "## Findings", ""])

@@ -1161,3 +1161,28 @@ def media_s3_without_alias_host(report: Report) -> Iterator[Finding]:
                       "nothing is cached, and links break if the instance moves to another provider",
                       "set mastodon_s3_alias_host (e.g. files.example.com): nginx on the proxy hosts then serves it "
                       "from the bucket through its cache")
+
+
+# --- firewall ---
+
+def _client_edges(report: Report, client: str) -> str:
+    """Which listeners a host connects to, for a message: ``postgresql on db1:5432, redis on redis1:6379``."""
+    edges = ["%s on %s:%d" % (item["service"], host, item["port"])
+             for host, items in sorted(report["firewall"]["hosts"].items()) for item in items
+             if client in item["clients"]]
+    return ", ".join(edges[:4]) + (" and %d more" % (len(edges) - 4) if len(edges) > 4 else "")
+
+
+@rule("firewall-client-without-address")
+def firewall_client_without_address(report: Report) -> Iterator[Finding]:
+    # Under mastodon_firewall: auto the firewall stays off instead, and the report's firewall line says why.
+    plan = report["firewall"]
+    if plan["setting"] is not True:
+        return
+    for client in plan["unaddressed"]:
+        yield finding(
+            "firewall-client-without-address", ERROR, client, "firewall",
+            "mastodon_firewall is true, and this host connects to %s, but the plan knows it by name, not by IP "
+            "address: nftables matches addresses, so the firewall would cut it off" % _client_edges(report, client),
+            "set mastodon_address to the IP address the other hosts see it at, or mastodon_firewall: auto to leave "
+            "every listener open to the network until each host has one")

@@ -373,6 +373,21 @@ def address_list(value: Any, where: str) -> str:
     return text
 
 
+def network_list(value: Any, where: str) -> List[str]:
+    """Addresses or networks (10.0.0.5, 10.0.1.0/24, fd00::/64), as a list."""
+    items = string_list(value, where, 256)
+    for index, item in enumerate(items):
+        try:
+            network = ipaddress.ip_network(item, strict=False)
+        except ValueError:
+            raise PlanInputError("%s[%d]" % (where, index), "%s is not an IP address or network" % _show(item),
+                                 "give addresses or networks such as 10.0.0.5 or 10.0.1.0/24")
+        if network.prefixlen == 0:
+            raise PlanInputError("%s[%d]" % (where, index), "%s is every address" % item,
+                                 "list only the hosts that administer the data tier (a bastion, monitoring)")
+    return items
+
+
 def port_list(value: Any, where: str) -> List[int]:
     if isinstance(value, (str, bytes)) or not isinstance(value, (list, tuple)) or not value:
         raise PlanInputError(where, "expected a list of ports, got %s" % _show(value))
@@ -520,6 +535,12 @@ CLUSTER = {
                                    "sentinels that must agree a master is down; default a majority"),
     "redis_sentinel_down_after_ms": Field(integer(1000, 3600000), 30000,
                                           "milliseconds a master stays unreachable before it counts as down"),
+    "firewall": Field(bool_or_auto, AUTO,
+                      "an nftables rule per listener: only the hosts the plan connects to it reach it; auto: on "
+                      "when every such host has an IP address (mastodon_address)"),
+    "admin_addresses": Field(network_list, [],
+                             "addresses or networks (a bastion, monitoring) that may reach the data tier through "
+                             "the firewall"),
     "media": Field(choice("local", "s3"), "local",
                    "where media lives: local (each host's disk; one host only) or s3 (a bucket)"),
     "media_path": Field(optional(absolute_path), None, "PAPERCLIP_ROOT_PATH; default the checkout's public/system"),

@@ -17,6 +17,7 @@ ROLE_OPTIONS = frozenset((
     "app_s3_access_key_id",
     "app_s3_secret_access_key",
     "app_user",
+    "firewall_rules_file",
     "nginx_listen_port",
     "nginx_public_dir",
     "nginx_server_name",

@@ -158,6 +158,52 @@ def test_nginx_gives_a_host_it_does_not_serve_no_page(hosts):
     assert "return 444;" in config
 
 
+PROBE_PORTS = """
+import json, socket
+answers = {}
+for target in %s:
+    host, port = target.split(":")
+    try:
+        socket.create_connection((host, int(port)), timeout=5).close()
+        answers[target] = "open"
+    except ConnectionRefusedError:
+        answers[target] = "refused"
+    except OSError as error:
+        answers[target] = type(error).__name__
+print(json.dumps(answers))
+"""
+# Every listener the collection runs beyond loopback (the handover ports answer only during a restart).
+LISTENERS = ["172.30.42.11:5432", "172.30.42.12:6379", "172.30.42.12:6380", "172.30.42.13:3000",
+             "172.30.42.13:4000", "172.30.42.14:3000", "172.30.42.14:4000"]
+
+
+def probe(host, targets):
+    result = python(host, PROBE_PORTS % json.dumps(targets))
+    assert result.rc == 0, result.stderr
+    return json.loads(result.stdout)
+
+
+def test_an_outsider_on_the_network_reaches_only_nginx(host, hosts):
+    # demo-media1 is on the cluster's network and in no group of the plan: an outsider without credentials.
+    outsider = host.get_host("ansible://demo-media1", ansible_inventory=host.backend.ansible_inventory)
+    answers = probe(outsider, LISTENERS + ["172.30.42.16:80"])
+    assert answers == dict({target: "refused" for target in LISTENERS}, **{"172.30.42.16:80": "open"})
+    # The planned clients still reach them: an app host the database and Redis, the proxy Puma and streaming.
+    assert set(probe(hosts["demo-sidekiq1"], LISTENERS[:3]).values()) == {"open"}
+    assert set(probe(hosts["demo-proxy1"], LISTENERS[3:]).values()) == {"open"}
+    # The rules as nftables holds them.
+    table = hosts["demo-db1"].run("nft list table inet fediscale_mastodon").stdout
+    assert "tcp dport 5432 ip saddr { 172.30.42.13, 172.30.42.14, 172.30.42.15 } accept" in table
+    assert "tcp dport 5432 reject with tcp reset" in table
+
+
+def test_the_firewall_unit_scores_like_mastodons_own(hosts):
+    unit = "/etc/systemd/system/fediscale-mastodon-firewall.service"
+    out = hosts["demo-db1"].run("systemd-analyze security --offline=true --no-pager %s" % unit).stdout
+    assert float(re.search(r"Overall exposure level for \S+: ([0-9.]+)", out).group(1)) <= 1.5
+    assert hosts["demo-db1"].service("fediscale-mastodon-firewall").is_enabled
+
+
 THROUGH_PGBOUNCER = ("set -a; . /etc/mastodon/environment; set +a; python3 -c 'import os, psycopg; psycopg.connect("
                      "host=os.environ[\"DB_HOST\"], port=os.environ[\"DB_PORT\"], dbname=os.environ[\"DB_NAME\"], "
                      "user=os.environ[\"DB_USER\"], password=os.environ[\"DB_PASS\"], "

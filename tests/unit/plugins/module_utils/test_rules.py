@@ -1231,3 +1231,24 @@ class TestMediaS3WithoutAliasHost:
 
     def test_an_alias_host_keeps_it(self):
         assert found(cluster(), "media-s3-without-alias-host") == []
+
+
+class TestFirewallClientWithoutAddress:
+    def test_a_forced_firewall_names_each_host_known_by_name_and_what_it_reaches(self):
+        items = found(cluster(mastodon__firewall=True), "firewall-client-without-address")
+        assert [(item["severity"], item["host"]) for item in items] == [("error", "web1"), ("error", "worker1")]
+        assert items[0]["message"].startswith(
+            "mastodon_firewall is true, and this host connects to postgresql on db1:5432, redis on redis1:6379, "
+            "redis on redis1:6380, but the plan knows it by name, not by IP address")
+        assert items[0]["hint"].startswith("set mastodon_address to the IP address the other hosts see it at")
+
+    def test_auto_leaves_the_firewall_off_without_a_finding(self):
+        description = cluster()
+        assert found(description, "firewall-client-without-address") == []
+        assert found(cluster(mastodon__firewall=False), "firewall-client-without-address") == []
+
+    def test_addresses_on_every_client_satisfy_it(self):
+        description = cluster(mastodon__firewall=True)
+        for index, host in enumerate(sorted(description["hosts"])):
+            description["hosts"][host]["mastodon"] = {"address": "10.0.0.%d" % (10 + index)}
+        assert found(description, "firewall-client-without-address") == []
