@@ -25,6 +25,15 @@ def run_plan(inventory, tmp_path):
     return result
 
 
+def run_site(inventory, tmp_path):
+    """site.yml as users run it: (its exit code, its output)."""
+    env = dict(os.environ, ANSIBLE_COLLECTIONS_PATH=str(COLLECTIONS_ROOT), ANSIBLE_NOCOLOR="1",
+               ANSIBLE_HOST_KEY_CHECKING="False")
+    result = subprocess.run([PLAYBOOK, "fediscale.mastodon.site", "-i", str(inventory)], env=env,
+                            cwd=str(tmp_path), capture_output=True, text=True, timeout=300, check=False)
+    return result.returncode, result.stdout + result.stderr
+
+
 def copy_inventory(name, tmp_path):
     target = tmp_path / "inventory"
     shutil.copytree(ROOT / "inventories" / name, target)
@@ -122,12 +131,8 @@ def test_site_stops_at_the_plan_before_contacting_any_host(tmp_path):
               lambda data: data.update(ansible_connection="ssh", ansible_ssh_common_args="-o ConnectTimeout=2",
                                        pgbouncer_default_pool_size=49))
     edit_yaml(inventory / "host_vars" / "db1.yml", lambda data: data.update(postgresql_max_connections=150))
-    env = dict(os.environ, ANSIBLE_COLLECTIONS_PATH=str(COLLECTIONS_ROOT), ANSIBLE_NOCOLOR="1",
-               ANSIBLE_HOST_KEY_CHECKING="False")
-    result = subprocess.run([PLAYBOOK, "fediscale.mastodon.site", "-i", str(inventory)], env=env,
-                            cwd=str(tmp_path), capture_output=True, text=True, timeout=300, check=False)
-    output = result.stdout + result.stderr
-    assert result.returncode != 0
+    returncode, output = run_site(inventory, tmp_path)
+    assert returncode != 0
     assert "ERROR connections-over-usable-capacity [db1 postgresql primary]" in output
     assert "UNREACHABLE" not in output and "Gathering Facts" not in output
     assert "PLAY [PostgreSQL]" not in output
@@ -166,12 +171,8 @@ def test_site_with_sentinels_stops_before_any_host_without_the_sentinels_passwor
     edit_yaml(inventory / "group_vars" / "all.yml",
               lambda data: data.update(ansible_connection="ssh", ansible_ssh_common_args="-o ConnectTimeout=2",
                                        plan_find_running_units=False))
-    env = dict(os.environ, ANSIBLE_COLLECTIONS_PATH=str(COLLECTIONS_ROOT), ANSIBLE_NOCOLOR="1",
-               ANSIBLE_HOST_KEY_CHECKING="False")
-    result = subprocess.run([PLAYBOOK, "fediscale.mastodon.site", "-i", str(inventory)], env=env,
-                            cwd=str(tmp_path), capture_output=True, text=True, timeout=300, check=False)
-    output = result.stdout + result.stderr
-    assert result.returncode != 0
+    returncode, output = run_site(inventory, tmp_path)
+    assert returncode != 0
     assert "host redis1, redis sentinel: redis_sentinel_admin_password is empty or unset." in output
     assert "host redis1, redis sentinel: redis_sentinel_mastodon_password is empty or unset." in output
     assert "host web1, redis sentinel: app_redis_sentinel_password is empty or unset." in output

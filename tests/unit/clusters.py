@@ -31,3 +31,19 @@ def cluster(**changes):
             node = node.setdefault(key, {})
         node[keys[-1]] = value
     return description
+
+
+def with_sentinels(description, port=None):
+    """Three Redis hosts, each with a sentinel and a member of the persistent set "mastodon"."""
+    for host in ("redis1", "redis2", "redis3"):
+        section = description["hosts"].setdefault(host, {}).setdefault("redis", {"instances": []})
+        section["sentinel"] = True
+        if port is not None:
+            section["sentinel_port"] = port
+        persistent = [item for item in section["instances"] if item["purpose"] == "persistent"]
+        if persistent:
+            persistent[0]["sentinel_master"] = "mastodon"
+        else:
+            section["instances"].append({"name": "persistent", "purpose": "persistent",
+                                         "sentinel_master": "mastodon"})
+    return description

@@ -9,7 +9,7 @@ from hypothesis import given, settings, strategies as st
 from ansible_collections.fediscale.mastodon.plugins.module_utils import model, plan, redis_plan
 from ansible_collections.fediscale.mastodon.plugins.module_utils.schema import PlanInputError
 
-from ...clusters import QUEUES, cluster
+from ...clusters import QUEUES, cluster, with_sentinels
 
 NORA = {
     "mastodon": {"version": "4.5", "direct_connections": {"migrations": 0, "tootctl": 0}, "media": "s3",
@@ -439,17 +439,7 @@ def test_auto_pools_stay_below_the_line_when_they_can(client_counts, max_connect
 
 
 def test_sentinel_set_replaces_the_urls_of_the_datasets_it_holds():
-    description = cluster()
-    for host in ("redis1", "redis2", "redis3"):
-        section = description["hosts"].setdefault(host, {}).setdefault("redis", {"instances": []})
-        section["sentinel"] = True
-        section["sentinel_port"] = 26380
-        persistent = [item for item in section["instances"] if item["purpose"] == "persistent"]
-        if persistent:
-            persistent[0]["sentinel_master"] = "mastodon"
-        else:
-            section["instances"].append({"name": "persistent", "purpose": "persistent",
-                                         "sentinel_master": "mastodon"})
+    description = with_sentinels(cluster(), port=26380)
     for index, host in enumerate(("redis1", "redis2", "redis3")):
         description["hosts"][host]["mastodon"] = {"address": "10.0.0.%d" % (11 + index)}
     report = plan.connection_budget(description)

@@ -2,7 +2,7 @@
 
 from ansible_collections.fediscale.mastodon.plugins.module_utils import model, plan
 
-from ...clusters import cluster
+from ...clusters import cluster, with_sentinels
 
 
 def addressed(description):
@@ -12,16 +12,7 @@ def addressed(description):
 
 
 def with_proxy_and_sentinels():
-    description = cluster()
-    for host in ("redis1", "redis2", "redis3"):
-        section = description["hosts"].setdefault(host, {}).setdefault("redis", {"instances": []})
-        section["sentinel"] = True
-        persistent = [item for item in section["instances"] if item["purpose"] == "persistent"]
-        if persistent:
-            persistent[0]["sentinel_master"] = "mastodon"
-        else:
-            section["instances"].append({"name": "persistent", "purpose": "persistent",
-                                         "sentinel_master": "mastodon"})
+    description = with_sentinels(cluster())
     description["hosts"]["proxy1"] = {"nginx": {}}
     description["mastodon"]["trusted_proxy_ip"] = "10.0.0.99"
     addressed(description)
