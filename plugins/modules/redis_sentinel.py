@@ -21,6 +21,8 @@ description:
     are refused to them.
   - A sentinel that still lets the default user do everything (set up before these users) is logged in to as the
     default user once, and given the users.
+  - Redis 7.0 reports a user's rules in its own shorthand, so the module compares them as the server renders them,
+    by setting them on a disabled scratch user (C(fediscale-probe)) that it removes at once, in check mode too.
   - It refuses, changing nothing, a set whose master (the one this sentinel monitors, or for a new set the one the
     other sentinels name) is not one of the set's planned O(monitors[].members).
 requirements:
