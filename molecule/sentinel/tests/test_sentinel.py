@@ -28,6 +28,9 @@ MARKER = "# Written once by fediscale.mastodon.redis; Redis Sentinel rewrites it
 SERVER = os.environ.get("FEDISCALE_RIG_REDIS_SERVER") or "redis"
 
 testinfra_hosts = ["ansible://sentinel-a"]
+# What the collection's modules decide alone (which master to follow, when to fail over before a restart) is the
+# same with either family; the Redis run proves it, the Valkey run what the servers do.
+REDIS_RUN_ONLY = pytest.mark.skipif(SERVER == "valkey", reason="the modules' own logic: proven with Redis")
 
 
 @pytest.fixture(scope="module")
@@ -268,6 +271,7 @@ def assert_nothing_changed(run):
     assert re.findall(r"changed=(\d+)", recap) == ["0", "0", "0"], changed_tasks(run.stdout)
 
 
+@REDIS_RUN_ONLY
 def test_a_sentinel_that_names_an_unplanned_master_stops_the_role_and_nothing_follows_it(host, hosts):
     """As after someone with the admin password (or an older, open sentinel) pointed one sentinel elsewhere:
     here at sentinel-a's cache, a Redis that is not a member of the set."""
@@ -336,6 +340,7 @@ def main_pid(host):
     return host.run("systemctl show -p MainPID --value %s-server@persistent" % SERVER).stdout.strip()
 
 
+@REDIS_RUN_ONLY
 def test_a_restart_the_master_needs_comes_after_a_failover_and_loses_no_write(host, hosts):
     """A setting Redis reads only at start changes on the master, as when an older configuration is upgraded."""
     old = master_host(hosts)
