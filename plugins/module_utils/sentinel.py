@@ -164,6 +164,14 @@ def unplanned_master(master: Address, members: Iterable[Address]) -> Optional[st
                                                           ", ".join(format_address(item) for item in planned))
 
 
+def unplanned_master_recovery(name: str) -> str:
+    """What to do about a set whose master is outside its planned members, for both modules' errors."""
+    return ("Nothing was changed. If that server is not yours, the sentinels were reconfigured: on each sentinel that "
+            "names it, as %s, SENTINEL REMOVE %s, then SENTINEL MONITOR %s at the member with the newest data (the "
+            "highest master_repl_offset in INFO replication), and run again; if it is a new member, add it to the "
+            "inventory first." % (SENTINEL_ADMIN_USER, name, name))
+
+
 def acl_user_rules(rules: Sequence[str], password: Optional[str]) -> List[str]:
     """The ``ACL SETUSER`` arguments that make a user exactly this: on, one password (or none), these rules."""
     secret = ["nopass"] if password is None else ["#" + hashlib.sha256(password.encode()).hexdigest()]

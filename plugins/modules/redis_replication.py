@@ -106,6 +106,7 @@ from ansible_collections.fediscale.mastodon.plugins.module_utils.redis_client im
 )
 from ansible_collections.fediscale.mastodon.plugins.module_utils.sentinel import (
     REDIS_PORT, ask_sentinels, current_master, format_address, parse_address, replication_change, unplanned_master,
+    unplanned_master_recovery,
 )
 
 
@@ -133,13 +134,9 @@ def main():
         parse_address(params["initial_master"], REDIS_PORT), own]
     reason = unplanned_master(master, members)
     if reason:
-        module.fail_json(msg="Redis %s, set %s: the master the sentinels name: %s. Nothing was changed. If that "
-                             "server is not yours, the sentinels were reconfigured: on each sentinel that names it, "
-                             "as the admin user, SENTINEL REMOVE %s, then SENTINEL MONITOR %s at the member with the "
-                             "newest data (the highest master_repl_offset in INFO replication), and run again; if it "
-                             "is a new member, add it to the inventory first."
-                         % (format_address(own), params["master_name"], reason, params["master_name"],
-                            params["master_name"]))
+        module.fail_json(msg="Redis %s, set %s: the master the sentinels name: %s. %s"
+                         % (format_address(own), params["master_name"], reason,
+                            unplanned_master_recovery(params["master_name"])))
     client = connect(params["login_host"], params["login_port"], params["login_password"])
     try:
         reply = client.execute_command("ROLE")

@@ -136,7 +136,7 @@ from ansible_collections.fediscale.mastodon.plugins.module_utils.redis_client im
 from ansible_collections.fediscale.mastodon.plugins.module_utils.sentinel import (
     REDIS_PORT, SENTINEL_ADMIN_RULES, SENTINEL_ADMIN_USER, SENTINEL_ASK_RULES, SENTINEL_MASTODON_USER, SENTINEL_PORT,
     acl_user_differs, acl_user_rules, ask_sentinels, current_master, flat_pairs, format_address, parse_address,
-    sentinel_changes, unplanned_master,
+    sentinel_changes, unplanned_master, unplanned_master_recovery,
 )
 
 # A disabled user the module sets to a rule list, to read how this server renders it.
@@ -196,13 +196,9 @@ def refuse_unplanned_masters(module, monitored, wanted, answers):
                 continue
         reason = unplanned_master(master, entry["members"])
         if reason:
-            module.fail_json(msg="Sentinel %s, set %s: %s: %s. Nothing was changed. If that server is not "
-                                 "yours, the sentinels were reconfigured: on each sentinel that names it, as %s, "
-                                 "SENTINEL REMOVE %s, then SENTINEL MONITOR %s at the member with the newest data "
-                                 "(the highest master_repl_offset in INFO replication), and run again; if it is a "
-                                 "new member, add it to the inventory first."
+            module.fail_json(msg="Sentinel %s, set %s: %s: %s. %s"
                              % (format_address((params["login_host"], params["login_port"])), entry["name"],
-                                source, reason, SENTINEL_ADMIN_USER, entry["name"], entry["name"]))
+                                source, reason, unplanned_master_recovery(entry["name"])))
 
 
 def main():

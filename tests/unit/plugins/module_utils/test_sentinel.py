@@ -5,6 +5,7 @@ import hashlib
 from ansible_collections.fediscale.mastodon.plugins.module_utils.sentinel import (
     SENTINEL_ASK_RULES, acl_user_differs, acl_user_rules, ask_sentinels, current_master, flat_pairs, format_address,
     master_named_by_sentinels, parse_address, replication_change, sentinel_changes, unplanned_master,
+    unplanned_master_recovery,
 )
 
 A, B, C = ("10.0.0.11", 6379), ("10.0.0.12", 6379), ("10.0.0.13", 6379)
@@ -92,6 +93,9 @@ def test_a_master_outside_the_planned_members_is_named_with_the_members():
         "10.0.0.99:6379 is not one of its planned members (10.0.0.11:6379, 10.0.0.12:6379)")
     # Another port of a member's host is another server.
     assert unplanned_master(("10.0.0.11", 6380), [A, B]) is not None
+    recovery = unplanned_master_recovery("mastodon")
+    assert recovery.startswith("Nothing was changed.")
+    assert "as fediscale-admin, SENTINEL REMOVE mastodon, then SENTINEL MONITOR mastodon at the member" in recovery
 
 
 def test_the_ask_only_rules_allow_no_command_that_changes_a_sentinel():
