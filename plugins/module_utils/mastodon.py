@@ -12,7 +12,7 @@ from __future__ import annotations
 from typing import Dict, List, Mapping, Optional, Tuple
 from urllib.parse import quote
 
-from ansible_collections.fediscale.mastodon.plugins.module_utils import schema
+from ansible_collections.fediscale.mastodon.plugins.module_utils import redis_users, schema
 from ansible_collections.fediscale.mastodon.plugins.module_utils.schema import (
     PlanInputError, parse_int, version_tuple,
 )
@@ -166,31 +166,44 @@ REDIS_PREFIXES = ("REDIS", "SIDEKIQ_REDIS", "CACHE_REDIS")
 REDIS_URL_SETTINGS = tuple(prefix + "_URL" for prefix in REDIS_PREFIXES)
 
 
-def with_redis_password(environment: Dict[str, str], password: str, sentinel_password: str = "") -> Dict[str, str]:
-    """``environment`` with ``password`` in each Redis URL that carries no credentials yet.
+def with_redis_password(environment: Dict[str, str], password: str, sentinel_password: str = "",
+                        scopes: Optional[Mapping[str, Optional[str]]] = None) -> Dict[str, str]:
+    """``environment`` with Redis credentials in each Redis URL, or sentinel setting, that carries none yet.
 
-    Mastodon takes the password from the URL when a ``*_URL`` is set
-    (``*_REDIS_PASSWORD`` is read only with ``*_HOST`` or sentinels). With
-    sentinels, ``*_PASSWORD`` is the master's, and ``sentinel_password`` goes
-    to ``*_SENTINEL_PASSWORD``: Rails (``lib/mastodon/redis_configuration.rb``)
-    and streaming (``streaming/redis.js``) log in to the sentinels as
-    ``*_SENTINEL_USERNAME`` with it, falling back to the master's user and password.
+    Mastodon takes the user and password from the URL when a ``*_URL`` is set
+    (``*_REDIS_USER`` and ``*_REDIS_PASSWORD`` are read only with ``*_HOST`` or
+    sentinels). With sentinels, ``*_USER``/``*_PASSWORD`` are the master's, and
+    ``sentinel_password`` goes to ``*_SENTINEL_PASSWORD``: Rails
+    (``lib/mastodon/redis_configuration.rb``) and streaming (``streaming/redis.js``)
+    log in to the sentinels as ``*_SENTINEL_USERNAME`` with it, falling back to
+    the master's user and password.
+
+    ``scopes`` names, per configuration prefix (``REDIS``, ``SIDEKIQ_REDIS``,
+    ``CACHE_REDIS``), the planned instance or set it reaches
+    (``redis_users.instance_scope``): there Mastodon logs in as its own user,
+    ``mastodon``, with that instance's password derived from ``password``. A
+    configuration with no planned target (an operator's own Redis) gets
+    ``password`` itself, with no user.
     """
     result = dict(environment)
+    scopes = scopes or {}
     for prefix in REDIS_PREFIXES:
+        scope = scopes.get(prefix)
+        user, secret = ((redis_users.MASTODON_USER, redis_users.user_password(password, scope, redis_users.MASTODON_USER))
+                        if scope and password else ("", password))
         if result.get(prefix + "_SENTINELS") and not result.get(prefix + "_URL"):
-            if password:
-                result.setdefault(prefix + "_PASSWORD", password)
+            if user:
+                result.setdefault(prefix + "_USER", user)
+            if secret:
+                result.setdefault(prefix + "_PASSWORD", secret)
             if sentinel_password:
                 result.setdefault(prefix + "_SENTINEL_PASSWORD", sentinel_password)
-    if not password:
-        return result
-    for name in REDIS_URL_SETTINGS:
-        url = result.get(name)
-        if not url or "://" not in url:
+            continue
+        url = result.get(prefix + "_URL")
+        if not secret or not url or "://" not in url:
             continue
         scheme, rest = url.split("://", 1)
         if "@" in rest.split("/", 1)[0]:
             continue
-        result[name] = "%s://:%s@%s" % (scheme, quote(password, safe=""), rest)
+        result[prefix + "_URL"] = "%s://%s:%s@%s" % (scheme, quote(user, safe=""), quote(secret, safe=""), rest)
     return result

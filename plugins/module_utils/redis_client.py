@@ -25,9 +25,28 @@ def connect(host: str, port: int, password: Optional[str] = None, tls_ca_file: O
                        decode_responses=True, **tls)
 
 
-def connect_socket(path: str, password: Optional[str] = None) -> Any:
-    return redis.Redis(unix_socket_path=path, password=password, socket_timeout=TIMEOUT_SECONDS,
+def connect_socket(path: str, password: Optional[str] = None, username: Optional[str] = None) -> Any:
+    return redis.Redis(unix_socket_path=path, username=username, password=password, socket_timeout=TIMEOUT_SECONDS,
                        decode_responses=True)
+
+
+# A disabled user the modules set to a rule list, to read how this server renders it.
+PROBE_USER = "fediscale-probe"
+
+
+def acl_user(client: Any, name: str) -> Optional[dict]:
+    """``ACL GETUSER`` as a mapping; None for no such user."""
+    reply = client.execute_command("ACL", "GETUSER", name)
+    return dict(zip(reply[0::2], reply[1::2])) if reply else None
+
+
+def rendered(client: Any, rules: Sequence[str]) -> Optional[dict]:
+    """How this server reports ``rules``: set on a disabled scratch user, read back, removed."""
+    client.execute_command("ACL", "SETUSER", PROBE_USER, "reset", "off", *rules)
+    try:
+        return acl_user(client, PROBE_USER)
+    finally:
+        client.execute_command("ACL", "DELUSER", PROBE_USER)
 
 
 def ask_sentinel(address: Tuple[str, int], name: str) -> Optional[Sequence[Any]]:

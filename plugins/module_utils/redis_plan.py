@@ -8,9 +8,11 @@ from __future__ import annotations
 
 from typing import Any, Dict, List, Optional
 
-from ansible_collections.fediscale.mastodon.plugins.module_utils import tls
+from ansible_collections.fediscale.mastodon.plugins.module_utils import redis_users, tls
 from ansible_collections.fediscale.mastodon.plugins.module_utils.sentinel import SENTINEL_MASTODON_USER
-from ansible_collections.fediscale.mastodon.plugins.module_utils.connections import address_of, endpoint_host
+from ansible_collections.fediscale.mastodon.plugins.module_utils.connections import (
+    LOOPBACK_NAMES, address_of, endpoint_host,
+)
 from ansible_collections.fediscale.mastodon.plugins.module_utils.schema import (
     AUTO, PlanInputError, host_where, parse_description,
 )
@@ -93,7 +95,8 @@ def redis_sentinel(hosts: Dict[str, Dict[str, Any]], cluster: Dict[str, Any],
         entry = sets.setdefault(instance["sentinel_master"], {
             "name": instance["sentinel_master"], "members": [], "quorum": quorum,
             "down_after_ms": cluster["redis_sentinel_down_after_ms"]})
-        entry["members"].append({key: instance[key] for key in ("host", "address", "port", "name", "purpose")})
+        entry["members"].append({key: instance[key] for key in ("host", "address", "port", "name", "purpose",
+                                                                     "sentinel_master")})
     for entry in sets.values():
         first = entry["members"][0]
         entry["initial_master_host"] = first["host"]
@@ -198,13 +201,24 @@ def resolve_redis_settings(settings: Dict[str, str], instances: List[Dict[str, A
             source = "the base REDIS_* configuration"
             ignored = [name for name in (prefix + "_PORT", prefix + "_DB", prefix + "_PASSWORD") if name in settings]
         if endpoint[0] == "sentinel":
-            instance = next((item["name"] for item in instances if item["sentinel_master"] == endpoint[1]), None)
+            target = next((item for item in instances if item["sentinel_master"] == endpoint[1]), None)
         else:
-            instance = next((item["name"] for item in instances
-                             if (item["address"], item["port"]) == tuple(endpoint)
-                             or (item["host"], item["port"]) == tuple(endpoint)), None)
+            target = next((item for item in instances
+                           if (item["address"], item["port"]) == tuple(endpoint)
+                           or (item["host"], item["port"]) == tuple(endpoint)), None)
+        credentials_target = target
+        if target is None and endpoint[0] in LOOPBACK_NAMES:
+            # Each app host's own Redis (a single-server install): the one planned instance on that port.
+            same_port = [item for item in instances if item["port"] == endpoint[1]]
+            credentials_target = same_port[0] if len(same_port) == 1 else None
         resolved[prefix] = {"dataset": REDIS_CONFIGURATIONS[prefix], "endpoint": list(endpoint), "source": source,
-                            "instance": instance, "ignored": ignored, "half_sentinel": half_sentinel,
+                            "instance": None if target is None else target["name"],
+                            # What Mastodon's user's password on the target derives from (module_utils/redis_users.py);
+                            # None for a Redis the plan does not deploy, which gets redis_password alone.
+                            "scope": None if credentials_target is None else redis_users.instance_scope(
+                                credentials_target["host"], credentials_target["name"],
+                                credentials_target["sentinel_master"]),
+                            "ignored": ignored, "half_sentinel": half_sentinel,
                             "tls": bool(url) and url.startswith("rediss://")}
     return resolved
 

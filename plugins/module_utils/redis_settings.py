@@ -41,12 +41,17 @@ _SIZE = re.compile(r"^(\d+)(k|kb|m|mb|g|gb)?$", re.IGNORECASE)
 _UNITS = {None: 1, "k": 1000, "kb": 1024, "m": 1000 ** 2, "mb": 1024 ** 2, "g": 1000 ** 3, "gb": 1024 ** 3}
 
 
+# Lines that are not settings: users (module_utils/redis_users.py), compared with ACL GETUSER instead.
+NOT_SETTINGS = frozenset({"user"})
+
+
 def parse_configuration(text: str) -> Dict[str, str]:
-    """A ``redis.conf`` as ``{setting: value}``, values unquoted as Redis reads them; a later line wins."""
+    """A ``redis.conf`` as ``{setting: value}``, values unquoted as Redis reads them; a later line wins.
+    ``user`` lines are left out."""
     settings: Dict[str, str] = {}
     for line in text.splitlines():
         line = line.strip()
-        if not line or line.startswith("#"):
+        if not line or line.startswith("#") or line.split(None, 1)[0].lower() in NOT_SETTINGS:
             continue
         words = shlex.split(line)
         name, value = words[0].lower(), " ".join(words[1:])

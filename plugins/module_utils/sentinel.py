@@ -10,7 +10,6 @@ plan's initial master only while no sentinel names one (a new set).
 
 from __future__ import annotations
 
-import hashlib
 from collections import Counter
 from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Tuple
 
@@ -170,35 +169,3 @@ def unplanned_master_recovery(name: str) -> str:
             "names it, as %s, SENTINEL REMOVE %s, then SENTINEL MONITOR %s at the member with the newest data (the "
             "highest master_repl_offset in INFO replication), and run again; if it is a new member, add it to the "
             "inventory first." % (SENTINEL_ADMIN_USER, name, name))
-
-
-def acl_user_rules(rules: Sequence[str], password: Optional[str]) -> List[str]:
-    """The ``ACL SETUSER`` arguments that make a user exactly this: on, one password (or none), these rules."""
-    secret = ["nopass"] if password is None else ["#" + hashlib.sha256(password.encode()).hexdigest()]
-    return ["reset", "on"] + secret + list(rules)
-
-
-def acl_user_differs(current: Optional[Dict[str, Any]], rendered: Dict[str, Any], password: Optional[str]) -> bool:
-    """Whether a user (``ACL GETUSER``'s reply as a mapping; None for no such user) differs from the wanted one.
-
-    ``rendered`` is the server's own ``ACL GETUSER`` reply for the wanted rules
-    (set on a disabled scratch user): Redis 7.0 rewrites ``-@all +auth +ping …``
-    into categories (``-@all +@fast …``) where 7.2 and Valkey keep it as given,
-    so rules compare only in the server's rendering. Passwords are SHA-256 digests.
-    """
-    if current is None:
-        return True
-    flags = [str(flag) for flag in current.get("flags") or []]
-    if "on" not in flags or ("nopass" in flags) != (password is None):
-        return True
-    wanted_passwords = [] if password is None else [hashlib.sha256(password.encode()).hexdigest()]
-    if sorted(str(item) for item in current.get("passwords") or []) != wanted_passwords:
-        return True
-    return any(_words(current.get(field)) != _words(rendered.get(field)) for field in ("commands", "keys", "channels"))
-
-
-def _words(value: Any) -> List[str]:
-    """An ACL field as words: Redis 7 reports keys and channels as one string, 6.2 as a list."""
-    if isinstance(value, (list, tuple)):
-        return [str(item) for item in value]
-    return str(value or "").split()

@@ -15,8 +15,16 @@ description:
     replicates the new master, so that no write goes to an instance about to stop; an instance with an append-only
     file rewrites it (C(BGREWRITEAOF)) and the module waits for the rewrite to finish, so that the restart loads a
     compact file.
-  - A password the running server refuses means that O(login_password) changed. Only a restart applies it, and
-    the module prepares nothing, since it cannot talk to the server.
+  - The file's C(user) lines (P(fediscale.mastodon.redis_user_lines#filter)) are compared with C(ACL GETUSER), as
+    the server renders the rules (set on a disabled scratch user, C(fediscale-probe), removed at once, in check
+    mode too), and corrected with C(ACL SETUSER), so an instance keeps running while its users change.
+  - The default user is the one exception to the file. While clients other than replication links and sentinels
+    are logged in as it (units not yet restarted with their own user in their URL), it stays on, with the file's
+    rights and password, and RV(default_user_clients) lists them; the first run after they have gone turns it off.
+  - The module logs in as O(login_user). An instance set up before the users (with C(requirepass) alone) is
+    logged in to once as its default user with O(legacy_password), and given them.
+  - A password the running server refuses either way means that the secret changed. Only a restart applies it,
+    and the module prepares nothing, since it cannot talk to the server.
   - The settings that differ are set in one C(CONFIG SET), which Redis applies all or none; if it refuses them
     together, each is tried alone, and one it still refuses is left to the restart.
   - The configuration file stays the only record of the settings; the module never sends C(CONFIG REWRITE).
@@ -27,7 +35,7 @@ options:
     description:
       - The configuration the instance must run with, as its file holds it, or will hold it. In check mode the
         file is not written yet, so a caller passes what it would write.
-      - Holds C(requirepass); never logged.
+      - Holds C(masterauth); never logged.
     type: str
   path:
     description: The instance's configuration file, when O(content) is not given.
@@ -36,10 +44,17 @@ options:
     description: The instance's Unix socket. Unlike its port, the socket is the same before and after a change.
     type: path
     required: true
+  login_user:
+    description: The ACL user to log in as, one that may do everything (the file's C(fediscale-admin)).
+    type: str
+    default: fediscale-admin
   login_password:
-    description: The instance's C(requirepass).
+    description: O(login_user)'s password (P(fediscale.mastodon.redis_user_password#filter)).
     type: str
     required: true
+  legacy_password:
+    description: The C(requirepass) of an instance set up before the users (the inventory's C(redis_password)).
+    type: str
   master_name:
     description: The name the sentinels monitor the instance's set by, when it is a member of one.
     type: str
@@ -114,6 +129,16 @@ reloaded_tls:
   description: Whether the instance read its certificate files again.
   returned: success
   type: bool
+users:
+  description: The ACL users created or corrected (or, in check mode, that would be).
+  returned: success
+  type: list
+  elements: str
+default_user_clients:
+  description: The clients (C(address (name))) still logged in as the default user, which therefore stays on.
+  returned: success
+  type: list
+  elements: str
 """
 
 import time
@@ -121,7 +146,10 @@ import time
 from ansible.module_utils.basic import AnsibleModule, missing_required_lib
 
 from ansible_collections.fediscale.mastodon.plugins.module_utils.redis_client import (
-    REQUIREMENT, connect, connect_socket, redis,
+    REQUIREMENT, acl_user, connect, connect_socket, redis, rendered,
+)
+from ansible_collections.fediscale.mastodon.plugins.module_utils.redis_users import (
+    DEFAULT_USER, acl_user_differs, acl_user_rules, default_user_clients, parse_client_list, parse_user_line,
 )
 from ansible_collections.fediscale.mastodon.plugins.module_utils.redis_settings import (
     aof_rewrite_state, parse_configuration, settings_that_differ, shown, split_by_restart,
@@ -208,13 +236,46 @@ def apply_live(client, settings):
     return applied, refused
 
 
+def log_in(module):
+    """A client logged in as ``login_user``, or as the default user of an instance that has no users yet; None when
+    the server takes neither password."""
+    params = module.params
+    for user, password in ((params["login_user"], params["login_password"]), (None, params["legacy_password"])):
+        if user is None and not password:
+            continue
+        client = connect_socket(params["login_unix_socket"], password, user)
+        try:
+            client.ping()
+            return client
+        except redis.AuthenticationError:
+            continue
+    return None
+
+
+def users_to_change(client, wanted):
+    """``(changes, default user's clients)``: each user that differs, as ``(name, ACL SETUSER arguments)``."""
+    changes, kept_for = [], []
+    own_id = client.client_id()
+    for user in wanted:
+        enabled = user["enabled"]
+        current = acl_user(client, user["name"])
+        if user["name"] == DEFAULT_USER and not enabled and current and "on" in (current.get("flags") or []):
+            kept_for = default_user_clients(parse_client_list(client.execute_command("CLIENT", "LIST")), own_id)
+            enabled = bool(kept_for)
+        if acl_user_differs(current, rendered(client, user["rules"]), user["digest"], enabled):
+            changes.append((user["name"], acl_user_rules(user["rules"], user["digest"], enabled)))
+    return changes, kept_for
+
+
 def main():
     module = AnsibleModule(
         argument_spec=dict(
             content=dict(type="str", no_log=True),
             path=dict(type="path"),
             login_unix_socket=dict(type="path", required=True),
+            login_user=dict(type="str", default="fediscale-admin"),
             login_password=dict(type="str", required=True, no_log=True),
+            legacy_password=dict(type="str", no_log=True),
             master_name=dict(type="str"),
             sentinels=dict(type="list", elements="str", default=[]),
             sentinel_password=dict(type="str", no_log=True),
@@ -234,17 +295,17 @@ def main():
             with open(params["path"], encoding="utf-8") as handle:
                 params["content"] = handle.read()
         wanted = parse_configuration(params["content"])
+        wanted_users = [parse_user_line(line.strip()) for line in params["content"].splitlines()
+                        if line.strip().startswith("user ")]
     except (OSError, ValueError) as error:
         module.fail_json(msg="%s: cannot read the configuration: %s" % (where(module), error))
     result = dict(changed=False, applied=[], restart_for=[], restart=False, failed_over=False, rewrote_aof=False,
-                  reloaded_tls=False)
-    client = connect_socket(params["login_unix_socket"], params["login_password"])
+                  reloaded_tls=False, users=[], default_user_clients=[])
+    client = log_in(module)
+    if client is None:
+        result.update(changed=True, restart_for=["users"], restart=True)
+        module.exit_json(**result)
     try:
-        try:
-            client.ping()
-        except redis.AuthenticationError:
-            result.update(changed=True, restart_for=["requirepass"], restart=True)
-            module.exit_json(**result)
         running = {}
         for name in wanted:
             running.update(client.config_get(name))
@@ -256,6 +317,14 @@ def main():
         elif live:
             result["applied"], refused = apply_live(client, {name: wanted[name] for name in live})
             restart_for.extend(refused)
+        user_changes, result["default_user_clients"] = users_to_change(client, wanted_users)
+        result["users"] = [name for name, _arguments in user_changes]
+        if module._diff and user_changes:
+            result["diff"]["before"] += "".join("user %s (as it was)\n" % name for name in result["users"])
+            result["diff"]["after"] += "".join("user %s (as the file says)\n" % name for name in result["users"])
+        if not module.check_mode:
+            for name, arguments in user_changes:
+                client.execute_command("ACL", "SETUSER", name, *arguments)
         result.update(restart_for=sorted(restart_for), restart=bool(restart_for))
         if params["reload_tls"] and not restart_for and running.get("tls-port", "0") != "0":
             if not module.check_mode:
@@ -267,7 +336,7 @@ def main():
             result["rewrote_aof"] = rewrite_aof(module, client)
     except redis.RedisError as error:
         module.fail_json(msg="%s: %s" % (where(module), error), **result)
-    result["changed"] = bool(result["applied"] or result["restart"] or result["reloaded_tls"])
+    result["changed"] = bool(result["applied"] or result["restart"] or result["reloaded_tls"] or result["users"])
     module.exit_json(**result)
 
 

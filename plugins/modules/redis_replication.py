@@ -26,8 +26,12 @@ options:
     description: Port of the instance.
     type: int
     required: true
+  login_user:
+    description: The ACL user to log in as, one that may send C(ROLE) and C(REPLICAOF).
+    type: str
+    default: fediscale-admin
   login_password:
-    description: The instance's C(requirepass).
+    description: O(login_user)'s password (P(fediscale.mastodon.redis_user_password#filter)).
     type: str
     required: true
   address:
@@ -67,7 +71,7 @@ EXAMPLES = r"""
 - name: Follow the set's current master
   fediscale.mastodon.redis_replication:
     login_port: 6379
-    login_password: "{{ redis_password }}"
+    login_password: "{{ redis_password | fediscale.mastodon.redis_user_password('set:mastodon', 'fediscale-admin') }}"
     address: 10.0.0.12
     master_name: mastodon
     sentinels: [10.0.0.11:26379, 10.0.0.12:26379, 10.0.0.13:26379]
@@ -115,6 +119,7 @@ def main():
         argument_spec=dict(
             login_host=dict(type="str", default="127.0.0.1"),
             login_port=dict(type="int", required=True),
+            login_user=dict(type="str", default="fediscale-admin"),
             login_password=dict(type="str", required=True, no_log=True),
             address=dict(type="str", required=True),
             master_name=dict(type="str", required=True),
@@ -137,7 +142,8 @@ def main():
         module.fail_json(msg="Redis %s, set %s: the master the sentinels name: %s. %s"
                          % (format_address(own), params["master_name"], reason,
                             unplanned_master_recovery(params["master_name"])))
-    client = connect(params["login_host"], params["login_port"], params["login_password"])
+    client = connect(params["login_host"], params["login_port"], params["login_password"],
+                     username=params["login_user"])
     try:
         reply = client.execute_command("ROLE")
         role = {"role": reply[0]}

@@ -9,10 +9,13 @@ description:
   - Works at runtime, over the sentinel's own commands, because Sentinel owns its configuration file (it rewrites
     it on every change of topology).
   - A set the sentinel does not monitor yet gets C(SENTINEL MONITOR) at the master the other sentinels name, or at
-    its initial master when none does, then its C(down-after-milliseconds) and C(auth-pass).
+    its initial master when none does, then its C(down-after-milliseconds), C(auth-user) and C(auth-pass).
   - A monitored set keeps the master the sentinels found; only C(quorum) and C(down-after-milliseconds) are
     corrected. With O(purge), sets not listed are removed (C(SENTINEL REMOVE)).
-  - C(auth-pass) cannot be read back, so it is sent on every run; sending it alone does not count as a change.
+  - The sentinels log in to a set's members as their C(fediscale-sentinel) user (C(auth-user)), with that set's
+    password, derived from O(auth_secret) as P(fediscale.mastodon.redis_user_password#filter) derives it. C(auth-user)
+    and C(auth-pass) cannot be read back, so they are sent on every run; sending them alone does not count as a
+    change.
   - Nobody reconfigures the sentinel without a password. It keeps three ACL users. C(fediscale-admin) may do
     everything; the module logs in as that user, and the sentinels log in to each other with it (C(sentinel-user),
     C(sentinel-pass)). C(mastodon) (Mastodon's C(REDIS_SENTINEL_USERNAME)) and the default user, for clients
@@ -71,8 +74,10 @@ options:
     description: Password of the C(mastodon) user, the one Mastodon's C(REDIS_SENTINEL_PASSWORD) gives.
     type: str
     required: true
-  auth_pass:
-    description: The members' C(requirepass), for every set.
+  auth_secret:
+    description:
+      - The inventory's Redis secret (C(redis_password)) that every member's users' passwords derive from; each
+        set's C(auth-pass) is its C(fediscale-sentinel) user's password on that set.
     type: str
     required: true
   sentinels:
@@ -106,13 +111,13 @@ EXAMPLES = r"""
         members: [10.0.0.11:6379, 10.0.0.12:6379, 10.0.0.13:6379]
     admin_password: "{{ redis_sentinel_admin_password }}"
     mastodon_password: "{{ redis_sentinel_mastodon_password }}"
-    auth_pass: "{{ redis_password }}"
+    auth_secret: "{{ redis_password }}"
     sentinels: [10.0.0.11:26379, 10.0.0.12:26379, 10.0.0.13:26379]
 """
 
 RETURN = r"""
 commands:
-  description: The C(SENTINEL) commands sent (or, in check mode, that would be sent), C(auth-pass) left out.
+  description: The C(SENTINEL) commands sent (or, in check mode, that would be sent), C(auth-user) and C(auth-pass) left out.
   returned: success
   type: list
   elements: str
@@ -131,17 +136,16 @@ masters:
 from ansible.module_utils.basic import AnsibleModule, missing_required_lib
 
 from ansible_collections.fediscale.mastodon.plugins.module_utils.redis_client import (
-    REQUIREMENT, ask_sentinel, connect, redis,
+    REQUIREMENT, acl_user, ask_sentinel, connect, redis, rendered,
+)
+from ansible_collections.fediscale.mastodon.plugins.module_utils.redis_users import (
+    SENTINEL_LINK_USER, acl_user_differs, acl_user_rules, digest, set_scope, user_password,
 )
 from ansible_collections.fediscale.mastodon.plugins.module_utils.sentinel import (
     REDIS_PORT, SENTINEL_ADMIN_RULES, SENTINEL_ADMIN_USER, SENTINEL_ASK_RULES, SENTINEL_MASTODON_USER, SENTINEL_PORT,
-    acl_user_differs, acl_user_rules, ask_sentinels, current_master, flat_pairs, format_address, parse_address,
+    ask_sentinels, current_master, flat_pairs, format_address, parse_address,
     sentinel_changes, unplanned_master, unplanned_master_recovery,
 )
-
-# A disabled user the module sets to a rule list, to read how this server renders it.
-PROBE_USER = "fediscale-probe"
-
 
 def masters(client):
     return {entry["name"]: entry for entry in (flat_pairs(item) for item in client.execute_command("SENTINEL", "MASTERS"))}
@@ -166,20 +170,6 @@ def log_in(module):
                              "user may not manage the sentinel (%s). Set redis_sentinel_admin_password to the "
                              "password this sentinel has; nothing was changed."
                          % (format_address((params["login_host"], params["login_port"])), SENTINEL_ADMIN_USER, error))
-
-
-def acl_user(client, name):
-    reply = client.execute_command("ACL", "GETUSER", name)
-    return dict(zip(reply[0::2], reply[1::2])) if reply else None
-
-
-def rendered(client, rules):
-    """How this server reports ``rules``: set on a disabled scratch user, read back, removed."""
-    client.execute_command("ACL", "SETUSER", PROBE_USER, "reset", "off", *rules)
-    try:
-        return acl_user(client, PROBE_USER)
-    finally:
-        client.execute_command("ACL", "DELUSER", PROBE_USER)
 
 
 def refuse_unplanned_masters(module, monitored, wanted, answers):
@@ -215,7 +205,7 @@ def main():
             )),
             admin_password=dict(type="str", required=True, no_log=True),
             mastodon_password=dict(type="str", required=True, no_log=True),
-            auth_pass=dict(type="str", required=True, no_log=True),
+            auth_secret=dict(type="str", required=True, no_log=True),
             sentinels=dict(type="list", elements="str", default=[]),
             purge=dict(type="bool", default=True),
         ),
@@ -241,12 +231,12 @@ def main():
         refuse_unplanned_masters(module, monitored, wanted, answers)
         commands = sentinel_changes(monitored, wanted, answers, params["purge"])
         changed_users = [(name, rules, password) for name, rules, password in users
-                         if acl_user_differs(acl_user(client, name), rendered(client, rules), password)]
+                         if acl_user_differs(acl_user(client, name), rendered(client, rules), password and digest(password))]
         changed_login = [key for key, value in sentinel_login.items()
                          if flat_pairs(client.execute_command("SENTINEL", "CONFIG", "GET", key)).get(key) != value]
         if not module.check_mode:
             for name, rules, password in changed_users:
-                client.execute_command("ACL", "SETUSER", name, *acl_user_rules(rules, password))
+                client.execute_command("ACL", "SETUSER", name, *acl_user_rules(rules, password and digest(password)))
                 if as_default and name == SENTINEL_ADMIN_USER:
                     client.execute_command("AUTH", SENTINEL_ADMIN_USER, params["admin_password"])
             for key in changed_login:
@@ -254,7 +244,9 @@ def main():
             for command in commands:
                 client.execute_command("SENTINEL", *command)
             for entry in wanted:
-                client.execute_command("SENTINEL", "SET", entry["name"], "auth-pass", params["auth_pass"])
+                client.execute_command("SENTINEL", "SET", entry["name"], "auth-user", SENTINEL_LINK_USER,
+                                       "auth-pass", user_password(params["auth_secret"], set_scope(entry["name"]),
+                                                                  SENTINEL_LINK_USER))
             if changed_users:
                 # ACL SETUSER alone is not written to the file; a restart would forget it.
                 client.execute_command("SENTINEL", "FLUSHCONFIG")

@@ -28,8 +28,11 @@ options:
     description: Port of the instance.
     type: int
     default: 6379
+  login_user:
+    description: The ACL user to log in as (C(mastodon) on an instance of the redis role); none for the default user.
+    type: str
   login_password:
-    description: The instance's password (C(requirepass)).
+    description: O(login_user)'s password.
     type: str
   login_unix_socket:
     description: The instance's Unix socket, on its own host; wins over O(login_host) and O(login_port).
@@ -78,7 +81,8 @@ EXAMPLES = r"""
 - name: Read the queues on the persistent instance's host
   fediscale.mastodon.sidekiq_queues:
     login_port: 6379
-    login_password: "{{ redis_password }}"
+    login_user: mastodon
+    login_password: "{{ mastodon_redis_password }}"
     queues: "{{ plan_budget.units.values() | map(attribute='sidekiq') | flatten | map(attribute='queue') | list }}"
     trend_seconds: 5
   register: sidekiq
@@ -163,6 +167,7 @@ def main():
         argument_spec=dict(
             login_host=dict(type="str", default="127.0.0.1"),
             login_port=dict(type="int", default=6379),
+            login_user=dict(type="str"),
             login_password=dict(type="str", no_log=True),
             queues=dict(type="list", elements="str", default=[]),
             trend_seconds=dict(type="float", default=0),
@@ -180,10 +185,11 @@ def main():
     params = module.params
     try:
         if params["login_unix_socket"]:
-            conn = redis_client.connect_socket(params["login_unix_socket"], params["login_password"])
+            conn = redis_client.connect_socket(params["login_unix_socket"], params["login_password"],
+                                               params["login_user"])
         else:
             conn = redis_client.connect(params["login_host"], params["login_port"], params["login_password"],
-                                        params["login_tls_ca_file"])
+                                        params["login_tls_ca_file"], params["login_user"])
         names = sorted(set(conn.smembers("queues")) | set(params["queues"]))
         before = _queues(conn, names) if params["trend_seconds"] > 0 else None
         if before:

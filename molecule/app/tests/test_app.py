@@ -8,9 +8,15 @@ import json
 import os
 import re
 import shlex
+import sys
 import time
+from pathlib import Path
 
 import pytest
+
+# The collection's own derivation of each Redis user's password (module_utils/redis_users.py).
+sys.path.insert(0, str(Path(__file__).resolve().parents[3] / ".rig"))
+from ansible_collections.fediscale.mastodon.plugins.module_utils.redis_users import user_password  # noqa: E402
 
 REPORT = json.load(open(os.path.join(os.environ["MOLECULE_EPHEMERAL_DIRECTORY"], "plan", "budget.json")))
 UNITS = REPORT["units"]["app-web"]
@@ -186,8 +192,11 @@ def test_redis_urls_carry_the_password_and_the_file_is_private(web):
     env_file = web.file("/etc/mastodon/environment")
     assert (env_file.user, env_file.group, env_file.mode) == ("root", "mastodon", 0o640)
     environ = process(web, "mastodon-web.service")[1]
-    assert environ["REDIS_URL"] == "redis://:molecule-test-only@172.30.42.211:6379"
-    assert environ["CACHE_REDIS_URL"] == "redis://:molecule-test-only@172.30.42.211:6380"
+    # Mastodon's own user, with each instance's own password (module_utils/redis_users.py).
+    for name, instance, port in (("REDIS_URL", "persistent", 6379), ("CACHE_REDIS_URL", "cache", 6380)):
+        password = user_password("molecule-test-only", "app-db/" + instance, "mastodon")
+        assert environ[name] == "redis://mastodon:%s@172.30.42.211:%d" % (password, port)
+    assert ":molecule-test-only@" not in env_file.content_string
 
 
 def test_migrations_settings_bypass_pgbouncer(web):

@@ -18,6 +18,10 @@ from pathlib import Path
 import pytest
 import yaml
 
+# The collection's own derivation of each Redis user's password (module_utils/redis_users.py).
+sys.path.insert(0, str(Path(__file__).resolve().parents[3] / ".rig"))
+from ansible_collections.fediscale.mastodon.plugins.module_utils.redis_users import user_password  # noqa: E402
+
 REPORT = json.load(open(os.path.join(os.environ["MOLECULE_EPHEMERAL_DIRECTORY"], "plan", "budget.json")))
 PRIMARY = REPORT["servers"]["primary"]
 # The cluster of the PostgreSQL version the plan chose for the host's Debian release.
@@ -26,6 +30,9 @@ SECRETS = yaml.safe_load((Path(__file__).resolve().parents[1] / "group_vars" / "
 DATABASE_PASSWORD = SECRETS["postgresql_mastodon_password"]
 REDIS_PASSWORD = SECRETS["redis_password"]
 REDIS_SOCKETS = {6379: "/run/redis-persistent/redis-server.sock", 6380: "/run/redis-cache/redis-server.sock"}
+REDIS_SCOPES = {6379: "demo-redis1/persistent", 6380: "demo-redis1/cache"}
+REDIS_ADMIN = {port: user_password(REDIS_PASSWORD, scope, "fediscale-admin") for port, scope in REDIS_SCOPES.items()}
+REDIS_MASTODON = user_password(REDIS_PASSWORD, REDIS_SCOPES[6379], "mastodon")
 STATS_PASSWORD = SECRETS["pgbouncer_stats_password"]
 HOSTS = sorted(REPORT["hosts"])
 BOUNCERS = sorted(REPORT["pgbouncer"])
@@ -227,7 +234,7 @@ def test_every_connection_from_another_host_is_encrypted(hosts):
 # A client on an app host, with the password as an argument; TLS checks the certificate against the CA and the
 # name against the address, as Mastodon's clients do.
 REDIS_PING = ("python3 -c 'import redis, sys; print(redis.Redis(host=\"172.30.42.12\", port=6379, "
-              "password=sys.argv[1], socket_timeout=5%s).ping())' " + REDIS_PASSWORD)
+              "username=\"mastodon\", password=sys.argv[1], socket_timeout=5%s).ping())' " + REDIS_MASTODON)
 TLS_OPTIONS = (", ssl=True, ssl_cert_reqs=\"required\", ssl_check_hostname=True, "
                "ssl_ca_certs=\"/etc/ssl/fediscale-mastodon/ca.crt\"")
 
@@ -252,11 +259,42 @@ def test_redis_takes_only_tls_from_other_hosts_and_the_wire_shows_no_password_or
     packets = node.run("tcpdump -r /tmp/redis.pcap 2>/dev/null | wc -l").stdout
     text = node.run("tcpdump -A -r /tmp/redis.pcap 2>/dev/null").stdout
     assert int(packets) > 10
-    for secret in (REDIS_PASSWORD, "AUTH", "queue:", "BRPOP", "SUBSCRIBE"):
+    for secret in (REDIS_PASSWORD, REDIS_MASTODON, "AUTH", "queue:", "BRPOP", "SUBSCRIBE"):
         assert secret not in text, secret
 
     plain = web.run(REDIS_PING % "")
     assert plain.rc != 0 and "True" not in plain.stdout
+
+
+# What the units' own environment logs in as: Mastodon's user, which may use Redis and not administer it.
+AS_THE_UNITS = ("set -a; . /etc/mastodon/environment; set +a; python3 -c '\n"
+                "import os, redis\n"
+                "for name in (\"REDIS_URL\", \"CACHE_REDIS_URL\"):\n"
+                "    client = redis.Redis.from_url(os.environ[name], ssl_ca_certs=\"/etc/ssl/fediscale-mastodon/ca.crt\",\n"
+                "                                  socket_timeout=5, decode_responses=True)\n"
+                "    print(name, client.acl_whoami(), client.set(\"fediscale:probe\", 1), client.info()[\"role\"])\n"
+                "    for command in (\"FLUSHALL\", \"CONFIG SET maxmemory 1\", \"SHUTDOWN NOSAVE\", \"REPLICAOF 172.30.42.17 6379\",\n"
+                "                    \"ACL LIST\", \"MONITOR\"):\n"
+                "        try:\n"
+                "            client.execute_command(*command.split())\n"
+                "            print(name, command, \"ALLOWED\")\n"
+                "        except redis.ResponseError as error:\n"
+                "            print(name, command, str(error).split()[0])\n"
+                "'")
+
+
+def test_the_units_log_in_as_mastodons_user_which_cannot_administer_redis(hosts):
+    result = hosts["demo-sidekiq1"].run(AS_THE_UNITS)
+    assert result.rc == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert "REDIS_URL mastodon True master" in lines and "CACHE_REDIS_URL mastodon True master" in lines, lines
+    denied = [line for line in lines if line.split()[-1] == "NOPERM"]
+    assert len(denied) == 12 and not [line for line in lines if line.endswith("ALLOWED")], lines
+    environment = hosts["demo-sidekiq1"].file("/etc/mastodon/environment").content_string
+    assert "rediss://mastodon:" in environment and REDIS_PASSWORD not in environment
+    for port in (6379, 6380):
+        assert redis(hosts["demo-redis1"], port, "ACL GETUSER default").stdout.splitlines()[1] == "off"
+        assert redis(hosts["demo-redis1"], port, "PING").stdout.strip() == "PONG"
 
 
 # --- 2. The advisor, and its advice applied (a scale-up and a scale-down in one run) ---
@@ -268,8 +306,8 @@ FLOOD = ("set -a; . /etc/mastodon/environment; set +a; nohup timeout 200 python3
 
 def read_queue(hosts, queue):
     result = hosts["demo-redis1"].ansible("fediscale.mastodon.sidekiq_queues",
-                                          "login_unix_socket=%s login_password=%s trend_seconds=5"
-                                          % (REDIS_SOCKETS[6379], REDIS_PASSWORD), check=True)
+                                          "login_unix_socket=%s login_user=fediscale-admin login_password=%s "
+                                          "trend_seconds=5" % (REDIS_SOCKETS[6379], REDIS_ADMIN[6379]), check=True)
     return next(row for row in result["queues"] if row["queue"] == queue)
 
 
@@ -367,14 +405,15 @@ def test_local_media_on_several_hosts_fails_at_the_plan_and_changes_nothing(host
 
 def redis(host, port, command):
     """redis-cli on the Redis host, through the instance's socket (its port takes only TLS)."""
-    return host.run("redis-cli -s %s -a %s --no-auth-warning %s" % (REDIS_SOCKETS[port], REDIS_PASSWORD, command))
+    return host.run("redis-cli -s %s --user fediscale-admin --pass %s --no-auth-warning %s"
+                    % (REDIS_SOCKETS[port], REDIS_ADMIN[port], command))
 
 
 def test_persistent_redis_keeps_every_job_through_kill_9(hosts):
     node = hosts["demo-redis1"]
     jobs = 2000
-    node.run("seq %d | awk '{ print \"LPUSH queue:probe job-\" $1 }' | redis-cli -s %s -a %s --no-auth-warning "
-             ">/dev/null" % (jobs, REDIS_SOCKETS[6379], REDIS_PASSWORD))
+    node.run("seq %d | awk '{ print \"LPUSH queue:probe job-\" $1 }' | redis-cli -s %s --user fediscale-admin "
+             "--pass %s --no-auth-warning >/dev/null" % (jobs, REDIS_SOCKETS[6379], REDIS_ADMIN[6379]))
     time.sleep(1.5)  # appendfsync everysec
     before = node.run("systemctl show -P MainPID redis-server@persistent.service").stdout.strip()
     node.run("systemctl kill -s KILL redis-server@persistent.service")

@@ -12,15 +12,30 @@ import pytest
 
 testinfra_hosts = ["ansible://redis"]
 
+# The collection's own derivation of each user's password (module_utils/redis_users.py).
+sys.path.insert(0, str(Path(__file__).resolve().parents[3] / ".rig"))
+from ansible_collections.fediscale.mastodon.plugins.module_utils.redis_users import user_password  # noqa: E402
+
 PASSWORD = "molecule-test-only"
 PORTS = {"persistent": 6379, "cache": 6380, "sidekiq": 6381}
+# What Mastodon's user may never send, and what Mastodon, Sidekiq and streaming do send.
+DENIED = ("FLUSHALL", "FLUSHDB", "CONFIG SET maxmemory 1", "CONFIG GET masterauth", "SHUTDOWN NOSAVE",
+          "REPLICAOF 127.0.0.1 1", "ACL LIST", "ACL SETUSER intruder on", "BGSAVE",
+          "CLIENT KILL TYPE normal")
+ALLOWED = (("SET fediscale:probe 1", "OK"), ("GET fediscale:probe", "1"), ("KEYS fediscale:*", "fediscale:probe"),
+           ("SCAN 0 MATCH fediscale:* COUNT 1000", "fediscale:probe"), ("UNLINK fediscale:probe", "1"),
+           ("CLIENT SETNAME sidekiq", "OK"), ("ROLE", "master"), ("PUBLISH timeline:1 probe", "0"),
+           ("EVAL 'return 7' 0", "7"), ("INFO server", "redis_version"))
 # The package family the scenario runs (make runs it with each); the inventory reads the same variable.
 SERVER = os.environ.get("FEDISCALE_RIG_REDIS_SERVER") or "redis"
 OTHER = "valkey" if SERVER == "redis" else "redis"
 
 
-def cli(host, instance, command, stdin=None):
-    base = "%s-cli -p %d -a %s --no-auth-warning" % (SERVER, PORTS[instance], PASSWORD)
+def cli(host, instance, command, stdin=None, user="fediscale-admin"):
+    """redis-cli as one of the instance's users (the collection's admin unless told), or the default user (None)."""
+    auth = ("--user %s --pass %s" % (user, user_password(PASSWORD, "redis-a/" + instance, user)) if user
+            else "-a %s" % PASSWORD)
+    base = "%s-cli -p %d %s --no-auth-warning" % (SERVER, PORTS[instance], auth)
     if stdin is not None:
         return host.run("%s | %s" % (stdin, base))
     return host.run("%s %s" % (base, command))
@@ -116,12 +131,70 @@ def test_each_instance_has_its_own_files(host):
 def test_wrong_password_is_refused(host):
     result = host.run("%s-cli -p 6379 -a wrong --no-auth-warning PING" % SERVER)
     assert "WRONGPASS" in result.stdout + result.stderr
+    result = host.run("%s-cli -p 6379 PING" % SERVER)
+    assert "NOAUTH" in result.stdout + result.stderr
 
 
 def test_configuration_holding_the_password_is_not_world_readable(host):
     for instance in PORTS:
         conf = host.file("/etc/%s/%s-%s.conf" % (SERVER, SERVER, instance))
         assert (conf.user, conf.group, conf.mode) == ("root", SERVER, 0o640)
+
+
+@pytest.mark.parametrize("instance", sorted(PORTS))
+def test_mastodons_user_may_not_administer_the_instance(host, instance):
+    for command in DENIED:
+        result = cli(host, instance, command, user="mastodon")
+        assert "NOPERM" in result.stdout + result.stderr, (command, result.stdout, result.stderr)
+    for command, answer in ALLOWED:
+        result = cli(host, instance, command, user="mastodon")
+        assert answer in result.stdout and "NOPERM" not in result.stdout + result.stderr, (command, result.stdout)
+    assert config(host, instance, "maxmemory-policy") in ("noeviction", "allkeys-lru")
+    assert host.service("%s-server@%s.service" % (SERVER, instance)).is_running
+
+
+@pytest.mark.parametrize("instance", sorted(PORTS))
+def test_each_instance_has_its_own_users_and_the_file_only_their_digests(host, instance):
+    users = sorted(cli(host, instance, "ACL USERS").stdout.split())
+    assert users == ["default", "fediscale-admin", "fediscale-replica", "fediscale-sentinel", "mastodon"]
+    content = host.file("/etc/%s/%s-%s.conf" % (SERVER, SERVER, instance)).content_string
+    assert "requirepass" not in content and PASSWORD not in content
+    for user in users:
+        assert user_password(PASSWORD, "redis-a/" + instance, user) not in content
+    # Another instance's password for the same user is refused.
+    other = "cache" if instance != "cache" else "persistent"
+    result = host.run("%s-cli -p %d --user mastodon --pass %s --no-auth-warning PING"
+                      % (SERVER, PORTS[instance], user_password(PASSWORD, "redis-a/" + other, "mastodon")))
+    assert "WRONGPASS" in result.stdout + result.stderr
+
+
+def test_the_default_user_is_off_where_no_client_uses_it(host):
+    for instance in ("cache", "sidekiq"):
+        result = cli(host, instance, "PING", user=None)
+        assert "WRONGPASS" in result.stdout + result.stderr, instance
+
+
+def test_an_instance_set_up_before_the_users_gets_them_live_and_its_client_keeps_working(host):
+    """The persistent instance ran with requirepass alone and a client logged in as the default user (prepare):
+    the users came live (same process), and the default user stays on for that client, with Mastodon's rights."""
+    assert main_pid(host, "persistent") == pid_before_converge(host, "persistent")
+    assert host.service("legacy-redis-client").is_running
+    assert cli(host, "persistent", "PING", user=None).stdout.strip() == "PONG"
+    result = cli(host, "persistent", "FLUSHALL", user=None)
+    assert "NOPERM" in result.stdout + result.stderr
+    clients = cli(host, "persistent", "CLIENT LIST").stdout
+    assert re.search(r"user=default .*cmd=subscribe", clients), clients
+
+
+def test_the_next_run_after_the_last_default_client_turns_the_default_user_off(host):
+    host.run("systemctl stop legacy-redis-client")
+    command, env = converge(host)
+    run = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600, check=False)
+    assert run.returncode == 0, run.stdout[-3000:]
+    assert re.search(r"redis-a\s+: ok=\d+\s+changed=1 ", run.stdout), run.stdout[-2000:]
+    result = cli(host, "persistent", "PING", user=None)
+    assert "WRONGPASS" in result.stdout + result.stderr
+    assert main_pid(host, "persistent") == pid_before_converge(host, "persistent")
 
 
 def wait_for_pong(host, instance, seconds=20):

@@ -13,9 +13,16 @@ from pathlib import Path
 import pytest
 import yaml
 
+# The collection's own derivation of each user's password (module_utils/redis_users.py).
+sys.path.insert(0, str(Path(__file__).resolve().parents[3] / ".rig"))
+from ansible_collections.fediscale.mastodon.plugins.module_utils.redis_users import user_password  # noqa: E402
+
 SCENARIO = Path(__file__).resolve().parents[1]
 GROUP_VARS = yaml.safe_load((SCENARIO / "group_vars" / "redis.yml").read_text())
 PASSWORD = GROUP_VARS["redis_password"]
+# The members of set mastodon share their users; sentinel-a's cache (6380) is in no set.
+SCOPES = {6379: "set:mastodon", 6380: "sentinel-a/cache"}
+MASTODON = ("mastodon", user_password(PASSWORD, SCOPES[6379], "mastodon"))
 SENTINEL_ADMIN = ("fediscale-admin", GROUP_VARS["redis_sentinel_admin_password"])
 SENTINEL_MASTODON = ("mastodon", GROUP_VARS["redis_sentinel_mastodon_password"])
 DOWN_AFTER_MS = GROUP_VARS["mastodon_redis_sentinel_down_after_ms"]
@@ -40,8 +47,9 @@ def hosts(host):
 
 
 def cli(host, command, port=6379, password=True, user=None, address=None):
-    """redis-cli on ``host``: as the instance's password, as ``user`` (name, password), or without credentials."""
-    auth = "-a %s --no-auth-warning " % PASSWORD if password else ""
+    """redis-cli on ``host``: as the instance's admin user, as ``user`` (name, password), or without credentials."""
+    auth = ("--user fediscale-admin --pass %s --no-auth-warning " % user_password(PASSWORD, SCOPES[port], "fediscale-admin")
+            if password else "")
     if user:
         auth = "--user %s --pass %s --no-auth-warning " % user
     target = "-h %s " % address if address else ""
@@ -183,6 +191,39 @@ def test_a_client_on_the_network_may_only_ask_the_sentinels(hosts):
     assert "WRONGPASS" in wrong.stdout + wrong.stderr
 
 
+def test_members_and_sentinels_log_in_to_the_master_as_their_own_users(hosts):
+    master = hosts[master_host(hosts)]
+    clients = cli(master, "CLIENT LIST").stdout.splitlines()
+    replicas = [line for line in clients if re.search(r" flags=S ", line)]
+    assert len(replicas) == 2 and all(" user=fediscale-replica " in line for line in replicas), clients
+    sentinels = [line for line in clients if re.search(r" name=sentinel-", line)]
+    assert sentinels and all(" user=fediscale-sentinel " in line for line in sentinels), clients
+    assert not [line for line in clients if " user=default " in line], clients
+    for name in NAMES:
+        content = hosts[name].file("/etc/%s/%s-persistent.conf" % (SERVER, SERVER)).content_string
+        assert "masteruser fediscale-replica" in content.splitlines(), name
+
+
+def test_an_outsider_gets_nothing_from_the_members_and_mastodon_cannot_take_them_over(hosts):
+    """From another host on the network: no credentials, the old shared password, then Mastodon's own user."""
+    outsider = hosts["sentinel-c"]
+    for name in NAMES:
+        target = "-h %s -p 6379" % ADDRESSES[name]
+        anonymous = outsider.run("%s-cli %s PING" % (SERVER, target))
+        assert "NOAUTH" in anonymous.stdout + anonymous.stderr, name
+        shared = outsider.run("%s-cli %s -a %s --no-auth-warning PING" % (SERVER, target, PASSWORD))
+        assert "WRONGPASS" in shared.stdout + shared.stderr, name
+        for command in ("REPLICAOF %s 6380" % ADDRESSES["sentinel-c"], "CONFIG SET masterauth x", "FLUSHALL",
+                        "ACL SETUSER default on nopass +@all", "SHUTDOWN NOSAVE", "FAILOVER"):
+            result = outsider.run("%s-cli %s --user %s --pass %s --no-auth-warning %s"
+                                  % (SERVER, target, *MASTODON, command))
+            assert "NOPERM" in result.stdout + result.stderr, (name, command, result.stdout)
+        # The replicas' user replicates and does nothing else.
+        replica = outsider.run("%s-cli %s --user fediscale-replica --pass %s --no-auth-warning GET x"
+                               % (SERVER, target, user_password(PASSWORD, SCOPES[6379], "fediscale-replica")))
+        assert "NOPERM" in replica.stdout + replica.stderr, name
+
+
 def test_the_sentinel_listens_on_its_private_address(hosts):
     host = hosts["sentinel-b"]
     for name in NAMES:
@@ -216,7 +257,7 @@ def test_the_production_sentinel_unit_scores_better_than_debians(hosts):
 CLIENT = """
 import sys
 import redis
-sentinels, password, user, sentinel_password = sys.argv[1].split(","), sys.argv[2], sys.argv[3], sys.argv[4]
+sentinels, master_user, password, user, sentinel_password = sys.argv[1].split(","), *sys.argv[2:6]
 for address in sentinels:
     try:
         sentinel = redis.Redis(host=address, port=26379, username=user, password=sentinel_password, socket_timeout=2)
@@ -224,7 +265,7 @@ for address in sentinels:
         break
     except redis.ConnectionError:
         continue
-master = redis.Redis(host=host.decode(), port=int(port), password=password, socket_timeout=2)
+master = redis.Redis(host=host.decode(), port=int(port), username=master_user, password=password, socket_timeout=2)
 master.set("probe", "through the sentinels")
 print(master.get("probe").decode(), "%s:%d" % (host.decode(), int(port)))
 """
@@ -235,8 +276,8 @@ def sentinel_client(host):
     master (SENTINEL GET-MASTER-ADDR-BY-NAME, as redis-client and ioredis do), then write to it."""
     script = host.run("mktemp").stdout.strip()
     host.run("cat > %s <<'PY'\n%sPY" % (script, CLIENT))
-    return host.run("python3 %s %s %s %s %s" % (script, ",".join(ADDRESSES[name] for name in NAMES), PASSWORD,
-                                                *SENTINEL_MASTODON))
+    return host.run("python3 %s %s %s %s %s %s" % (script, ",".join(ADDRESSES[name] for name in NAMES), *MASTODON,
+                                                   *SENTINEL_MASTODON))
 
 
 def test_a_client_finds_the_master_through_the_sentinels(hosts):
@@ -297,7 +338,8 @@ def test_a_sentinel_that_names_an_unplanned_master_stops_the_role_and_nothing_fo
     # The recovery the message gives, at the master the other sentinels still name.
     for command in ("SENTINEL REMOVE mastodon", "SENTINEL MONITOR mastodon %s 6379 2" % ADDRESSES[master],
                     "SENTINEL SET mastodon down-after-milliseconds %d" % DOWN_AFTER_MS,
-                    "SENTINEL SET mastodon auth-pass %s" % PASSWORD):
+                    "SENTINEL SET mastodon auth-user fediscale-sentinel auth-pass %s"
+                    % user_password(PASSWORD, SCOPES[6379], "fediscale-sentinel")):
         assert cli(hijacked, command, port=26379, user=SENTINEL_ADMIN).stdout.strip() == "OK"
     wait_for(lambda: sentinel_masters(hijacked)["mastodon"].get("num-slaves") == "2"
              and sentinel_masters(hijacked)["mastodon"].get("num-other-sentinels") == "2", 30,
@@ -307,7 +349,8 @@ def test_a_sentinel_that_names_an_unplanned_master_stops_the_role_and_nothing_fo
 def test_failover_keeps_the_data_and_the_role_does_not_undo_it(host, hosts):
     old = master_host(hosts)
     writes = "python3 -c \"print('\\n'.join('RPUSH queue:default job%d' % i for i in range(1000)))\""
-    assert hosts[old].run("%s | %s-cli -a %s --no-auth-warning > /dev/null" % (writes, SERVER, PASSWORD)).rc == 0
+    assert hosts[old].run("%s | %s-cli --user %s --pass %s --no-auth-warning > /dev/null"
+                          % (writes, SERVER, *MASTODON)).rc == 0
     assert cli(hosts[old], "WAIT 2 5000").stdout.strip() == "2"
 
     assert hosts[old].run("systemctl stop %s-server@persistent" % SERVER).rc == 0
@@ -351,7 +394,8 @@ def test_a_restart_the_master_needs_comes_after_a_failover_and_loses_no_write(ho
     wait_for(lambda: "connected_slaves:2" in cli(hosts[old], "INFO replication").stdout, 60, "replicas back")
     assert role(hosts[old])[0] == "master"
     writes = "python3 -c \"print('\\n'.join('RPUSH queue:default late%d' % i for i in range(1000)))\""
-    assert hosts[old].run("%s | %s-cli -a %s --no-auth-warning > /dev/null" % (writes, SERVER, PASSWORD)).rc == 0
+    assert hosts[old].run("%s | %s-cli --user %s --pass %s --no-auth-warning > /dev/null"
+                          % (writes, SERVER, *MASTODON)).rc == 0
     assert cli(hosts[old], "WAIT 2 5000").stdout.strip() == "2"
     pid = main_pid(hosts[old])
 

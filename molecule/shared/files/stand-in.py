@@ -453,8 +453,13 @@ def sidekiq(args):
             timeout = int(args.pop(0))
     queues = queues or SIDEKIQ_QUEUES
     pool = rails_pools(int(os.environ.get("DB_POOL") or concurrency))["primary"]
-    client = redis_client("SIDEKIQ_", max_connections=concurrency + 5, socket_timeout=10)
     identity = "%s:%d:%s" % (socket.gethostname(), os.getpid(), os.urandom(6).hex())
+    # Sidekiq names its connections (redis-client's HELLO ... SETNAME) and reads INFO at boot for the server's
+    # version and maxmemory-policy: both must stay allowed to Mastodon's Redis user.
+    client = redis_client("SIDEKIQ_", max_connections=concurrency + 5, socket_timeout=10,
+                          client_name="sidekiq-" + identity.replace(":", "-"))
+    server = client.info("server")
+    log("Sidekiq stand-in: Redis %s" % server.get("redis_version", "?"))
     quiet, stopping, lock = threading.Event(), threading.Event(), threading.Lock()
     running = {}  # thread id -> (queue, payload, started)
     info = json.dumps({"hostname": socket.gethostname(), "started_at": time.time(), "pid": os.getpid(), "tag": "",

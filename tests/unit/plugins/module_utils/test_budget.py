@@ -462,6 +462,9 @@ def test_sentinel_set_replaces_the_urls_of_the_datasets_it_holds():
     # The cache is in no Sentinel set: it alone goes over TLS.
     assert units["CACHE_REDIS_URL"] == "rediss://10.0.0.11:6380"
     assert report["redis"]["configurations"]["REDIS"]["instance"] == "persistent"
+    # Mastodon's user's password is bound to the set (its members share it), the cache's to its host and name.
+    assert {prefix: entry["scope"] for prefix, entry in report["redis"]["configurations"].items()} == {
+        "REDIS": "set:mastodon", "SIDEKIQ_REDIS": "set:mastodon", "CACHE_REDIS": "redis1/cache"}
     assert report["findings"] == []
     assert redis_plan.redis_sentinel_of(description) == sentinel
 
@@ -496,3 +499,15 @@ def test_the_debian_instance_mastodon_still_uses_is_kept():
     assert kept["redis"]["keep_debian_instance"] == ["web1"]
     # worker1 reaches its own localhost, where no Redis is planned: nothing to keep there.
     assert plan.connection_budget(cluster())["redis"]["keep_debian_instance"] == []
+
+
+def test_a_loopback_redis_url_on_a_single_server_gets_that_instances_credentials():
+    instances = [{"host": "mastodon1", "address": "10.0.0.5", "port": 6380, "name": "cache", "sentinel_master": None}]
+    resolved = redis_plan.resolve_redis_settings({"REDIS_HOST": "localhost", "CACHE_REDIS_URL": "redis://127.0.0.1:6380"},
+                                                 instances)
+    assert resolved["CACHE_REDIS"]["scope"] == "mastodon1/cache"
+    # The guide's own instance (6379) is not the plan's: its clients keep the password they have.
+    assert resolved["REDIS"]["scope"] is None
+    two = instances + [dict(instances[0], host="mastodon2", address="10.0.0.6")]
+    assert redis_plan.resolve_redis_settings({"CACHE_REDIS_URL": "redis://127.0.0.1:6380"}, two)["CACHE_REDIS"][
+        "scope"] is None

@@ -1,6 +1,7 @@
 """Redis credentials reach Mastodon through its URLs."""
 
 from ansible_collections.fediscale.mastodon.plugins.module_utils.mastodon import with_redis_password
+from ansible_collections.fediscale.mastodon.plugins.module_utils.redis_users import user_password
 
 
 def test_password_goes_into_each_url_quoted():
@@ -35,3 +36,17 @@ def test_sentinel_settings_get_the_sentinel_users_password():
     assert (result["REDIS_PASSWORD"], result["REDIS_SENTINEL_PASSWORD"]) == ("secret", "asker")
     assert "CACHE_REDIS_SENTINEL_PASSWORD" not in result
     assert with_redis_password(env, "", "asker")["REDIS_SENTINEL_PASSWORD"] == "asker"
+
+
+def test_a_planned_target_gets_mastodons_user_with_that_instances_own_password():
+    env = {"REDIS_SENTINELS": "r1:26379", "REDIS_SENTINEL_MASTER": "mastodon", "REDIS_SENTINEL_USERNAME": "mastodon",
+           "CACHE_REDIS_URL": "rediss://10.0.0.12:6380", "SIDEKIQ_REDIS_URL": "redis://other.example:6379"}
+    scopes = {"REDIS": "set:mastodon", "CACHE_REDIS": "redis1/cache", "SIDEKIQ_REDIS": None}
+    result = with_redis_password(env, "secret", "asker", scopes)
+    assert (result["REDIS_USER"], result["REDIS_PASSWORD"]) == ("mastodon", user_password("secret", "set:mastodon",
+                                                                                           "mastodon"))
+    assert result["CACHE_REDIS_URL"] == "rediss://mastodon:%s@10.0.0.12:6380" % user_password(
+        "secret", "redis1/cache", "mastodon")
+    # A Redis the plan does not deploy: the secret itself, no user, as before.
+    assert result["SIDEKIQ_REDIS_URL"] == "redis://:secret@other.example:6379"
+    assert result["REDIS_SENTINEL_PASSWORD"] == "asker"

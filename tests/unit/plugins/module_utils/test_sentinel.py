@@ -1,9 +1,7 @@
 """Who is master of a replicated set, and what an instance or a sentinel must change to agree."""
 
-import hashlib
-
 from ansible_collections.fediscale.mastodon.plugins.module_utils.sentinel import (
-    SENTINEL_ASK_RULES, acl_user_differs, acl_user_rules, ask_sentinels, current_master, flat_pairs, format_address,
+    SENTINEL_ASK_RULES, ask_sentinels, current_master, flat_pairs, format_address,
     master_named_by_sentinels, parse_address, replication_change, sentinel_changes, unplanned_master,
     unplanned_master_recovery,
 )
@@ -105,32 +103,3 @@ def test_the_ask_only_rules_allow_no_command_that_changes_a_sentinel():
                     "sentinel|config", "sentinel|debug", "sentinel|flushconfig", "acl", "shutdown", "publish"):
         assert command not in allowed
     assert {"sentinel|get-master-addr-by-name", "sentinel|sentinels", "sentinel|replicas", "auth", "hello"} <= allowed
-
-
-DIGEST = hashlib.sha256(b"secret").hexdigest()
-ASK = {"flags": ["on", "sanitize-payload"], "passwords": [DIGEST], "keys": "", "channels": "&+switch-master",
-       "commands": "-@all +auth +hello +ping"}
-
-
-def test_a_user_is_set_from_scratch_with_the_password_digest():
-    assert acl_user_rules(["-@all", "+ping"], "secret") == ["reset", "on", "#" + DIGEST, "-@all", "+ping"]
-    assert acl_user_rules(["-@all"], None) == ["reset", "on", "nopass", "-@all"]
-
-
-def test_a_user_differs_by_state_password_or_the_rules_as_the_server_renders_them():
-    rendered = {"flags": ["off"], "passwords": [], "keys": "", "channels": "&+switch-master",
-                "commands": "-@all +auth +hello +ping"}
-    assert not acl_user_differs(ASK, rendered, "secret")
-    assert acl_user_differs(None, rendered, "secret")
-    assert acl_user_differs(dict(ASK, flags=["off"]), rendered, "secret")
-    assert acl_user_differs(ASK, rendered, "another")
-    assert acl_user_differs(ASK, rendered, None)
-    assert acl_user_differs(dict(ASK, commands="+@all"), rendered, "secret")
-    assert acl_user_differs(dict(ASK, channels="&*"), rendered, "secret")
-    # Redis 7.0 renders the same rules as categories; only the server's own rendering compares.
-    compacted = dict(rendered, commands="-@all +@fast +subscribe")
-    assert not acl_user_differs(dict(ASK, commands="-@all +@fast +subscribe"), compacted, "secret")
-    # Redis 6.2 reports keys and channels as lists.
-    assert not acl_user_differs(dict(ASK, channels=["&+switch-master"]), rendered, "secret")
-    nopass = dict(ASK, flags=["on", "nopass"], passwords=[])
-    assert not acl_user_differs(nopass, rendered, None)
