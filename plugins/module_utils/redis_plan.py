@@ -95,8 +95,8 @@ def redis_sentinel(hosts: Dict[str, Dict[str, Any]], cluster: Dict[str, Any],
         entry = sets.setdefault(instance["sentinel_master"], {
             "name": instance["sentinel_master"], "members": [], "quorum": quorum,
             "down_after_ms": cluster["redis_sentinel_down_after_ms"]})
-        entry["members"].append({key: instance[key] for key in ("host", "address", "port", "name", "purpose",
-                                                                     "sentinel_master")})
+        member_keys = ("host", "address", "port", "name", "purpose", "sentinel_master")
+        entry["members"].append({key: instance[key] for key in member_keys})
     for entry in sets.values():
         first = entry["members"][0]
         entry["initial_master_host"] = first["host"]

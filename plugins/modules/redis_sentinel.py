@@ -147,6 +147,7 @@ from ansible_collections.fediscale.mastodon.plugins.module_utils.sentinel import
     sentinel_changes, unplanned_master, unplanned_master_recovery,
 )
 
+
 def masters(client):
     return {entry["name"]: entry for entry in (flat_pairs(item) for item in client.execute_command("SENTINEL", "MASTERS"))}
 

@@ -43,8 +43,8 @@ def test_a_planned_target_gets_mastodons_user_with_that_instances_own_password()
            "CACHE_REDIS_URL": "rediss://10.0.0.12:6380", "SIDEKIQ_REDIS_URL": "redis://other.example:6379"}
     scopes = {"REDIS": "set:mastodon", "CACHE_REDIS": "redis1/cache", "SIDEKIQ_REDIS": None}
     result = with_redis_password(env, "secret", "asker", scopes)
-    assert (result["REDIS_USER"], result["REDIS_PASSWORD"]) == ("mastodon", user_password("secret", "set:mastodon",
-                                                                                           "mastodon"))
+    expected = user_password("secret", "set:mastodon", "mastodon")
+    assert (result["REDIS_USER"], result["REDIS_PASSWORD"]) == ("mastodon", expected)
     assert result["CACHE_REDIS_URL"] == "rediss://mastodon:%s@10.0.0.12:6380" % user_password(
         "secret", "redis1/cache", "mastodon")
     # A Redis the plan does not deploy: the secret itself, no user, as before.
