@@ -247,7 +247,8 @@ def log_in(module):
         try:
             client.ping()
             return client
-        except redis.AuthenticationError:
+        except (redis.AuthenticationError, redis.ResponseError):
+            # Debian 12's redis-py (4.3) raises a plain ResponseError for WRONGPASS.
             continue
     return None
 

@@ -160,7 +160,8 @@ def log_in(module):
     try:
         client.ping()
         return client, False
-    except redis.AuthenticationError:
+    except (redis.AuthenticationError, redis.ResponseError):
+        # Debian 12's redis-py (4.3) raises a plain ResponseError for WRONGPASS.
         pass
     client = connect(params["login_host"], params["login_port"])
     try:

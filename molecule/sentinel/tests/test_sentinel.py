@@ -49,7 +49,7 @@ def hosts(host):
 def cli(host, command, port=6379, password=True, user=None, address=None):
     """redis-cli on ``host``: as the instance's admin user, as ``user`` (name, password), or without credentials."""
     auth = ""
-    if password and not user:
+    if password and not user and port in SCOPES:
         auth = "--user fediscale-admin --pass %s --no-auth-warning " % user_password(PASSWORD, SCOPES[port], "fediscale-admin")
     if user:
         auth = "--user %s --pass %s --no-auth-warning " % user
