@@ -88,7 +88,7 @@ class ActionModule(ActionBase):
                 files.append(path)
 
         table = plan.render_table(report)
-        server_keys = ("host", "total", "max_connections", "usable", "warning_line", "loose", "utilisation_percent")
+        server_keys = ("host", "total", "max_connections", "usable", "warning_line", "free", "utilisation_percent")
         result.update(
             changed=False,
             msg=plan.verdict(report),

@@ -294,8 +294,9 @@ def server_report(role: str, server: Dict[str, Any], sources: List[Dict[str, Any
         "usable": usable_connections(server),
         "warning_line": line,
         "total": total,
-        "loose": server["max_connections"] - total,
-        "spare": usable_connections(server) - total,
+        # The room left, in one word each: "free" up to max_connections, "headroom" below the 90 % line (and the
+        # sidekiq processes that fit there).
+        "free": server["max_connections"] - total,
         "utilisation_percent": round(100.0 * total / server["max_connections"], 1),
         "sources": sources,
         "headroom": {

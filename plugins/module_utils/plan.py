@@ -96,9 +96,9 @@ def _bar(server: Dict[str, Any]) -> str:
 
 def _server_lines(server: Dict[str, Any]) -> List[str]:
     return [
-        "PostgreSQL %s on %s: %d of %d max_connections, %d loose; usable %d (%d superuser_reserved, %d reserved),"
+        "PostgreSQL %s on %s: %d of %d max_connections, %d free; usable %d (%d superuser_reserved, %d reserved),"
         " 90 %% line %d" % (
-            server["role"], server["host"], server["total"], server["max_connections"], server["loose"],
+            server["role"], server["host"], server["total"], server["max_connections"], server["free"],
             server["usable"], server["superuser_reserved_connections"], server["reserved_connections"],
             server["warning_line"]),
         "%s %.1f %%   (# used, ! used above the 90 %% line, | the line, . free, x reserved)" % (
@@ -175,12 +175,12 @@ def render_table(report: Dict[str, Any]) -> str:
 def render_markdown(report: Dict[str, Any]) -> str:
     """The plan as Markdown, for a ticket or a wiki page."""
     lines = ["# Connection budget for Mastodon %s" % report["mastodon"]["version"], ""]
-    lines.append("| server | host | total | max_connections | usable | 90 % line | loose | utilisation |")
+    lines.append("| server | host | total | max_connections | usable | 90 % line | free | utilisation |")
     lines.append("| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |")
     for server in report["servers"].values():
         lines.append("| %s | %s | %d | %d | %d | %d | %d | %.1f %% |" % (
             server["role"], server["host"], server["total"], server["max_connections"], server["usable"],
-            server["warning_line"], server["loose"], server["utilisation_percent"]))
+            server["warning_line"], server["free"], server["utilisation_percent"]))
     lines.extend(["", "## Processes", ""])
     rows = _rows(report)
     lines.append("| " + " | ".join(rows[0]) + " |")

@@ -156,8 +156,8 @@ def connections_over_warning_line(report: Report) -> Iterator[Finding]:
                 "connections-over-warning-line", WARNING, server["host"], "postgresql %s" % role,
                 "the plan opens %d of %d connections on the %s (%.1f %%), over the 90 %% line of %d; %s"
                 % (server["total"], server["max_connections"], role, server["utilisation_percent"],
-                   server["warning_line"], "%d are left" % server["loose"] if server["loose"] >= 0
-                   else "%d more than max_connections" % -server["loose"]),
+                   server["warning_line"], "%d are left" % server["free"] if server["free"] >= 0
+                   else "%d more than max_connections" % -server["free"]),
                 "keep room for migrations, tootctl and a deploy's overlap: remove %d connections or raise "
                 "postgresql_max_connections" % (server["total"] - server["warning_line"]),
                 total=server["total"], warning_line=server["warning_line"], max_connections=server["max_connections"])

@@ -93,7 +93,7 @@ summary:
   type: dict
   sample:
     servers:
-      primary: {host: db1, total: 185, max_connections: 200, usable: 197, warning_line: 180, loose: 15}
+      primary: {host: db1, total: 185, max_connections: 200, usable: 197, warning_line: 180, free: 15}
     errors: 0
     warnings: 1
     headroom: the primary is 5 connections over the 90 % line (180 of 200)

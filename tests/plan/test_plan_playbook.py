@@ -49,9 +49,9 @@ def edit_yaml(path, change):
 def test_nora_prints_185_of_200_with_15_loose(tmp_path):
     result = run_plan(ROOT / "inventories" / "nora", tmp_path)
     assert result.returncode == 0, result.stdout + result.stderr
-    assert "185 of 200 max_connections, 15 loose" in result.stdout
+    assert "185 of 200 max_connections, 15 free" in result.stdout
     report = json.loads((tmp_path / "report" / "budget.json").read_text())
-    assert (report["servers"]["primary"]["total"], report["servers"]["primary"]["loose"]) == (185, 15)
+    assert (report["servers"]["primary"]["total"], report["servers"]["primary"]["free"]) == (185, 15)
     assert "| primary | db1 | 185 | 200 |" in (tmp_path / "report" / "budget.md").read_text()
 
 

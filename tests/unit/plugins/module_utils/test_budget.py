@@ -93,7 +93,7 @@ def test_replica_pool_counts_only_the_rails_clients():
 def test_nora_tindall_185_of_200_with_15_loose():
     report = plan.connection_budget(NORA)
     primary = report["servers"]["primary"]
-    assert (primary["total"], primary["max_connections"], primary["loose"]) == (185, 200, 15)
+    assert (primary["total"], primary["max_connections"], primary["free"]) == (185, 200, 15)
     by_service = {}
     for row in report["processes"]:
         by_service[row["service"]] = by_service.get(row["service"], 0) + row["connections"]
@@ -322,7 +322,7 @@ def test_sidekiq_units_per_host():
 def test_rendered_table_and_markdown_carry_the_numbers():
     report = plan.connection_budget(NORA)
     table = plan.render_table(report)
-    assert "185 of 200 max_connections, 15 loose" in table
+    assert "185 of 200 max_connections, 15 free" in table
     assert "WARNING connections-over-warning-line" in table
     markdown = plan.render_markdown(report)
     assert "| primary | db1 | 185 | 200 | 197 | 180 | 15 | 92.5 % |" in markdown
@@ -382,7 +382,7 @@ def test_total_is_the_sum_of_its_parts(description):
     direct_rows = sum(row["connections"] for row in report["processes"] if row["via"] == "direct")
     pooled = sum(bouncer["primary_connections"] for bouncer in report["pgbouncer"].values())
     assert primary["total"] == direct_rows + pooled + sum(report["direct_connections"].values())
-    assert primary["loose"] == primary["max_connections"] - primary["total"]
+    assert primary["free"] == primary["max_connections"] - primary["total"]
 
 
 @settings(max_examples=150, deadline=None)
