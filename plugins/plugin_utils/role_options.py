@@ -50,6 +50,8 @@ ROLE_OPTIONS = frozenset((
     "redis_tls_certificate_file",
     "redis_tls_key_file",
     "sidekiq_takeover_wait_seconds",
+    "systemd_common_dropin_dirs",
+    "systemd_common_notify",
     "tls_ca_certificate",
     "tls_ca_days",
     "tls_ca_dir",
