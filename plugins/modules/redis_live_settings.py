@@ -237,8 +237,8 @@ def apply_live(client, settings):
 
 
 def log_in(module):
-    """A client logged in as ``login_user``, or as the default user of an instance that has no users yet; None when
-    the server takes neither password."""
+    """A client logged in as ``login_user``, or as the default user of an instance that has no users yet (then
+    ``legacy`` is true); None when the server takes neither password."""
     params = module.params
     for user, password in ((params["login_user"], params["login_password"]), (None, params["legacy_password"])):
         if user is None and not password:
@@ -246,11 +246,11 @@ def log_in(module):
         client = connect_socket(params["login_unix_socket"], password, user)
         try:
             client.ping()
-            return client
+            return client, user is None
         except (redis.AuthenticationError, redis.ResponseError):
             # Debian 12's redis-py (4.3) raises a plain ResponseError for WRONGPASS.
             continue
-    return None
+    return None, False
 
 
 def users_to_change(client, wanted):
@@ -302,7 +302,7 @@ def main():
         module.fail_json(msg="%s: cannot read the configuration: %s" % (where(module), error))
     result = dict(changed=False, applied=[], restart_for=[], restart=False, failed_over=False, rewrote_aof=False,
                   reloaded_tls=False, users=[], default_user_clients=[])
-    client = log_in(module)
+    client, legacy = log_in(module)
     if client is None:
         result.update(changed=True, restart_for=["users"], restart=True)
         module.exit_json(**result)
@@ -326,6 +326,10 @@ def main():
         if not module.check_mode:
             for name, arguments in user_changes:
                 client.execute_command("ACL", "SETUSER", name, *arguments)
+            if legacy and user_changes:
+                # The default user now has Mastodon's rights only; what follows (a failover, an AOF rewrite) needs
+                # the admin, which exists now.
+                client = connect_socket(params["login_unix_socket"], params["login_password"], params["login_user"])
         result.update(restart_for=sorted(restart_for), restart=bool(restart_for))
         if params["reload_tls"] and not restart_for and running.get("tls-port", "0") != "0":
             if not module.check_mode:
