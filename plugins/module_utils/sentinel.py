@@ -13,16 +13,19 @@ from __future__ import annotations
 from collections import Counter
 from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Tuple
 
+from ansible_collections.fediscale.mastodon.plugins.module_utils.redis_users import ADMIN_USER, MASTODON_USER
+
 Address = Tuple[str, int]
 
 SENTINEL_PORT = 26379
 REDIS_PORT = 6379
 
 # Who may do what on a sentinel (Redis ACL users; Sentinel has them since Redis 6.2).
-# The collection's user, and the one the sentinels log in to each other with (sentinel-user): everything.
-SENTINEL_ADMIN_USER = "fediscale-admin"
+# The collection's user, and the one the sentinels log in to each other with (sentinel-user): everything. The
+# same names as the instances' users (module_utils/redis_users.py).
+SENTINEL_ADMIN_USER = ADMIN_USER
 # Mastodon's user (REDIS_SENTINEL_USERNAME), and the default user for clients without credentials: ask only.
-SENTINEL_MASTODON_USER = "mastodon"
+SENTINEL_MASTODON_USER = MASTODON_USER
 # What a client that follows a master sends a sentinel, and nothing that changes one:
 # - redis-client (Ruby, lib/mastodon/redis_configuration.rb's sentinel options): HELLO with AUTH,
 #   SENTINEL GET-MASTER-ADDR-BY-NAME, SENTINELS to refresh its list, REPLICAS (SLAVES before Redis 5) for a replica;
