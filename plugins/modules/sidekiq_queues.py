@@ -82,7 +82,7 @@ EXAMPLES = r"""
   fediscale.mastodon.sidekiq_queues:
     login_port: 6379
     login_user: mastodon
-    login_password: "{{ mastodon_redis_password }}"
+    login_password: "{{ redis_password | fediscale.mastodon.redis_user_password(inventory_hostname ~ '/persistent', 'mastodon') }}"
     queues: "{{ plan_budget.units.values() | map(attribute='sidekiq') | flatten | map(attribute='queue') | list }}"
     trend_seconds: 5
   register: sidekiq
