@@ -56,6 +56,10 @@ def database_lines(postgres: Dict[str, Any], behind_pgbouncer: bool) -> List[str
     if behind_pgbouncer and total and not idle:
         lines.append("primary: no idle connection behind pgbouncer: its pools are full, and more processes behind "
                      "them wait for a server connection (pgbouncer_pools reports them waiting)")
+    # A replica that lags or is down: Mastodon's reads through REPLICA_DB_* are stale or fail.
+    for finding in postgres.get("findings", []):
+        if finding["rule"] in ("live-replica-lag", "live-replica-not-streaming"):
+            lines.append("replica: %s (%s)" % (finding["message"], finding["hint"]))
     return lines
 
 

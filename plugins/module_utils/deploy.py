@@ -53,6 +53,9 @@ def postgresql_hosts(cluster: Dict[str, Any], servers: Dict[str, Any], hosts: Di
         if server["version"] >= 16:
             settings["reserved_connections"] = server["reserved_connections"]
         settings.update(replication.replication_settings(server))
+        if role == "replica" and server["limits_from"] == "inventory":
+            settings.update(replication.standby_settings(servers["primary"], server, sslmodes["primary"],
+                                                         tls.CA_FILE))
         encrypted = sslmodes[role] not in (None, "disable")
         if encrypted and server["limits_from"] == "inventory":
             settings.update(ssl="on", ssl_cert_file=tls.CERTIFICATE_FILE, ssl_key_file=tls.KEY_FILE)
@@ -67,11 +70,31 @@ def postgresql_hosts(cluster: Dict[str, Any], servers: Dict[str, Any], hosts: Di
             # Mastodon's processes on the database host itself may log in as the official guide has them: by
             # peer, over the socket, as the system user of Mastodon's role name.
             "local_peer": server["host"] in app_hosts,
+            "replication": replication_of(role, servers, sslmodes["primary"]),
             # Raised only past the kernel's default, never lowered.
             "somaxconn": max(postgresql_listen_backlog(server["max_connections"]), KERNEL_SOMAXCONN)
             if postgresql_listen_backlog(server["max_connections"]) > KERNEL_SOMAXCONN else None,
         }
     return result
+
+
+def replication_of(role: str, servers: Dict[str, Any], sslmode: Optional[str]) -> Optional[Dict[str, Any]]:
+    """Who streams from whom: on the primary, its replica's slot and the pg_hba line that admits it (hostssl when
+    the primary's clients encrypt); on the replica, where the role copies the primary from and to."""
+    if "replica" not in servers:
+        return None
+    primary, replica = servers["primary"], servers["replica"]
+    common = {"user": replication.REPLICATION_USER, "slot": replication.slot_name(replica["host"]),
+              "primary": primary["host"], "replica": replica["host"], "max_lag_seconds": replica["replica_max_lag"],
+              "data_directory": replication.data_directory(servers[role]["version"])}
+    if role == "primary":
+        address = hba_address(replica["address"])
+        encrypted = sslmode not in (None, "disable") and not tls.is_loopback(replica["address"])
+        return dict(common, hba={"type": "hostssl" if encrypted else "host", "address": address})
+    return dict(common, passfile=replication.passfile(replica["version"]),
+                copy_directory=replication.data_directory(replica["version"]) + replication.COPY_SUFFIX,
+                primary_address=primary["address"], port=POSTGRESQL_PORT,
+                sslmode=sslmode, ca_file=tls.CA_FILE if sslmode in tls.VERIFYING else None)
 
 
 def hba_address(address: str) -> str:

@@ -91,8 +91,10 @@ def plan_firewall(cluster: Dict[str, Any], hosts: Dict[str, Dict[str, Any]], app
     admin = cluster["admin_addresses"]
     listeners: Dict[str, List[Dict[str, Any]]] = {}
     for host in sorted(postgresql):
-        listeners.setdefault(host, []).append(
-            _listener("postgresql", host, POSTGRESQL_PORT, set(app_hosts), hosts, admin))
+        # A primary also streams WAL to its replica.
+        streams_to = postgresql[host]["replication"] if postgresql[host]["role"] == "primary" else None
+        clients = set(app_hosts) | ({streams_to["replica"]} if streams_to else set())
+        listeners.setdefault(host, []).append(_listener("postgresql", host, POSTGRESQL_PORT, clients, hosts, admin))
     for (host, port), clients in sorted(_redis_clients(redis, app_hosts).items()):
         listeners.setdefault(host, []).append(_listener("redis", host, port, clients, hosts, admin))
     sentinel_clients = _sentinel_clients(redis, app_hosts)

@@ -213,3 +213,65 @@ def sidekiq_queue_findings(rows: List[Dict[str, Any]], warning_seconds: float = 
                 "add processes to the queue if the latency keeps growing (the advisor says how many fit)",
                 queue=row["queue"], latency=latency, threshold=warning_seconds))
     return findings
+
+
+REPLICA_MAX_LAG_SECONDS = 30
+
+
+def replication_findings(replication: Dict[str, Any], replica_slots: List[str],
+                         max_lag_seconds: float = REPLICA_MAX_LAG_SECONDS) -> List[Dict[str, Any]]:
+    """Findings on streaming replication. On a primary (``replication["role"] == "primary"``): each of
+    ``replica_slots`` must exist, not be lost, and have a WAL sender streaming to it (``application_name``, which
+    the role sets to the slot's name) within ``max_lag_seconds``. On a standby: its WAL receiver must stream, and
+    its replay lag stay within ``max_lag_seconds``. A replica that does not stream serves Mastodon's reads from
+    the past, and one that is down fails them."""
+    findings = []
+    lag_hint = ("look for long queries or I/O waits on the replica, and for network trouble between the hosts; "
+                "Mastodon shows stale timelines and counters meanwhile")
+    if replication["role"] == "standby":
+        receiver = replication.get("receiver") or {}
+        if receiver.get("status") != "streaming":
+            findings.append(_finding(
+                "live-replica-not-streaming", "error",
+                "this standby's WAL receiver is %s, not streaming" % (receiver.get("status") or "not running"),
+                "read the replica's log (journalctl -u postgresql@VERSION-main): the primary unreachable, a wrong "
+                "password, or a slot the primary lost (the postgresql role copies the primary again)",
+                status=receiver.get("status")))
+        lag = replication.get("replay_lag_seconds")
+        if lag is not None and lag > max_lag_seconds:
+            findings.append(_finding("live-replica-lag", "warning",
+                                     "this standby replays %.1f s behind its primary, more than %s s"
+                                     % (lag, max_lag_seconds), lag_hint, lag=lag, limit=max_lag_seconds))
+        return findings
+    slots = {row["slot_name"]: row for row in replication.get("slots", [])}
+    senders = {row["application_name"]: row for row in replication.get("senders", [])}
+    for slot in replica_slots:
+        if slot not in slots:
+            findings.append(_finding("live-replica-not-streaming", "error",
+                                     "the replica's slot %s is not on this primary" % slot,
+                                     "run the postgresql role: it creates the slot and copies the primary again",
+                                     slot=slot))
+            continue
+        if slots[slot]["wal_status"] == "lost":
+            findings.append(_finding("live-replica-not-streaming", "error",
+                                     "the replica's slot %s is lost: this primary removed WAL past "
+                                     "max_slot_wal_keep_size while the replica was away" % slot,
+                                     "run the postgresql role: it copies the primary to the replica again",
+                                     slot=slot))
+            continue
+        sender = senders.get(slot)
+        if sender is None or sender.get("state") != "streaming":
+            findings.append(_finding(
+                "live-replica-not-streaming", "error",
+                "no WAL sender streams to the replica of slot %s (%s); the slot keeps %s bytes of WAL for it"
+                % (slot, sender["state"] if sender else "not connected", slots[slot]["retained_bytes"]),
+                "start the replica, or read its log; Mastodon's reads through REPLICA_DB_* fail while it is down",
+                slot=slot, retained_bytes=slots[slot]["retained_bytes"]))
+            continue
+        lag = sender.get("replay_lag_seconds")
+        if lag is not None and lag > max_lag_seconds:
+            findings.append(_finding("live-replica-lag", "warning",
+                                     "the replica of slot %s replays %.1f s behind, more than %s s"
+                                     % (slot, lag, max_lag_seconds), lag_hint, slot=slot, lag=lag,
+                                     limit=max_lag_seconds))
+    return findings

@@ -629,6 +629,8 @@ POSTGRESQL = {
                                     "WAL a slot may keep for a replica that is down (default: no limit)"),
     "wal_disk_free": Field(optional(size_kb(1024)), None,
                            "free space of the disk that holds pg_wal, e.g. 200GB; the slot's limit stays below it"),
+    "replica_max_lag": Field(integer(1, 86400), 30,
+                             "seconds of replay lag above which the live checks warn (Mastodon then shows stale reads)"),
     "sslmode": Field(choice("auto", "disable", "require", "verify-ca", "verify-full"), "auto",
                      "how clients on other hosts reach it; auto: verify-full on a server the postgresql role manages "
                      "(its certificate from the tls role), require on one it does not"),

@@ -13,6 +13,10 @@ description:
     C(live-connections-over-plan)); utilisation over 90 %, more than 20 % idle, no idle connection behind
     pgbouncer (pgbouncer is the bottleneck), many C(WALWrite) waits (it suggests C(synchronous_commit = off)
     and never applies it).
+  - Reads streaming replication too, on a primary C(pg_stat_replication) and C(pg_replication_slots) (with the
+    WAL each slot retains), on a standby C(pg_stat_wal_receiver) and its replay lag; errors for a replica that
+    does not stream (C(live-replica-not-streaming)), a warning past O(replica_max_lag_seconds)
+    (C(live-replica-lag)).
   - Changes nothing; runs where it can reach the server (the database host itself, by default over the local
     socket as C(postgres)).
 requirements:
@@ -59,6 +63,17 @@ options:
     description: Share of active connections waiting on C(WALWrite) above which to warn.
     type: int
     default: 20
+  replica_slots:
+    description:
+      - On a primary, the slots of its replicas (the plan's C(postgresql[PRIMARY].replication.slot)); each must
+        exist, keep its WAL and have a WAL sender streaming to it.
+    type: list
+    elements: str
+    default: []
+  replica_max_lag_seconds:
+    description: Replay lag of a replica above which to warn (the plan's C(replication.max_lag_seconds)).
+    type: float
+    default: 30
   fail_on_error:
     description: Fail when a finding is an error.
     type: bool
@@ -122,6 +137,14 @@ peak:
       user, database, client address and state (C(by_client)), and when it was taken (C(after_seconds)).
   returned: when O(watch_seconds) is above 0
   type: dict
+replication:
+  description:
+    - C(role) (C(primary) or C(standby)); on a primary C(senders) (C(application_name), C(client_addr), C(state),
+      C(replay_lag_seconds)) and C(slots) (C(slot_name), C(active), C(wal_status), C(retained_bytes),
+      C(safe_wal_size)); on a standby C(receiver) (C(status), C(sender_host), C(slot_name)) and
+      C(replay_lag_seconds) (0 when it has replayed all it received).
+  returned: success
+  type: dict
 findings:
   description: What the numbers say, each with C(rule), C(severity), C(message), C(hint) and C(numbers).
   returned: success
@@ -134,7 +157,7 @@ import time
 from ansible.module_utils.basic import AnsibleModule, missing_required_lib
 
 from ansible_collections.fediscale.mastodon.plugins.module_utils.capacity import usable
-from ansible_collections.fediscale.mastodon.plugins.module_utils.live import postgres_findings
+from ansible_collections.fediscale.mastodon.plugins.module_utils.live import postgres_findings, replication_findings
 
 try:
     import psycopg
@@ -159,6 +182,30 @@ SELECT backend_type, wait_event_type, wait_event, count(*) AS count
  WHERE wait_event IS NOT NULL AND wait_event_type <> 'Activity' AND pid <> pg_backend_pid()
  GROUP BY 1, 2, 3 ORDER BY 4 DESC, 1, 2, 3
 """
+
+SENDERS = """
+SELECT application_name, host(client_addr) AS client_addr, state,
+       extract(epoch FROM replay_lag)::float AS replay_lag_seconds
+  FROM pg_stat_replication ORDER BY 1
+"""
+SLOTS = """
+SELECT slot_name, active, wal_status, pg_wal_lsn_diff(pg_current_wal_lsn(), restart_lsn)::bigint AS retained_bytes,
+       safe_wal_size
+  FROM pg_replication_slots WHERE slot_type = 'physical' ORDER BY 1
+"""
+RECEIVER = "SELECT status, sender_host, slot_name FROM pg_stat_wal_receiver"
+# Nothing to replay means no lag, however long ago the primary last wrote.
+STANDBY_LAG = """
+SELECT CASE WHEN pg_last_wal_receive_lsn() = pg_last_wal_replay_lsn() THEN 0
+            ELSE extract(epoch FROM now() - pg_last_xact_replay_timestamp())::float END AS replay_lag_seconds
+"""
+
+
+def read_replication(conn):
+    if not conn.execute("SELECT pg_is_in_recovery() AS standby").fetchone()["standby"]:
+        return dict(role="primary", senders=conn.execute(SENDERS).fetchall(), slots=conn.execute(SLOTS).fetchall())
+    return dict(role="standby", receiver=conn.execute(RECEIVER).fetchone(),
+                replay_lag_seconds=conn.execute(STANDBY_LAG).fetchone()["replay_lag_seconds"])
 
 
 def watch(conn, seconds, interval):
@@ -194,6 +241,8 @@ def main():
             wal_write_warning_percent=dict(type="int", default=20),
             watch_seconds=dict(type="float", default=0),
             watch_interval=dict(type="float", default=0.2),
+            replica_slots=dict(type="list", elements="str", default=[]),
+            replica_max_lag_seconds=dict(type="float", default=30),
             fail_on_error=dict(type="bool", default=False),
         ),
         supports_check_mode=True,
@@ -209,6 +258,7 @@ def main():
             settings = conn.execute(SETTINGS).fetchone()
             by_client = conn.execute(CLIENTS).fetchall()
             waits = conn.execute(WAITS).fetchall()
+            replication = read_replication(conn)
     except psycopg.Error as error:
         module.fail_json(msg="cannot read %s:%s as %s: %s" % (params["login_host"], params["login_port"],
                                                               params["login_user"], error))
@@ -220,11 +270,13 @@ def main():
                                  params["behind_pgbouncer"], params["utilisation_warning_percent"],
                                  params["idle_warning_percent"], params["wal_write_warning_percent"],
                                  peak["connections"] if peak else None)
+    findings += replication_findings(replication, params["replica_slots"], params["replica_max_lag_seconds"])
     result = dict(
         changed=False,
         usable=usable(settings["max_connections"], settings["superuser_reserved_connections"],
                       settings["reserved_connections"]),
-        connections=sum(states.values()), states=states, by_client=by_client, waits=waits, findings=findings,
+        connections=sum(states.values()), states=states, by_client=by_client, waits=waits, replication=replication,
+        findings=findings,
         **settings)
     if peak:
         result["peak"] = peak

@@ -37,6 +37,7 @@ ROLE_OPTIONS = frozenset((
     "postgresql_allowed_clients",
     "postgresql_listen_addresses",
     "postgresql_mastodon_password",
+    "postgresql_replication_password",
     "postgresql_synchronous_commit_off",
     "redis_bind_addresses",
     "redis_instances",

@@ -99,6 +99,14 @@ class TestDatabaseBottleneck:
         assert len(lines) == 2 and "its pools are full" in lines[1]
         assert len(database_lines({"states": {"active": 20}, "waits": []}, behind_pgbouncer=False)) == 1
 
+    def test_a_lagging_replica_is_in_the_answer(self):
+        postgres = {"states": {"active": 2, "idle": 2}, "waits": [], "findings": [
+            {"rule": "live-replica-lag", "message": "the replica of slot db2 replays 45.0 s behind, more than 30 s",
+             "hint": "look for long queries"},
+            {"rule": "live-utilisation-high", "message": "not about the replica", "hint": ""}]}
+        assert database_lines(postgres, behind_pgbouncer=False)[1:] == [
+            "replica: the replica of slot db2 replays 45.0 s behind, more than 30 s (look for long queries)"]
+
     def test_a_few_waits_are_normal(self):
         postgres = {"states": {"active": 10}, "waits": [
             {"backend_type": "client backend", "wait_event_type": "Lock", "wait_event": "tuple", "count": 2},

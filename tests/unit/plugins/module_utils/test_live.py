@@ -3,7 +3,7 @@
 import pytest
 
 from ansible_collections.fediscale.mastodon.plugins.module_utils.live import (
-    add_up_pools, pgbouncer_findings, pool_clients, pool_servers, postgres_findings)
+    add_up_pools, pgbouncer_findings, pool_clients, pool_servers, postgres_findings, replication_findings)
 
 
 def stats(states, waits=(), max_connections=100):
@@ -96,3 +96,45 @@ def test_clients_and_servers_of_pools_in_every_state_without_the_console():
              "sv_used": 1, "sv_tested": 0, "sv_login": 1},
             {"database": "pgbouncer", "cl_active": 1, "cl_waiting": 0, "sv_active": 0, "sv_idle": 0, "sv_used": 0}]
     assert (pool_clients(rows), pool_servers(rows)) == (30, 19)
+
+
+def primary_replication(senders=(), slots=()):
+    return {"role": "primary", "senders": list(senders), "slots": list(slots)}
+
+
+SLOT = {"slot_name": "db2", "active": True, "wal_status": "reserved", "retained_bytes": 16384, "safe_wal_size": None}
+SENDER = {"application_name": "db2", "client_addr": "10.0.0.12", "state": "streaming", "replay_lag_seconds": 0.4}
+
+
+class TestReplicationFindings:
+    def test_a_streaming_replica_within_the_lag(self):
+        assert replication_findings(primary_replication([SENDER], [SLOT]), ["db2"]) == []
+
+    def test_a_primary_without_replicas_is_not_judged(self):
+        assert replication_findings(primary_replication(), []) == []
+
+    def test_a_replica_that_is_down_is_an_error_with_the_wal_its_slot_keeps(self):
+        [finding] = replication_findings(primary_replication([], [dict(SLOT, active=False)]), ["db2"])
+        assert (finding["rule"], finding["severity"]) == ("live-replica-not-streaming", "error")
+        assert finding["message"] == ("no WAL sender streams to the replica of slot db2 (not connected); the slot "
+                                      "keeps 16384 bytes of WAL for it")
+
+    def test_a_lost_or_missing_slot(self):
+        [lost] = replication_findings(primary_replication([], [dict(SLOT, wal_status="lost")]), ["db2"])
+        assert "slot db2 is lost" in lost["message"] and "copies the primary" in lost["hint"]
+        [missing] = replication_findings(primary_replication(), ["db2"])
+        assert missing["message"] == "the replica's slot db2 is not on this primary"
+
+    def test_lag_over_the_limit_is_a_warning(self):
+        [finding] = replication_findings(primary_replication([dict(SENDER, replay_lag_seconds=45.0)], [SLOT]),
+                                         ["db2"], max_lag_seconds=30)
+        assert (finding["rule"], finding["severity"], finding["numbers"]["lag"]) == ("live-replica-lag", "warning", 45.0)
+        assert finding["message"] == "the replica of slot db2 replays 45.0 s behind, more than 30 s"
+
+    def test_a_standby_that_streams_and_one_that_does_not(self):
+        streaming = {"role": "standby", "receiver": {"status": "streaming"}, "replay_lag_seconds": 0}
+        assert replication_findings(streaming, []) == []
+        [down] = replication_findings({"role": "standby", "receiver": None, "replay_lag_seconds": None}, [])
+        assert down["message"] == "this standby's WAL receiver is not running, not streaming"
+        [late] = replication_findings(dict(streaming, replay_lag_seconds=90.5), [], max_lag_seconds=60)
+        assert late["message"] == "this standby replays 90.5 s behind its primary, more than 60 s"
