@@ -269,6 +269,9 @@ def test_show_databases_points_at_the_primary(console):
     entry = databases["mastodon_production"]
     assert (entry["host"], int(entry["port"]), int(entry["pool_size"])) == (
         SERVER["address"], 5432, BOUNCER["default_pool_size"])
+    replica = databases["mastodon_production_replica"]
+    assert (replica["host"], replica["database"]) == (REPORT["postgresql"]["database-replica"]["address"],
+                                                      "mastodon_production")
 
 
 def test_auth_file_holds_secrets_not_passwords(app):
@@ -391,6 +394,179 @@ def test_postgres_connections_flags_a_plan_that_assumed_another_max_connections(
     assert failed["msg"] == "the server runs with max_connections 40, the plan assumed 41"
 
 
+# --- The read replica: streaming replication from the primary ---
+
+REPLICA = REPORT["postgresql"]["database-replica"]
+STREAM = SERVER["replication"]
+
+
+@pytest.fixture(scope="module")
+def replica(host):
+    return other(host, "database-replica")
+
+
+def wait_for(check, seconds=30):
+    deadline = time.monotonic() + seconds
+    while not check():
+        assert time.monotonic() < deadline, "not within %d s" % seconds
+        time.sleep(0.5)
+
+
+def test_the_replica_streams_from_the_primary_through_its_slot_over_tls(db):
+    row = psql(db, "SELECT r.application_name, host(r.client_addr), r.state, s.ssl, r.sync_state "
+                   "FROM pg_stat_replication r JOIN pg_stat_ssl s USING (pid)").stdout.strip()
+    assert row == "%s|%s|streaming|t|async" % (STREAM["slot"], REPLICA["address"])
+    slot = psql(db, "SELECT slot_type, active, wal_status FROM pg_replication_slots WHERE slot_name = '%s'"
+                % STREAM["slot"]).stdout.strip()
+    assert slot in ("physical|t|reserved", "physical|t|extended")
+
+
+def test_replication_is_admitted_from_the_replicas_address_only(db, app):
+    rules = psql(db, "SELECT type, database[1], user_name[1], address, auth_method FROM pg_hba_file_rules "
+                     "WHERE 'replication' = ANY(database)").stdout.splitlines()
+    assert rules == ["hostssl|replication|fediscale_replication|%s|scram-sha-256" % REPLICA["address"]]
+    result = app.run("PGPASSWORD=molecule-replication-only psql -XAtq 'host=%s user=fediscale_replication "
+                     "replication=true dbname=replication connect_timeout=5' -c 'IDENTIFY_SYSTEM'" % SERVER["address"])
+    assert result.rc != 0 and 'no pg_hba.conf entry for replication connection from host "172.30.42.202"' \
+        in result.stderr, result.stderr
+
+
+def test_the_replicas_password_is_in_a_file_only_postgres_reads(replica):
+    passfile = replica.file(REPLICA["replication"]["passfile"])
+    assert (passfile.user, passfile.group, passfile.mode) == ("postgres", "postgres", 0o600)
+    settings = psql(replica, "SHOW primary_conninfo").stdout
+    assert "passfile=" in settings and "molecule-replication-only" not in settings
+    assert "sslmode=verify-full" in settings
+    assert "molecule-replication-only" not in replica.run("ps -eo args").stdout
+
+
+def test_rows_written_on_the_primary_are_read_on_the_replica_within_seconds(db, replica):
+    token = "row-%d" % time.time_ns()
+    psql(db, "CREATE TABLE IF NOT EXISTS replica_probe (token text)")
+    psql(db, "INSERT INTO replica_probe VALUES ('%s')" % token)
+    wait_for(lambda: psql(replica, "SELECT count(*) FROM replica_probe WHERE token = '%s'" % token)
+             .stdout.strip() == "1", seconds=10)
+
+
+def test_the_replica_refuses_writes(replica):
+    result = psql(replica, "INSERT INTO replica_probe VALUES ('refused')")
+    assert result.rc != 0 and "cannot execute INSERT in a read-only transaction" in result.stderr
+    assert psql(replica, "SELECT pg_is_in_recovery()").stdout.strip() == "t"
+
+
+def test_a_read_through_the_app_hosts_pgbouncer_replica_database_returns_the_primarys_data(db, app):
+    token = "through-pgbouncer-%d" % time.time_ns()
+    psql(db, "INSERT INTO replica_probe VALUES ('%s')" % token)
+    sql = "SELECT pg_is_in_recovery(), inet_server_addr(), count(*) FROM replica_probe WHERE token = '%s'" % token
+    wait_for(lambda: connect(app, "127.0.0.1", 6432, "mastodon", PASSWORD, dbname="mastodon_production_replica",
+                             sql=sql).stdout.strip() == "t|%s|1" % REPLICA["address"], seconds=10)
+
+
+def test_the_standby_module_reads_real_data_directories(db, replica):
+    """On the replica: a standby of this primary. On the primary, judged as if it were the replica: it holds
+    Mastodon's database, so it would never be replaced."""
+    primary = db.ansible("fediscale.mastodon.postgresql_standby", "data_directory=%s version=%d"
+                         % (STREAM["data_directory"], SERVER["version"]), check=True)
+    assert primary["found"]["state"] == "in production" and primary["found"]["in_recovery"] is False
+    standby = replica.ansible("fediscale.mastodon.postgresql_standby",
+                              "data_directory=%s version=%d replica_host=database-replica primary_host=database-db "
+                              "primary_system_identifier=%s slot_status=reserved"
+                              % (STREAM["data_directory"], SERVER["version"],
+                                 primary["found"]["system_identifier"]), check=True)
+    assert standby["found"]["in_recovery"] is True and standby["decision"]["action"] == "keep"
+    over_data = db.ansible("fediscale.mastodon.postgresql_standby",
+                           "data_directory=%s version=%d replica_host=database-db primary_host=database-replica"
+                           % (STREAM["data_directory"], SERVER["version"]), check=True)
+    assert over_data["decision"]["action"] == "refuse"
+    assert ("is a primary (not in recovery) holding 1 database besides postgres and the templates (base/"
+            in over_data["decision"]["message"])
+
+
+def test_live_checks_read_both_ends_of_the_stream(db, replica):
+    primary = postgres_connections(db, replica_slots=STREAM["slot"], replica_max_lag_seconds=30)
+    assert [row["state"] for row in primary["replication"]["senders"]] == ["streaming"]
+    assert [f for f in primary["findings"] if f["rule"].startswith("live-replica")] == []
+    standby = postgres_connections(replica)
+    assert standby["replication"]["role"] == "standby"
+    assert standby["replication"]["receiver"]["status"] == "streaming"
+    assert [f for f in standby["findings"] if f["rule"].startswith("live-replica")] == []
+
+
+def retained_mb(db):
+    return int(psql(db, "SELECT pg_wal_lsn_diff(pg_current_wal_lsn(), restart_lsn) / 1048576 "
+                        "FROM pg_replication_slots WHERE slot_name = '%s'" % STREAM["slot"]).stdout.strip() or -1)
+
+
+def write_wal_segments(db, count):
+    for number in range(count):
+        psql(db, "INSERT INTO replica_probe SELECT 'segment-%d' FROM generate_series(1, 100)" % number)
+        psql(db, "SELECT pg_switch_wal()")
+    psql(db, "CHECKPOINT")
+
+
+def test_a_replica_that_was_down_catches_up_through_its_slot_within_the_limit(db, replica):
+    unit = "postgresql@%d-main.service" % SERVER["version"]
+    replica.run("systemctl stop %s" % unit)
+    try:
+        token = "while-down-%d" % time.time_ns()
+        psql(db, "INSERT INTO replica_probe VALUES ('%s')" % token)
+        write_wal_segments(db, 2)
+        down = postgres_connections(db, replica_slots=STREAM["slot"])
+        [finding] = [f for f in down["findings"] if f["rule"] == "live-replica-not-streaming"]
+        assert finding["severity"] == "error" and "not connected" in finding["message"]
+        assert 0 < retained_mb(db) <= kb(SERVER["settings"]["max_slot_wal_keep_size"]) // 1024
+        assert psql(db, "SELECT wal_status FROM pg_replication_slots").stdout.strip() in ("reserved", "extended")
+    finally:
+        replica.run("systemctl start %s" % unit)
+    wait_for(lambda: psql(replica, "SELECT count(*) FROM replica_probe WHERE token = '%s'" % token)
+             .stdout.strip() == "1")
+
+
+def test_check_mode_on_the_converged_pair_changes_nothing(db):
+    run = converge_database_hosts(db, "--check", "--diff")
+    assert run.returncode == 0, run.stdout[-3000:]
+    assert re.findall(r"(database-\w+)\s*: ok=\d+\s+changed=(\d+)", run.stdout) == [
+        ("database-db", "0"), ("database-replica", "0")], run.stdout[-3000:]
+
+
+def test_a_plan_with_the_replica_below_the_primary_stops_before_any_host_changes(db, replica, app, tmp_path):
+    """The replica at 30 connections beside the primary's 40: PostgreSQL would not run it as a hot standby."""
+    override = tmp_path / "replica-below.yml"
+    override.write_text("all:\n  hosts:\n    database-replica:\n      postgresql_max_connections: 30\n")
+    state = "find /etc/postgresql /etc/pgbouncer /etc/ssl/fediscale-mastodon /etc/systemd/system -type f " \
+            "-exec sha256sum {} + 2>/dev/null | sort"
+    before = [host.run(state).stdout for host in (db, replica, app)]
+    run = converge_database_hosts(db, "-i", str(override), limit="all")
+    output = " ".join((run.stdout + run.stderr).split())
+    assert run.returncode != 0
+    assert "max_connections on the replica database-replica is 30, below the primary database-db's 40" in output, \
+        output[-3000:]
+    assert [host.run(state).stdout for host in (db, replica, app)] == before
+    assert set(re.findall(r"changed=(\d+)", run.stdout)) <= {"0"}
+
+
+def test_a_replica_whose_slot_was_invalidated_is_copied_again(db, replica):
+    """Away while the primary wrote more WAL than max_slot_wal_keep_size: the slot is lost, the next run says so
+    and copies the primary again; the standby then streams and holds what was written meanwhile."""
+    unit = "postgresql@%d-main.service" % SERVER["version"]
+    replica.run("systemctl stop %s" % unit)
+    token = "after-loss-%d" % time.time_ns()
+    psql(db, "INSERT INTO replica_probe VALUES ('%s')" % token)
+    write_wal_segments(db, 6)
+    wait_for(lambda: psql(db, "SELECT wal_status FROM pg_replication_slots").stdout.strip() == "lost", seconds=20)
+    replica.run("systemctl start %s" % unit)
+    run = converge_database_hosts(db)
+    output = " ".join(run.stdout.split())
+    assert run.returncode == 0, run.stdout[-3000:]
+    assert "its slot %s on database-db was invalidated (wal_status lost" % STREAM["slot"] in output
+    assert psql(db, "SELECT active, wal_status FROM pg_replication_slots").stdout.strip() in ("t|reserved", "t|extended")
+    wait_for(lambda: psql(replica, "SELECT count(*) FROM replica_probe WHERE token = '%s'" % token)
+             .stdout.strip() == "1", seconds=10)
+    again = converge_database_hosts(db)
+    assert re.findall(r"(database-\w+)\s*: ok=\d+\s+changed=(\d+)", again.stdout) == [
+        ("database-db", "0"), ("database-replica", "0")], again.stdout[-3000:]
+
+
 def test_under_load_pgbouncer_queues_clients_and_postgres_sees_only_the_pools(app, db):
     """More clients than all processes' pools: pgbouncer makes them wait, the server sees only the pools.
 
@@ -459,6 +635,14 @@ def test_an_unreadable_server_leaves_the_inventorys_limits_and_a_warning(db, tmp
 
 
 # --- A host upgraded from Debian 12 keeps its old cluster ---
+
+def converge_database_hosts(db, *extra, limit="db"):
+    env = dict(os.environ, ANSIBLE_NOCOLOR="1", ANSIBLE_FORCE_COLOR="0")
+    playbook = Path(__file__).resolve().parents[1] / "converge.yml"
+    return subprocess.run([str(Path(sys.executable).with_name("ansible-playbook")), str(playbook),
+                           "-i", db.backend.ansible_inventory, "--limit", limit] + list(extra),
+                          env=env, capture_output=True, text=True, timeout=900, check=False)
+
 
 def converge_database_host(db):
     env = dict(os.environ, ANSIBLE_NOCOLOR="1", ANSIBLE_FORCE_COLOR="0")
