@@ -156,8 +156,9 @@ def standby_decision(replica_host: str, found: Dict[str, Any], primary_host: str
     ``found`` is what the replica's cluster holds (``version``, ``data_directory``, ``in_recovery``,
     ``system_identifier``, and ``databases``: those besides postgres and the templates, by name or directory);
     ``primary`` what the primary reports (``system_identifier``, None before it has a cluster, and
-    ``slot_status``: the slot's ``wal_status``, None when there is none). Only an empty primary (Debian's package creates one at install) and a standby of this primary that
-    cannot go on (its slot invalidated or gone) are replaced; data of any other kind never is.
+    ``slot_status``: the slot's ``wal_status``, None when there is none). Only an empty primary (Debian's
+    package creates one at install) and a standby of this primary that cannot go on (its slot invalidated or
+    gone) are replaced; data of any other kind never is.
     """
     slot = slot_name(replica_host)
     where = "host %s, postgresql replica: " % replica_host

@@ -10,7 +10,7 @@ description:
     server runs), whether it is configured as a standby (C(standby.signal)), and its databases besides
     C(postgres) and the templates (the directories under C(base/) with an OID of 16384 or more, the first a
     database created after C(initdb) can have).
-  - With O(primary_host), judges a replica (the connection plan's rule, C(replication.standby_decision)): an
+  - With O(primary_host), judges a replica by the connection plan's rule (C(replication.standby_decision)). An
     empty cluster (the one Debian's package creates) is C(copy); a standby of this primary whose slot is lost
     or gone is C(copy again); a standby of it with its slot is C(keep); a cluster holding a database, or a
     standby of another primary (another system identifier), is C(refuse), with a message that says what was
