@@ -179,6 +179,26 @@ def test_site_with_sentinels_stops_before_any_host_without_the_sentinels_passwor
     assert "UNREACHABLE" not in output and "PLAY [PostgreSQL]" not in output
 
 
+def test_site_with_a_replica_stops_before_any_host_without_the_replication_password(tmp_path):
+    inventory = copy_inventory("example", tmp_path)
+    edit_yaml(inventory / "hosts.yml",
+              lambda data: data["all"]["children"]["db"]["hosts"].update(db2={"ansible_host": "10.0.0.12"}))
+    (inventory / "host_vars" / "db2.yml").write_text(
+        (inventory / "host_vars" / "db1.yml").read_text().replace("10.0.0.10", "10.0.0.12")
+        + "postgresql_role: replica\n")
+    with open(inventory / "host_vars" / "db1.yml", "a") as primary:
+        primary.write("postgresql_max_slot_wal_keep_size: 50GB\npostgresql_wal_disk_free: 500GB\n")
+    edit_yaml(inventory / "group_vars" / "all.yml",
+              lambda data: data.update(ansible_connection="ssh", ansible_ssh_common_args="-o ConnectTimeout=2",
+                                       plan_find_running_units=False))
+    returncode, output = run_site(inventory, tmp_path)
+    assert returncode != 0
+    for host in ("db1", "db2"):
+        assert ("host %s, postgresql: postgresql_replication_password is empty or unset. The replica copies and "
+                "streams from the primary as the replication role (fediscale_replication)" % host) in output
+    assert "UNREACHABLE" not in output and "PLAY [PostgreSQL]" not in output
+
+
 def test_two_sentinels_fail_naming_them(tmp_path):
     stdout = failing_plan(tmp_path, lambda inventory: add_sentinels(inventory, hosts=("redis1", "redis2")))
     assert "ERROR redis-sentinel-too-few-sentinels [redis sentinel mastodon]" in stdout
