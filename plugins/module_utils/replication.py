@@ -154,7 +154,8 @@ def standby_decision(replica_host: str, found: Dict[str, Any], primary_host: str
     """Whether the replica's data directory may be replaced by a copy of the primary.
 
     ``found`` is what the replica's cluster holds (``version``, ``data_directory``, ``in_recovery``,
-    ``system_identifier``, and ``databases``: those besides postgres and the templates, by name or directory);
+    ``system_identifier``, ``databases``: those besides postgres and the templates, by name or directory, and
+    ``copy_unfinished``: the copy directory is there, which the copy's last step renames away);
     ``primary`` what the primary reports (``system_identifier``, None before it has a cluster, and
     ``slot_status``: the slot's ``wal_status``, None when there is none). Only an empty primary (Debian's
     package creates one at install) and a standby of this primary that cannot go on (its slot invalidated or
@@ -181,6 +182,10 @@ def standby_decision(replica_host: str, found: Dict[str, Any], primary_host: str
             "one. Nothing was changed. If it should follow %s instead: %s."
             % (found["data_directory"], found["system_identifier"], primary_host,
                primary["system_identifier"] or "none: it has no cluster yet", primary_host, drop))}
+    if found.get("copy_unfinished"):
+        return {"action": COPY_AGAIN, "message": where + (
+            "a copy of %s that an earlier run started did not finish (%s%s is still there): it is made again."
+            % (primary_host, found["data_directory"], COPY_SUFFIX))}
     if primary.get("slot_status") == "lost":
         return {"action": COPY_AGAIN, "message": where + (
             "its slot %s on %s was invalidated (wal_status lost: the primary removed WAL past "

@@ -12,7 +12,7 @@ description:
     database created after C(initdb) can have).
   - With O(primary_host), judges a replica by the connection plan's rule (C(replication.standby_decision)). An
     empty cluster (the one Debian's package creates) is C(copy); a standby of this primary whose slot is lost
-    or gone is C(copy again); a standby of it with its slot is C(keep); a cluster holding a database, or a
+    or gone, or beside a copy an earlier run did not finish, is C(copy again); a standby of it with its slot is C(keep); a cluster holding a database, or a
     standby of another primary (another system identifier), is C(refuse), with a message that says what was
     found and what to do.
   - Changes nothing.
@@ -100,6 +100,8 @@ def main():
         found["in_recovery"] = (replication.controldata_in_recovery(found["state"])
                                 or os.path.exists(os.path.join(data, "standby.signal")))
         found["databases"] = replication.user_database_directories(os.listdir(os.path.join(data, "base")))
+    # The copy starts by making this directory and ends by renaming it to the data directory.
+    found["copy_unfinished"] = os.path.exists(data + replication.COPY_SUFFIX)
     result = dict(changed=False, found=found)
     if params["primary_host"]:
         result["decision"] = replication.standby_decision(

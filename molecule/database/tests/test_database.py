@@ -4,6 +4,7 @@ import base64
 import json
 import os
 import re
+import signal
 import subprocess
 import sys
 import time
@@ -24,8 +25,13 @@ def kb(text):
     return int(number) * UNITS_KB[unit]
 
 
-def psql(host, sql, user="postgres"):
-    return host.run("runuser -u %s -- psql -XAtq -c %s" % (user, json.dumps(sql)))
+def psql(host, sql, user="postgres", dbname="postgres"):
+    return host.run("runuser -u %s -- psql -XAtq -d %s -c %s" % (user, dbname, json.dumps(sql)))
+
+
+def probe(host, sql):
+    """In Mastodon's database, where the replica tests keep their rows (a table Mastodon's role owns)."""
+    return psql(host, sql, dbname="mastodon_production")
 
 
 # Each test runs once; it picks the hosts it needs from the same inventory.
@@ -442,21 +448,21 @@ def test_the_replicas_password_is_in_a_file_only_postgres_reads(replica):
 
 def test_rows_written_on_the_primary_are_read_on_the_replica_within_seconds(db, replica):
     token = "row-%d" % time.time_ns()
-    psql(db, "CREATE TABLE IF NOT EXISTS replica_probe (token text)")
-    psql(db, "INSERT INTO replica_probe VALUES ('%s')" % token)
-    wait_for(lambda: psql(replica, "SELECT count(*) FROM replica_probe WHERE token = '%s'" % token)
+    probe(db, "CREATE TABLE IF NOT EXISTS replica_probe (token text); ALTER TABLE replica_probe OWNER TO mastodon")
+    probe(db, "INSERT INTO replica_probe VALUES ('%s')" % token)
+    wait_for(lambda: probe(replica, "SELECT count(*) FROM replica_probe WHERE token = '%s'" % token)
              .stdout.strip() == "1", seconds=10)
 
 
 def test_the_replica_refuses_writes(replica):
-    result = psql(replica, "INSERT INTO replica_probe VALUES ('refused')")
+    result = probe(replica, "INSERT INTO replica_probe VALUES ('refused')")
     assert result.rc != 0 and "cannot execute INSERT in a read-only transaction" in result.stderr
     assert psql(replica, "SELECT pg_is_in_recovery()").stdout.strip() == "t"
 
 
 def test_a_read_through_the_app_hosts_pgbouncer_replica_database_returns_the_primarys_data(db, app):
     token = "through-pgbouncer-%d" % time.time_ns()
-    psql(db, "INSERT INTO replica_probe VALUES ('%s')" % token)
+    probe(db, "INSERT INTO replica_probe VALUES ('%s')" % token)
     sql = "SELECT pg_is_in_recovery(), inet_server_addr(), count(*) FROM replica_probe WHERE token = '%s'" % token
     wait_for(lambda: connect(app, "127.0.0.1", 6432, "mastodon", PASSWORD, dbname="mastodon_production_replica",
                              sql=sql).stdout.strip() == "t|%s|1" % REPLICA["address"], seconds=10)
@@ -499,7 +505,7 @@ def retained_mb(db):
 
 def write_wal_segments(db, count):
     for number in range(count):
-        psql(db, "INSERT INTO replica_probe SELECT 'segment-%d' FROM generate_series(1, 100)" % number)
+        probe(db, "INSERT INTO replica_probe SELECT 'segment-%d' FROM generate_series(1, 100)" % number)
         psql(db, "SELECT pg_switch_wal()")
     psql(db, "CHECKPOINT")
 
@@ -509,7 +515,7 @@ def test_a_replica_that_was_down_catches_up_through_its_slot_within_the_limit(db
     replica.run("systemctl stop %s" % unit)
     try:
         token = "while-down-%d" % time.time_ns()
-        psql(db, "INSERT INTO replica_probe VALUES ('%s')" % token)
+        probe(db, "INSERT INTO replica_probe VALUES ('%s')" % token)
         write_wal_segments(db, 2)
         down = postgres_connections(db, replica_slots=STREAM["slot"])
         [finding] = [f for f in down["findings"] if f["rule"] == "live-replica-not-streaming"]
@@ -518,7 +524,7 @@ def test_a_replica_that_was_down_catches_up_through_its_slot_within_the_limit(db
         assert psql(db, "SELECT wal_status FROM pg_replication_slots").stdout.strip() in ("reserved", "extended")
     finally:
         replica.run("systemctl start %s" % unit)
-    wait_for(lambda: psql(replica, "SELECT count(*) FROM replica_probe WHERE token = '%s'" % token)
+    wait_for(lambda: probe(replica, "SELECT count(*) FROM replica_probe WHERE token = '%s'" % token)
              .stdout.strip() == "1")
 
 
@@ -550,26 +556,56 @@ def test_a_plan_with_the_replica_below_the_primary_stops_before_any_host_changes
     assert set(re.findall(r"changed=(\d+)", run.stdout)) <= {"0"}
 
 
-def test_a_replica_whose_slot_was_invalidated_is_copied_again(db, replica):
-    """Away while the primary wrote more WAL than max_slot_wal_keep_size: the slot is lost, the next run says so
-    and copies the primary again; the standby then streams and holds what was written meanwhile."""
+def test_a_replica_whose_slot_was_invalidated_is_copied_again_even_when_a_run_is_killed(db, replica, tmp_path):
+    """Away while the primary wrote more WAL than max_slot_wal_keep_size: the slot is lost, and a run says so and
+    copies the primary again. That run is killed once the copy has started (and pg_basebackup with it, as a dropped
+    SSH session would); the next run finishes the copy, and the standby streams what was written meanwhile."""
     unit = "postgresql@%d-main.service" % SERVER["version"]
     replica.run("systemctl stop %s" % unit)
     token = "after-loss-%d" % time.time_ns()
-    psql(db, "INSERT INTO replica_probe VALUES ('%s')" % token)
+    probe(db, "INSERT INTO replica_probe VALUES ('%s')" % token)
     write_wal_segments(db, 6)
     wait_for(lambda: psql(db, "SELECT wal_status FROM pg_replication_slots").stdout.strip() == "lost", seconds=20)
     replica.run("systemctl start %s" % unit)
+
+    killed_output = tmp_path / "killed.log"
+    with open(killed_output, "w") as output:
+        killed = converge_database_hosts(db, stdout=output, background=True)
+        try:
+            wait_for(lambda: replica.file(REPLICA["replication"]["copy_directory"]).exists, seconds=300)
+        finally:
+            os.killpg(killed.pid, signal.SIGKILL)
+            killed.wait()
+    replica.run("pkill -x pg_basebackup")
+    assert "its slot %s on database-db was invalidated (wal_status lost" % STREAM["slot"] in \
+        " ".join(killed_output.read_text().split())
+
     run = converge_database_hosts(db)
-    output = " ".join(run.stdout.split())
     assert run.returncode == 0, run.stdout[-3000:]
-    assert "its slot %s on database-db was invalidated (wal_status lost" % STREAM["slot"] in output
     assert psql(db, "SELECT active, wal_status FROM pg_replication_slots").stdout.strip() in ("t|reserved", "t|extended")
-    wait_for(lambda: psql(replica, "SELECT count(*) FROM replica_probe WHERE token = '%s'" % token)
+    wait_for(lambda: probe(replica, "SELECT count(*) FROM replica_probe WHERE token = '%s'" % token)
              .stdout.strip() == "1", seconds=10)
+    assert not replica.file(REPLICA["replication"]["copy_directory"]).exists
     again = converge_database_hosts(db)
     assert re.findall(r"(database-\w+)\s*: ok=\d+\s+changed=(\d+)", again.stdout) == [
         ("database-db", "0"), ("database-replica", "0")], again.stdout[-3000:]
+
+
+def test_a_run_killed_between_the_copys_two_renames_is_finished_by_the_next(db, replica):
+    """The copy is complete under its own name and the data directory is gone, as a kill between the renames
+    leaves it: the next run puts the copy in place and the standby streams."""
+    unit = "postgresql@%d-main.service" % SERVER["version"]
+    streams = REPLICA["replication"]
+    replica.run("systemctl stop %s" % unit)
+    replica.run("mv %s %s" % (streams["data_directory"], streams["copy_directory"]))
+    run = converge_database_hosts(db)
+    assert run.returncode == 0, run.stdout[-3000:]
+    assert replica.file(streams["data_directory"] + "/standby.signal").exists
+    assert not replica.file(streams["copy_directory"]).exists
+    token = "after-rename-%d" % time.time_ns()
+    probe(db, "INSERT INTO replica_probe VALUES ('%s')" % token)
+    wait_for(lambda: probe(replica, "SELECT count(*) FROM replica_probe WHERE token = '%s'" % token)
+             .stdout.strip() == "1", seconds=20)
 
 
 def test_under_load_pgbouncer_queues_clients_and_postgres_sees_only_the_pools(app, db):
@@ -642,12 +678,15 @@ def test_an_unreadable_server_leaves_the_inventorys_limits_and_a_warning(db, tmp
 
 # --- A host upgraded from Debian 12 keeps its old cluster ---
 
-def converge_database_hosts(db, *extra, limit="db"):
-    env = dict(os.environ, ANSIBLE_NOCOLOR="1", ANSIBLE_FORCE_COLOR="0")
+def converge_database_hosts(db, *extra, limit="db", stdout=None, background=False):
+    """converge.yml on the database hosts; ``background`` starts it in its own process group and returns it."""
+    env = dict(os.environ, ANSIBLE_NOCOLOR="1", ANSIBLE_FORCE_COLOR="0", PYTHONUNBUFFERED="1")
     playbook = Path(__file__).resolve().parents[1] / "converge.yml"
-    return subprocess.run([str(Path(sys.executable).with_name("ansible-playbook")), str(playbook),
-                           "-i", db.backend.ansible_inventory, "--limit", limit] + list(extra),
-                          env=env, capture_output=True, text=True, timeout=900, check=False)
+    command = [str(Path(sys.executable).with_name("ansible-playbook")), str(playbook),
+               "-i", db.backend.ansible_inventory, "--limit", limit] + list(extra)
+    if background:
+        return subprocess.Popen(command, env=env, stdout=stdout, stderr=subprocess.STDOUT, start_new_session=True)
+    return subprocess.run(command, env=env, capture_output=True, text=True, timeout=900, check=False)
 
 
 def converge_database_host(db):

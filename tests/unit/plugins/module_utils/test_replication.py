@@ -133,3 +133,11 @@ class TestStandbyDecision:
     def test_a_standby_holding_databases_of_this_primary_is_judged_as_a_standby(self):
         standby = found(in_recovery=True, system_identifier=PRIMARY_ID, databases=["base/16390"])
         assert decide(copy.deepcopy(standby))["action"] == "keep"
+
+    def test_a_standby_beside_an_unfinished_copy_is_copied_again(self):
+        """A run killed after the copy started may have left a new slot that no longer serves the old standby."""
+        decision = decide(found(in_recovery=True, system_identifier=PRIMARY_ID, copy_unfinished=True))
+        assert decision["action"] == "copy again"
+        assert decision["message"] == ("host db2, postgresql replica: a copy of db1 that an earlier run started did "
+                                       "not finish (/var/lib/postgresql/17/main.fediscale-copy is still there): it "
+                                       "is made again.")
