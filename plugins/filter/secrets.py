@@ -27,6 +27,15 @@ def with_redis_password(environment, password, sentinel_password="", configurati
                                         "" if sentinel_password is None else str(sentinel_password), scopes)
 
 
+def redis_credentials(configuration, secret):
+    if not isinstance(configuration, dict) or "scope" not in configuration:
+        raise AnsibleFilterError("redis_credentials: expected one of the plan's redis.configurations, got %r"
+                                 % (configuration,))
+    user, password = mastodon.redis_credentials("" if secret is None else str(secret), configuration["scope"],
+                                                bool(configuration.get("carries_password", True)))
+    return {"user": user, "password": password}
+
+
 def _secret(name, secret):
     if not isinstance(secret, str) or not secret:
         raise AnsibleFilterError("%s: the Redis secret (redis_password) must be a non-empty string" % name)
@@ -55,6 +64,7 @@ class FilterModule:
         return {
             "scram_secret": scram_secret,
             "with_redis_password": with_redis_password,
+            "redis_credentials": redis_credentials,
             "redis_scope": redis_scope,
             "redis_user_lines": redis_user_lines,
             "redis_user_password": redis_user_password,

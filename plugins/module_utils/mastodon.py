@@ -166,6 +166,16 @@ REDIS_PREFIXES = ("REDIS", "SIDEKIQ_REDIS", "CACHE_REDIS")
 REDIS_URL_SETTINGS = tuple(prefix + "_URL" for prefix in REDIS_PREFIXES)
 
 
+def redis_credentials(password: str, scope: Optional[str], carries_password: bool = True) -> Tuple[str, str]:
+    """The user and password Mastodon logs in to one Redis configuration with: its own user, ``mastodon``, with
+    the password derived for the planned instance or set ``scope``; on a Redis the plan does not deploy, no user
+    and ``password`` itself where the setting carries one (a URL, sentinels), else none (``REDIS_HOST``, the
+    official guide's, sends what ``REDIS_PASSWORD`` says, which the collection leaves alone)."""
+    if scope and password:
+        return redis_users.MASTODON_USER, redis_users.user_password(password, scope, redis_users.MASTODON_USER)
+    return ("", password) if carries_password else ("", "")
+
+
 def with_redis_password(environment: Dict[str, str], password: str, sentinel_password: str = "",
                         scopes: Optional[Mapping[str, Optional[str]]] = None) -> Dict[str, str]:
     """``environment`` with Redis credentials in each Redis URL, or sentinel setting, that carries none yet.
@@ -188,9 +198,7 @@ def with_redis_password(environment: Dict[str, str], password: str, sentinel_pas
     result = dict(environment)
     scopes = scopes or {}
     for prefix in REDIS_PREFIXES:
-        scope = scopes.get(prefix)
-        user, secret = ((redis_users.MASTODON_USER, redis_users.user_password(password, scope, redis_users.MASTODON_USER))
-                        if scope and password else ("", password))
+        user, secret = redis_credentials(password, scopes.get(prefix))
         if result.get(prefix + "_SENTINELS") and not result.get(prefix + "_URL"):
             if user:
                 result.setdefault(prefix + "_USER", user)

@@ -218,6 +218,10 @@ def resolve_redis_settings(settings: Dict[str, str], instances: List[Dict[str, A
                             "scope": None if credentials_target is None else redis_users.instance_scope(
                                 credentials_target["host"], credentials_target["name"],
                                 credentials_target["sentinel_master"]),
+                            # Whether the setting holds a password (a URL, sentinels) or sends REDIS_PASSWORD's.
+                            "carries_password": (source.endswith(("_URL", "_SENTINELS")) if source.startswith(prefix)
+                                                 else resolved["REDIS"]["carries_password"] if prefix != "REDIS"
+                                                 else False),
                             "ignored": ignored, "half_sentinel": half_sentinel,
                             "tls": bool(url) and url.startswith("rediss://")}
     return resolved

@@ -1,7 +1,10 @@
 """Redis credentials reach Mastodon through its URLs."""
 
-from ansible_collections.fediscale.mastodon.plugins.module_utils.mastodon import with_redis_password
+from ansible_collections.fediscale.mastodon.plugins.module_utils import plan
+from ansible_collections.fediscale.mastodon.plugins.module_utils.mastodon import redis_credentials, with_redis_password
 from ansible_collections.fediscale.mastodon.plugins.module_utils.redis_users import user_password
+
+from ...clusters import cluster
 
 
 def test_password_goes_into_each_url_quoted():
@@ -50,3 +53,19 @@ def test_a_planned_target_gets_mastodons_user_with_that_instances_own_password()
     # A Redis the plan does not deploy: the secret itself, no user, as before.
     assert result["SIDEKIQ_REDIS_URL"] == "redis://:secret@other.example:6379"
     assert result["REDIS_SENTINEL_PASSWORD"] == "asker"
+
+
+def test_credentials_of_one_configuration_as_the_units_send_them():
+    """What the sidekiq role logs in with to wait for a taken-over Sidekiq: the same as the units' environment."""
+    assert redis_credentials("secret", "set:mastodon") == ("mastodon", user_password("secret", "set:mastodon", "mastodon"))
+    assert redis_credentials("secret", None) == ("", "secret")
+    assert redis_credentials("secret", None, carries_password=False) == ("", "")
+    assert redis_credentials("", "set:mastodon") == ("", "")
+
+
+def test_the_plan_says_which_configurations_carry_a_password():
+    report = plan.connection_budget(cluster(mastodon__redis_settings={
+        "REDIS_HOST": "10.9.9.9", "CACHE_REDIS_URL": "redis://10.9.9.8:6380"}))
+    configurations = report["redis"]["configurations"]
+    assert {prefix: entry["carries_password"] for prefix, entry in configurations.items()} == {
+        "REDIS": False, "SIDEKIQ_REDIS": False, "CACHE_REDIS": True}
