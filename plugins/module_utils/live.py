@@ -245,6 +245,16 @@ def replication_findings(replication: Dict[str, Any], replica_slots: List[str],
         return findings
     slots = {row["slot_name"]: row for row in replication.get("slots", [])}
     senders = {row["application_name"]: row for row in replication.get("senders", [])}
+    # A slot nobody reads keeps WAL until max_slot_wal_keep_size (or without limit): a replica taken out of the
+    # plan leaves its slot behind. Another tool's slot may be in use, so the role drops none.
+    for name, row in sorted(slots.items()):
+        if name not in replica_slots and not row["active"]:
+            findings.append(_finding(
+                "live-replica-slot-unplanned", "warning",
+                "the physical slot %s is inactive, not the plan's, and keeps %s bytes of WAL on this primary"
+                % (name, row["retained_bytes"]),
+                "if no replica or tool reads it any more: SELECT pg_drop_replication_slot('%s');" % name,
+                slot=name, retained_bytes=row["retained_bytes"]))
     for slot in replica_slots:
         if slot not in slots:
             findings.append(_finding("live-replica-not-streaming", "error",

@@ -297,6 +297,21 @@ def replica_slot_wal_unbounded(report: Report) -> Iterator[Finding]:
             % format_size_kb(free), keep_kb=keep, free_kb=free)
 
 
+@rule("replica-of-unmanaged-primary")
+def replica_of_unmanaged_primary(report: Report) -> Iterator[Finding]:
+    """The postgresql role copies and streams a replica from a primary it manages: it creates the replication role,
+    the slot and the pg_hba line there."""
+    pair = _primary_and_replica(report)
+    if pair is not None and pair[0]["limits_from"] == "live" and pair[1]["limits_from"] == "inventory":
+        yield finding(
+            "replica-of-unmanaged-primary", ERROR, pair[1]["host"], "postgresql replica",
+            "the postgresql role would copy the primary %s to the replica %s, but does not manage %s "
+            "(postgresql_limits_from: live), so it cannot give it the replication role, slot and pg_hba line the "
+            "copy needs" % (pair[0]["host"], pair[1]["host"], pair[0]["host"]),
+            "make the replica yourself and set postgresql_limits_from: live on %s too, or let the role manage %s "
+            "(postgresql_limits_from: inventory)" % (pair[1]["host"], pair[0]["host"]))
+
+
 @rule("replica-wal-level-minimal")
 def replica_wal_level_minimal(report: Report) -> Iterator[Finding]:
     pair = _primary_and_replica(report)

@@ -16,7 +16,8 @@ description:
   - Reads streaming replication too, on a primary C(pg_stat_replication) and C(pg_replication_slots) (with the
     WAL each slot retains), on a standby C(pg_stat_wal_receiver) and its replay lag; errors for a replica that
     does not stream (C(live-replica-not-streaming)), a warning past O(replica_max_lag_seconds)
-    (C(live-replica-lag)).
+    (C(live-replica-lag)), and one for an inactive slot that is not in O(replica_slots) and keeps WAL
+    (C(live-replica-slot-unplanned), such as the slot of a replica taken out of the plan; it is never dropped).
   - Changes nothing; runs where it can reach the server (the database host itself, by default over the local
     socket as C(postgres)).
 requirements:

@@ -138,3 +138,13 @@ class TestReplicationFindings:
         assert down["message"] == "this standby's WAL receiver is not running, not streaming"
         [late] = replication_findings(dict(streaming, replay_lag_seconds=90.5), [], max_lag_seconds=60)
         assert late["message"] == "this standby replays 90.5 s behind its primary, more than 60 s"
+
+    def test_an_inactive_slot_the_plan_does_not_know_is_a_warning(self):
+        leftover = dict(SLOT, slot_name="old_replica", active=False, retained_bytes=1 << 30)
+        [finding] = replication_findings(primary_replication([SENDER], [SLOT, leftover]), ["db2"])
+        assert (finding["rule"], finding["severity"]) == ("live-replica-slot-unplanned", "warning")
+        assert finding["message"] == ("the physical slot old_replica is inactive, not the plan's, and keeps "
+                                      "1073741824 bytes of WAL on this primary")
+        assert finding["hint"] == ("if no replica or tool reads it any more: "
+                                   "SELECT pg_drop_replication_slot('old_replica');")
+        assert replication_findings(primary_replication([], [dict(leftover, active=True)]), []) == []

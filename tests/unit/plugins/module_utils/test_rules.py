@@ -110,6 +110,20 @@ class TestReplicaBelowPrimary:
         assert found(with_replica(replica={"max_connections": 300}), "replica-below-primary") == []
 
 
+class TestReplicaOfUnmanagedPrimary:
+    def test_a_managed_replica_of_a_primary_the_role_leaves_alone(self):
+        [item] = found(with_replica(primary={"limits_from": "live"}), "replica-of-unmanaged-primary")
+        assert (item["severity"], item["host"], item["service"]) == ("error", "db2", "postgresql replica")
+        assert item["message"].startswith("the postgresql role would copy the primary db1 to the replica db2, but "
+                                          "does not manage db1 (postgresql_limits_from: live)")
+        assert item["hint"].startswith("make the replica yourself and set postgresql_limits_from: live on db2 too")
+
+    def test_both_managed_or_both_left_alone(self):
+        assert found(with_replica(), "replica-of-unmanaged-primary") == []
+        assert found(with_replica(primary={"limits_from": "live"}, replica={"limits_from": "live"}),
+                     "replica-of-unmanaged-primary") == []
+
+
 class TestReplicaPrimaryShortOfWalSenders:
     def test_too_few_senders_and_slots(self):
         items = found(with_replica(primary={"max_wal_senders": 2, "max_replication_slots": 1},
