@@ -402,7 +402,9 @@ def test_a_restart_the_master_needs_comes_after_a_failover_and_loses_no_write(ho
     assert hosts[old].run("sed -i 's/^unixsocketperm .*/unixsocketperm 700/' %s" % conf).rc == 0
     # Back within a second, long before the sentinels would call it down.
     assert hosts[old].run("systemctl restart %s-server@persistent" % SERVER).rc == 0
-    wait_for(lambda: "connected_slaves:2" in cli(hosts[old], "INFO replication").stdout, 60, "replicas back")
+    # Connected is not enough: after the restart each replica syncs in full first, and acknowledges no write until
+    # it is online.
+    wait_for(lambda: cli(hosts[old], "INFO replication").stdout.count("state=online") == 2, 60, "replicas online")
     assert role(hosts[old])[0] == "master"
     writes = "python3 -c \"print('\\n'.join('RPUSH queue:default late%d' % i for i in range(1000)))\""
     assert hosts[old].run("%s | %s-cli --user %s --pass %s --no-auth-warning > /dev/null"
