@@ -93,8 +93,7 @@ def replication_of(role: str, servers: Dict[str, Any], sslmode: Optional[str]) -
         return dict(common, hba={"type": "hostssl" if encrypted else "host", "address": address})
     return dict(common, passfile=replication.passfile(replica["version"]),
                 copy_directory=replication.data_directory(replica["version"]) + replication.COPY_SUFFIX,
-                primary_address=primary["address"], port=POSTGRESQL_PORT,
-                sslmode=sslmode, ca_file=tls.CA_FILE if sslmode in tls.VERIFYING else None)
+                primary_address=primary["address"], port=POSTGRESQL_PORT)
 
 
 def hba_address(address: str) -> str:
