@@ -7,21 +7,25 @@ alternating inside each round so that all of them see the same machine:
 - ``facts``: a play over every host that only gathers facts (``benchmarks/facts_only.yml``);
 - ``site``: ``fediscale.mastodon.site`` on a converged cluster (nothing changes; the run fails otherwise);
 - ``site --tags sidekiq``: the same, one tag;
-- with ``--before REV``, both site arms again with ``playbooks/site.yml`` as it was at REV (the roles are
-  today's), so that a change to the playbook is measured side by side.
+- with ``--before REV``, both site arms again with the whole collection as it was at REV (a git worktree), so
+  that a change to the roles or the playbook is measured side by side;
+- with ``--mitogen``, both site arms again under mitogen's linear strategy (the operator's opt-in, README
+  "Faster runs"), and ``facts`` under it too.
 
 Each arm runs with each of ``--forks`` (Ansible's default is 5) for ``--rounds`` rounds; the table has the
 medians and the ratios to ``facts`` at the same forks. ``--profile`` runs site.yml once more with
 ansible.posix.profile_tasks and prints the slowest tasks.
 
     make demo
-    .venv/bin/python benchmarks/rerun_speed.py [--rounds 3] [--forks 5,10] [--before REV] [--profile]
+    .venv/bin/python benchmarks/rerun_speed.py [--rounds 3] [--forks 5,10] [--before REV] [--mitogen] [--profile]
 """
 
 import argparse
+import contextlib
 import glob
 import os
 import re
+import shutil
 import statistics
 import subprocess
 import sys
@@ -31,11 +35,9 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
-ARMS = {
-    "facts": [str(ROOT / "benchmarks" / "facts_only.yml")],
-    "site": ["fediscale.mastodon.site"],
-    "site --tags sidekiq": ["fediscale.mastodon.site", "--tags", "sidekiq"],
-}
+FACTS = [str(ROOT / "benchmarks" / "facts_only.yml")]
+SITE = ["fediscale.mastodon.site"]
+SIDEKIQ = ["fediscale.mastodon.site", "--tags", "sidekiq"]
 
 
 def ephemeral() -> Path:
@@ -45,18 +47,30 @@ def ephemeral() -> Path:
     return Path(found[-1])
 
 
-def run(command, forks: int, extra_env=None) -> subprocess.CompletedProcess:
-    directory = ephemeral()
-    env = dict(os.environ, ANSIBLE_CONFIG=str(directory / "ansible.cfg"), ANSIBLE_COLLECTIONS_PATH=str(ROOT / ".rig"),
-               ANSIBLE_FORKS=str(forks), ANSIBLE_NOCOLOR="1", ANSIBLE_PIPELINING="True",
-               MOLECULE_EPHEMERAL_DIRECTORY=str(directory), **(extra_env or {}))
-    return subprocess.run([str(BIN / "ansible-playbook"), "-i", str(directory / "inventory")] + command,
-                          env=env, capture_output=True, text=True, check=False)
+class Arm:
+    """One way of running a playbook: the collection it loads, the inventory and the strategy."""
+
+    def __init__(self, command, collections=None, inventory=None, environment=None):
+        self.command = command
+        self.collections = collections or ROOT / ".rig"
+        self.inventory = inventory
+        self.environment = environment or {}
+
+    def run(self, forks: int, extra_env=None) -> subprocess.CompletedProcess:
+        directory = ephemeral()
+        env = dict(os.environ, ANSIBLE_CONFIG=str(directory / "ansible.cfg"),
+                   ANSIBLE_COLLECTIONS_PATH=str(self.collections), ANSIBLE_FORKS=str(forks), ANSIBLE_NOCOLOR="1",
+                   ANSIBLE_PIPELINING="True", MOLECULE_EPHEMERAL_DIRECTORY=str(directory),
+                   # The scenario's group_vars keep the cluster's CA under the project directory.
+                   MOLECULE_PROJECT_DIRECTORY=str(ROOT), **self.environment, **(extra_env or {}))
+        inventory = self.inventory or directory / "inventory"
+        return subprocess.run([str(BIN / "ansible-playbook"), "-i", str(inventory)] + self.command,
+                              env=env, capture_output=True, text=True, check=False)
 
 
-def timed(name: str, command, forks: int) -> float:
+def timed(name: str, arm: Arm, forks: int) -> float:
     started = time.monotonic()
-    result = run(command, forks)
+    result = arm.run(forks)
     elapsed = time.monotonic() - started
     changed = [int(number) for number in re.findall(r"changed=(\d+)", result.stdout)]
     if result.returncode or any(changed):
@@ -65,32 +79,64 @@ def timed(name: str, command, forks: int) -> float:
     return elapsed
 
 
+@contextlib.contextmanager
+def collection_at(revision: str):
+    """The collection as it was at REVISION, on a collections path of its own."""
+    directory = Path(tempfile.mkdtemp(prefix="rerun-before-"))
+    tree = directory / "tree"
+    subprocess.run(["git", "worktree", "add", "--detach", "-q", str(tree), revision], cwd=str(ROOT), check=True)
+    try:
+        (directory / "ansible_collections" / "fediscale").mkdir(parents=True)
+        (directory / "ansible_collections" / "fediscale" / "mastodon").symlink_to(tree)
+        yield directory
+    finally:
+        subprocess.run(["git", "worktree", "remove", "--force", str(tree)], cwd=str(ROOT), check=False)
+        shutil.rmtree(str(directory), ignore_errors=True)
+
+
+@contextlib.contextmanager
+def mitogen_inventory():
+    """The scenario's inventory with mitogen's own name for the docker connection, and its strategy's path."""
+    import ansible_mitogen  # pylint: disable=import-outside-toplevel
+
+    directory = Path(tempfile.mkdtemp(prefix="rerun-mitogen-"))
+    try:
+        shutil.copytree(str(ephemeral() / "inventory"), str(directory / "inventory"))
+        hosts = directory / "inventory" / "ansible_inventory.yml"
+        hosts.write_text(hosts.read_text().replace("ansible_connection: community.docker.docker",
+                                                   "ansible_connection: docker"))
+        strategy = Path(ansible_mitogen.__file__).parent / "plugins" / "strategy"
+        yield directory / "inventory", {"ANSIBLE_STRATEGY_PLUGINS": str(strategy),
+                                        "ANSIBLE_STRATEGY": "mitogen_linear"}
+    finally:
+        shutil.rmtree(str(directory), ignore_errors=True)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n", maxsplit=1)[0])
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--forks", default="5,10")
-    parser.add_argument("--before", help="a revision whose playbooks/site.yml to measure beside today's")
+    parser.add_argument("--before", help="a revision whose collection to measure beside today's")
+    parser.add_argument("--mitogen", action="store_true", help="the site arms again under mitogen")
     parser.add_argument("--profile", action="store_true")
     args = parser.parse_args()
-    arms = dict(ARMS)
-    if args.before:
-        old = tempfile.NamedTemporaryFile("w", prefix="site-before-", suffix=".yml", delete=False)
-        old.write(subprocess.run(["git", "show", "%s:playbooks/site.yml" % args.before], cwd=str(ROOT),
-                                 capture_output=True, text=True, check=True).stdout)
-        old.close()
-        arms["site (%s)" % args.before] = [old.name]
-        arms["site --tags sidekiq (%s)" % args.before] = [old.name, "--tags", "sidekiq"]
-    forks_list = [int(value) for value in args.forks.split(",")]
-    samples = {(name, forks): [] for name in arms for forks in forks_list}
-    try:
+    arms = {"facts": Arm(FACTS), "site": Arm(SITE), "site --tags sidekiq": Arm(SIDEKIQ)}
+    with contextlib.ExitStack() as stack:
+        if args.before:
+            before = stack.enter_context(collection_at(args.before))
+            arms["site at %s" % args.before] = Arm(SITE, collections=before)
+            arms["site --tags sidekiq at %s" % args.before] = Arm(SIDEKIQ, collections=before)
+        if args.mitogen:
+            inventory, environment = stack.enter_context(mitogen_inventory())
+            for name, command in (("facts", FACTS), ("site", SITE), ("site --tags sidekiq", SIDEKIQ)):
+                arms["%s, mitogen" % name] = Arm(command, inventory=inventory, environment=environment)
+        forks_list = [int(value) for value in args.forks.split(",")]
+        samples = {(name, forks): [] for name in arms for forks in forks_list}
         for number in range(args.rounds):
             for (name, forks), values in samples.items():
                 values.append(timed(name, arms[name], forks))
             latest = ", ".join("%s/%d %.1f s" % (name, forks, values[-1]) for (name, forks), values in samples.items())
             print("round %d: %s" % (number + 1, latest), file=sys.stderr)
-    finally:
-        if args.before:
-            os.unlink(old.name)
     print("| arm | forks | median of %d | / facts |" % args.rounds)
     print("| --- | ---: | ---: | ---: |")
     for (name, forks), values in samples.items():
@@ -98,8 +144,8 @@ def main() -> None:
         median = statistics.median(values)
         print("| %s | %d | %.1f s | %.1f |" % (name, forks, median, median / facts))
     if args.profile:
-        result = run(ARMS["site"], forks_list[-1], {"ANSIBLE_CALLBACKS_ENABLED": "ansible.posix.profile_tasks",
-                                                    "PROFILE_TASKS_TASK_OUTPUT_LIMIT": "25"})
+        result = arms["site"].run(forks_list[-1], {"ANSIBLE_CALLBACKS_ENABLED": "ansible.posix.profile_tasks",
+                                                   "PROFILE_TASKS_TASK_OUTPUT_LIMIT": "25"})
         # profile_tasks ends the run with "role : task ------ 1.23s" lines, slowest first.
         print("\n".join(line for line in result.stdout.splitlines() if re.search(r"-{3,} +[0-9.]+s$", line)))
 
