@@ -1,5 +1,6 @@
 # fediscale.mastodon: one entry point for tests, lint and the local cluster.
-#   make test                     lint, sanity, unit and plan tests, every Molecule scenario
+#   make test                     lint, sanity, unit and plan tests (also under the oldest and newest Ansible),
+#                                 every Molecule scenario
 #   make unit                     the fast loop: model, filters, plan playbook
 #   make watch                    make unit again on every save
 #   make compat                   the unit and plan tests under the oldest and newest Ansible (tools/compat.txt)
@@ -42,7 +43,7 @@ timed = start=$$(date +%s); $(2); echo "$(1) $$(( $$(date +%s) - start ))s" >> $
 .PHONY: help test unit watch compat lint sanity molecule demo demo-load bench bench-pooling clean venv collection image
 
 help:
-	@sed -n '2,14p' Makefile
+	@sed -n '2,15p' Makefile
 
 venv:
 	@$(RIG) venv
@@ -58,6 +59,7 @@ test: venv collection
 	@$(call timed,lint,$(MAKE) --no-print-directory lint)
 	@$(call timed,sanity,$(MAKE) --no-print-directory sanity)
 	@$(call timed,unit,$(MAKE) --no-print-directory unit)
+	@$(call timed,compat,$(MAKE) --no-print-directory compat)
 	@$(call timed,molecule,$(MAKE) --no-print-directory molecule)
 	@echo "== stage timings =="; cat $(TIMINGS)
 
