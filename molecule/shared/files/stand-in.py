@@ -493,6 +493,14 @@ def sidekiq(args):
             key, payload = fetched[0].decode(), fetched[1].decode()
             with lock:
                 running[me] = (key, payload, time.time())
+            # Sidekiq's Processor#fetch: a job fetched after the process was quieted or told to stop goes back
+            # to its queue at once, unrun.
+            if quiet.is_set():
+                client.rpush(key, payload)
+                log("returned %s to %s: fetched while stopping" % (json.loads(payload).get("jid"), key))
+                with lock:
+                    running.pop(me, None)
+                break
             try:
                 perform(pool, json.loads(payload))
                 client.incr("stat:processed")
@@ -524,18 +532,17 @@ def sidekiq(args):
     signal.signal(signal.SIGTERM, lambda *_signal: stopping.set())
     signal.signal(signal.SIGINT, lambda *_signal: stopping.set())
     client.ping()  # Sidekiq fails at boot when Redis is out of reach
-    for _number in range(concurrency):
-        threading.Thread(target=work, daemon=True).start()
+    workers = [threading.Thread(target=work, daemon=True) for _number in range(concurrency)]
+    for worker in workers:
+        worker.start()
     beating = threading.Thread(target=heartbeat, daemon=True)
     beating.start()
     stopping.wait()
     beating.join(5)  # its last beat must not land after the process left the set
     quiet.set()
+    # Until every thread has left, not only until none runs a job: one still waiting in BRPOP may yet fetch one.
     deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        with lock:
-            if not running:
-                break
+    while time.monotonic() < deadline and any(worker.is_alive() for worker in workers):
         time.sleep(0.2)
     with lock:
         unfinished = list(running.values())
