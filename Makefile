@@ -33,7 +33,7 @@ ALSO_WITH_VALKEY := redis sentinel
 # Molecule runs in two queues side by side: these scenarios' runs in one, every other in the second (about
 # half the time each). Runs of one scenario share container names and stay in one queue; every platform has
 # its own address.
-FIRST_QUEUE := cluster redis
+FIRST_QUEUE := cluster redis app
 export ANSIBLE_COLLECTIONS_PATH := $(COLLECTIONS)
 export PATH := $(BIN):$(PATH)
 
