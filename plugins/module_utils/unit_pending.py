@@ -41,7 +41,7 @@ def parse_show(text):
     for block in text.strip("\n").split("\n\n"):
         unit = {"EnvironmentFiles": [], "DropInPaths": []}
         for line in block.splitlines():
-            key, _, value = line.partition("=")
+            key, value = line.split("=", 1) if "=" in line else (line, "")
             if key == "EnvironmentFiles":
                 if value.strip():
                     unit[key].append(value.split(" (")[0])

@@ -7,14 +7,16 @@ module: unit_pending
 short_description: Find the changed files that running systemd units have not read yet
 version_added: 0.1.0
 description:
-  - Compares the modification times of the files each unit reads with the times systemd keeps for the unit: a
-    file newer than the unit's start (C(InactiveExitTimestamp)) is owed a restart, a file the unit re-reads on
-    reload and newer than its last state change (C(StateChangeTimestamp); a reload ends with one) is owed a reload.
+  - Compares the modification times of the files each unit reads with the times systemd keeps for the unit. A
+    file newer than the unit's start (C(InactiveExitTimestamp)) is owed a restart; a file the unit re-reads on
+    reload and newer than its last state change (C(StateChangeTimestamp), which a reload ends with) is owed a
+    reload.
   - The unit's own files (its unit file, drop-ins and C(EnvironmentFile=)s) come from systemd; O(units[].start_files)
     and O(units[].reload_files) name the files the service reads itself.
   - The roles call it after writing their files, so that a change a killed run wrote but never applied (its
     handler or restart task did not run) is applied by the next run, which finds the files already as planned.
-  - A unit that is not running owes nothing: its next start reads every file. It only reads; it never restarts.
+  - A unit that is not running owes nothing, since its next start reads every file. It only reads, and never
+    restarts anything.
 options:
   names:
     description: Units to look at, each reading O(start_files) and O(reload_files) besides the files systemd
@@ -54,7 +56,7 @@ options:
         default: []
 attributes:
   check_mode:
-    description: It only reads; in check mode the files are not written, so it finds what an earlier run left.
+    description: It only reads. In check mode the files are not written, so it finds what an earlier run left.
     support: full
   diff_mode:
     description: Nothing to diff.

@@ -510,3 +510,108 @@ def test_every_unit_comes_back_after_a_container_restart(hosts):
         for unit in managed_units(name):
             service = hosts[name].service(unit)
             assert service.is_running and service.is_enabled, (name, unit)
+
+
+# --- 5. An interrupted run ---
+
+# Where each run is killed: after the play wrote its files, before the reload or restart that applies them (a
+# handler at the end of the play, or a task further on). Each is a run an operator makes, limited to one part.
+KILL_POINTS = (
+    ("postgresql", "fediscale.mastodon.postgresql : Read the files as PostgreSQL would apply them"),
+    ("pgbouncer", "fediscale.mastodon.pgbouncer : Find process configurations the plan no longer has"),
+    ("nginx", "fediscale.mastodon.nginx : Enable and start nginx"),
+    ("sidekiq", "fediscale.mastodon.sidekiq : Write the target that holds every sidekiq process"),
+    ("web", "fediscale.mastodon.web : Write the Puma unit"),
+)
+DRILL_MARK = {"FEDISCALE_DRILL": "killed-runs"}
+
+
+def run_killed_at(host, task, *args):
+    """site.yml, killed (with everything it started on the controller) once it starts `task`; the kill follows
+    the run's own output, so a fast machine cannot finish the run first."""
+    env = dict(os.environ, ANSIBLE_NOCOLOR="1", ANSIBLE_FORCE_COLOR="0")
+    run = subprocess.Popen([PLAYBOOK, "fediscale.mastodon.site", "-i", host.backend.ansible_inventory] + list(args),
+                           env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                           start_new_session=True)
+    seen = []
+    for line in run.stdout:
+        seen.append(line)
+        if "TASK [%s]" % task in line:
+            break
+    os.killpg(run.pid, 9)
+    run.stdout.close()
+    assert run.wait() == -9, "the run ended before %s: %s" % (task, "".join(seen[-40:]))
+
+
+def process_environment(node, unit):
+    pid = node.run("systemctl show -P MainPID %s" % unit).stdout.strip()
+    return dict(item.split("=", 1) for item in node.run("tr '\\0' '\\n' < /proc/%s/environ" % pid).stdout.splitlines()
+                if "=" in item)
+
+
+def bouncer_setting(node, process, name):
+    socket_dir = process.get("socket_dir", "/run/postgresql")
+    return python(node, "import psycopg\nconn = psycopg.connect(host=%r, port=6432, dbname='pgbouncer', "
+                        "user='pgbouncer_stats', password=%r, autocommit=True, cursor_factory=psycopg.ClientCursor)\n"
+                        "print(dict((row[0], row[1]) for row in conn.execute('SHOW CONFIG')).get(%r))"
+                  % (socket_dir, STATS_PASSWORD, name)).stdout.strip()
+
+
+def sql(node, query):
+    return node.run("runuser -u postgres -- psql -XAtq -d mastodon_production -c %s" % json.dumps(query)).stdout.strip()
+
+
+def app_units(name):
+    units = REPORT["units"].get(name, {})
+    return ([units["web"]["unit"]] if units.get("web") else []) + [item["unit"] for item in units.get("streaming", [])] \
+        + [instance for item in units.get("sidekiq", []) for instance in item["instances"]]
+
+
+@DEBIAN_13_ONLY
+def test_runs_killed_between_writing_and_applying_are_finished_by_the_next_and_lose_nothing(host, hosts):
+    """A change to PostgreSQL, pgbouncer, nginx and every Mastodon unit's environment, made by runs of one part
+    each, killed after the part wrote its files and before it reloaded or restarted for them (so the files are as
+    planned and the processes run the old settings: checked); then one whole run. It applies every change the
+    killed runs left unread, from systemd's times (the unit_pending module), every unit runs, and the rows and
+    queued jobs written before are all there."""
+    db, proxy = hosts["demo-db1"], hosts["demo-proxy1"]
+    sql(db, "CREATE TABLE IF NOT EXISTS drill_rows (id int); INSERT INTO drill_rows SELECT generate_series(1, 500)")
+    redis(hosts["demo-redis1"], 6379, "RPUSH queue:drill " + " ".join(str(number) for number in range(300)))
+    work_mem = "5MB" if sql(db, "SHOW work_mem") == "4MB" else "4MB"
+    bouncers = {name: REPORT["pgbouncer"][name]["process_units"] for name in BOUNCERS}
+    max_client_conn = 7 + max(int(bouncer_setting(hosts[name], process, "max_client_conn"))
+                              for name, processes in bouncers.items() for process in processes)
+    change = json.dumps({"postgresql_work_mem": work_mem, "pgbouncer_max_client_conn": max_client_conn,
+                         "nginx_proxy_read_timeout": 121, "mastodon_environment": DRILL_MARK})
+    for tag, task in KILL_POINTS:
+        run_killed_at(host, task, "--tags", tag, "-e", change)
+
+    # Written and not applied.
+    assert "work_mem = '%s'" % work_mem in db.run("cat /etc/postgresql/*/main/conf.d/fediscale-mastodon.conf").stdout
+    assert sql(db, "SHOW work_mem") != work_mem
+    assert "proxy_read_timeout 121s" in proxy.run("cat /etc/nginx/sites-available/mastodon.conf").stdout
+    for name in HOSTS:
+        if app_units(name):
+            assert "FEDISCALE_DRILL=killed-runs" in hosts[name].run("cat /etc/mastodon/environment").stdout
+            assert "FEDISCALE_DRILL" not in process_environment(hosts[name], app_units(name)[0]), name
+    assert bouncer_setting(hosts[BOUNCERS[0]], bouncers[BOUNCERS[0]][0], "max_client_conn") != str(max_client_conn)
+
+    result = run_playbook(host, "-e", change)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+
+    assert sql(db, "SHOW work_mem") == work_mem
+    for name, processes in bouncers.items():
+        for process in processes:
+            assert bouncer_setting(hosts[name], process, "max_client_conn") == str(max_client_conn), (name, process)
+    # Every worker nginx runs now started after the site file was written (a reload starts new workers).
+    ages = proxy.run("stat -c %Y /etc/nginx/sites-available/mastodon.conf; date +%s; "
+                     "ps -o etimes= --ppid $(systemctl show -P MainPID nginx.service)").stdout.split()
+    written, now, workers = int(ages[0]), int(ages[1]), [int(age) for age in ages[2:]]
+    assert workers and all(now - age >= written for age in workers), ages
+    for name in HOSTS:
+        for unit in managed_units(name):
+            assert hosts[name].service(unit).is_running, (name, unit)
+        for unit in app_units(name):
+            assert process_environment(hosts[name], unit).get("FEDISCALE_DRILL") == "killed-runs", (name, unit)
+    assert sql(db, "SELECT count(*) FROM drill_rows") == "500"
+    assert redis(hosts["demo-redis1"], 6379, "LLEN queue:drill").stdout.strip() == "300"
