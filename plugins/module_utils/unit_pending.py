@@ -55,7 +55,8 @@ def parse_show(text):
 
 def files_systemd_reads(unit):
     """The unit's own files: its fragment, drop-ins and environment files (a leading `-` marks an optional one)."""
-    files = [unit.get("FragmentPath", "")] + unit["DropInPaths"] + [path.lstrip("-") for path in unit["EnvironmentFiles"]]
+    files = [unit.get("FragmentPath", "")] + unit["DropInPaths"] \
+        + [path.lstrip("-") for path in unit["EnvironmentFiles"]]
     return [path for path in files if path]
 
 
@@ -64,8 +65,8 @@ def pending(unit, mtimes, start_files=(), reload_files=()):
     newer than its last state change; a restart reads them too), and whether systemd must reload its unit files
     first.
 
-    `mtimes` maps a path to its modification time in microseconds since the epoch; a missing file is not owed anything. A unit that
-    is not running owes nothing: its next start reads every file.
+    `mtimes` maps a path to its modification time in microseconds since the epoch; a missing file is not owed
+    anything. A unit that is not running owes nothing: its next start reads every file.
     """
     running = unit.get("ActiveState") in RUNNING
     started = parse_timestamp(unit.get("InactiveExitTimestamp", ""))

@@ -563,7 +563,8 @@ def sql(node, query):
 
 def app_units(name):
     units = REPORT["units"].get(name, {})
-    return ([units["web"]["unit"]] if units.get("web") else []) + [item["unit"] for item in units.get("streaming", [])] \
+    web = [units["web"]["unit"]] if units.get("web") else []
+    return web + [item["unit"] for item in units.get("streaming", [])] \
         + [instance for item in units.get("sidekiq", []) for instance in item["instances"]]
 
 

@@ -54,7 +54,8 @@ def test_timestamps_keep_their_microseconds_and_never_is_none():
 
 
 def test_an_environment_written_after_the_start_is_owed_a_restart():
-    owed = pending(web(), {"/etc/mastodon/environment": STARTED + 5 * SECOND, "/etc/systemd/system/mastodon-web.service": 0})
+    owed = pending(web(), {"/etc/mastodon/environment": STARTED + 5 * SECOND,
+                           "/etc/systemd/system/mastodon-web.service": 0})
     assert owed["restart_for"] == ["/etc/mastodon/environment"] and owed["active"] and owed["enabled"]
 
 
@@ -89,7 +90,8 @@ def test_a_start_file_the_service_reads_itself_counts_like_systemds():
 
 def test_a_unit_that_does_not_run_owes_nothing_its_start_reads_everything():
     stopped = dict(web(), ActiveState="inactive")
-    owed = pending(stopped, {"/etc/mastodon/environment": STARTED + 5 * SECOND}, reload_files=["/etc/mastodon/environment"])
+    owed = pending(stopped, {"/etc/mastodon/environment": STARTED + 5 * SECOND},
+                   reload_files=["/etc/mastodon/environment"])
     assert owed["restart_for"] == [] and owed["reload_for"] == [] and not owed["active"]
     unknown = pending(parse_show(SHOWN)[1], {})
     assert unknown == {"name": "pgbouncer@2.service", "active": False, "enabled": False, "need_daemon_reload": False,
