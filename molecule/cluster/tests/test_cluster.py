@@ -37,6 +37,9 @@ STATS_PASSWORD = SECRETS["pgbouncer_stats_password"]
 HOSTS = sorted(REPORT["hosts"])
 BOUNCERS = sorted(REPORT["pgbouncer"])
 PLAYBOOK = str(Path(sys.executable).with_name("ansible-playbook"))
+# The tests' own runs use Ansible's own strategy, also where the scenario's converge ran under mitogen's
+# (tools/rig): a killed run is the default executor's.
+PLAYBOOK_ENV = dict(os.environ, ANSIBLE_NOCOLOR="1", ANSIBLE_FORCE_COLOR="0", ANSIBLE_STRATEGY="ansible.builtin.linear")
 
 # Each test picks the hosts it needs from the scenario's inventory.
 testinfra_hosts = ["ansible://demo-db1"]
@@ -78,9 +81,8 @@ def managed_units(name):
 
 
 def run_playbook(host, *args):
-    env = dict(os.environ, ANSIBLE_NOCOLOR="1", ANSIBLE_FORCE_COLOR="0")
     return subprocess.run([PLAYBOOK, "fediscale.mastodon.site", "-i", host.backend.ansible_inventory] + list(args),
-                          env=env, capture_output=True, text=True, timeout=900, check=False)
+                          env=PLAYBOOK_ENV, capture_output=True, text=True, timeout=900, check=False)
 
 
 def python(host, script):
@@ -322,9 +324,8 @@ def test_the_advisor_names_a_flooded_queue_and_its_advice_brings_the_latency_dow
     node = hosts["demo-sidekiq1"]
     node.run(FLOOD)
     time.sleep(8)
-    env = dict(os.environ, ANSIBLE_NOCOLOR="1", ANSIBLE_FORCE_COLOR="0")
     advice = subprocess.run([PLAYBOOK, "fediscale.mastodon.advise", "-i", host.backend.ansible_inventory,
-                             "-e", "advise_latency_warning_seconds=2"], env=env, capture_output=True, text=True,
+                             "-e", "advise_latency_warning_seconds=2"], env=PLAYBOOK_ENV, capture_output=True, text=True,
                             timeout=300, check=False)
     assert advice.returncode == 0, advice.stdout[-3000:] + advice.stderr[-3000:]
     verdict = re.search(r"verdict: push: latency \d+ s and growing; the budget allows (\d+) more push processes on "
@@ -529,9 +530,8 @@ DRILL_MARK = {"FEDISCALE_DRILL": "killed-runs"}
 def run_killed_at(host, task, *args):
     """site.yml, killed (with everything it started on the controller) once it starts `task`; the kill follows
     the run's own output, so a fast machine cannot finish the run first."""
-    env = dict(os.environ, ANSIBLE_NOCOLOR="1", ANSIBLE_FORCE_COLOR="0")
     run = subprocess.Popen([PLAYBOOK, "fediscale.mastodon.site", "-i", host.backend.ansible_inventory] + list(args),
-                           env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                           env=PLAYBOOK_ENV, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                            start_new_session=True)
     seen = []
     for line in run.stdout:
