@@ -16,7 +16,7 @@ description:
   - The roles call it after writing their files, so that a change a killed run wrote but never applied (its
     handler or restart task did not run) is applied by the next run, which finds the files already as planned.
   - A unit that is not running owes nothing, since its next start reads every file. It only reads, and never
-    restarts anything.
+    restarts anything; in check mode the roles' files are not written, so it finds what an earlier run left.
 options:
   names:
     description: Units to look at, each reading O(start_files) and O(reload_files) besides the files systemd
@@ -54,13 +54,8 @@ options:
         type: list
         elements: path
         default: []
-attributes:
-  check_mode:
-    description: It only reads. In check mode the files are not written, so it finds what an earlier run left.
-    support: full
-  diff_mode:
-    description: Nothing to diff.
-    support: none
+extends_documentation_fragment:
+  - fediscale.mastodon.live_check
 author:
   - fediscale.mastodon contributors (@fediscale)
 """
