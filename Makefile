@@ -70,7 +70,7 @@ unit: venv collection
 compat: venv
 	@$(RIG) compat
 
-# The same, and ansible-test sanity under each (not in make test: about four minutes more).
+# The same, and ansible-test sanity under each (not in make test: several minutes more).
 compat-sanity: venv
 	@COMPAT_SANITY=1 $(RIG) compat
 
