@@ -365,10 +365,10 @@ def scale_push_by_the_advice_and_pull_down(host, hosts, node, applied):
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     after = read_queue(hosts, "push")
     assert after["processes"] == instances and not after["growing"], after
-    # Compared with the reading before the run: once the new processes drained the queue both of the after
-    # reading's samples can be 0. The flood still runs, so the queue did not empty by itself.
-    assert after["latency"] < before["latency"], (before, after)
-    assert node.run("pgrep -f 'demo_load.py flood'").rc == 0
+    # Falling while the flood still runs (the backlog of the run's minutes drains), or already drained: under
+    # the advisor's line of 2 s, where both samples can be 0.
+    assert after["latency"] < after["latency_before"] or after["latency"] < 2, (before, after)
+    assert node.run("pgrep -f 'demo_load.py flood'").rc == 0, "the flood ended before the latency was read"
 
     listed = node.run("systemctl list-units --all --plain --no-legend 'mastodon-sidekiq-pull@*.service'").stdout
     running = [line.split()[0] for line in listed.splitlines() if node.service(line.split()[0]).is_running]
