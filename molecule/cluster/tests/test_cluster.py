@@ -328,10 +328,14 @@ def test_the_advisor_names_a_flooded_queue_and_its_advice_brings_the_latency_dow
         scale_push_by_the_advice_and_pull_down(host, hosts, node, applied)
     finally:
         node.run("pkill -f 'demo_load.py flood'")
-        # Back to the inventory's numbers, after a failure too (later tests count these units): scaling up
-        # starts the pull processes again, the extra push process goes.
+        # After a failure too: later tests count these units.
         if "tags" in applied:
-            result = run_playbook(host, "--tags", applied["tags"])
+            back_to_the_inventorys_numbers(host, node, applied["tags"])
+
+
+def back_to_the_inventorys_numbers(host, node, tags):
+    """Scaling up starts the pull processes again, the extra push process goes."""
+    result = run_playbook(host, "--tags", tags)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     for number in (1, 2, 3):
         service = node.service("mastodon-sidekiq-pull@%d.service" % number)
