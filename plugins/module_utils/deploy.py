@@ -43,9 +43,10 @@ def postgresql_listen_backlog(max_connections: int) -> int:
 
 
 def postgresql_hosts(cluster: Dict[str, Any], servers: Dict[str, Any], hosts: Dict[str, Dict[str, Any]],
-                     app_hosts: List[str], sslmodes: Dict[str, Optional[str]]) -> Dict[str, Dict[str, Any]]:
-    """What the postgresql role writes on each database host: settings, and who may connect and how (clients on
-    another host over TLS when their sslmode encrypts)."""
+                     app_hosts: List[str], sslmodes: Dict[str, Optional[str]],
+                     backups: Dict[str, Any]) -> Dict[str, Dict[str, Any]]:
+    """What the postgresql role writes on each database host: settings (archiving when it backs up), and who may
+    connect and how (clients on another host over TLS when their sslmode encrypts)."""
     result = {}
     for role, server in servers.items():
         settings = dict(pgtune.formatted(server["tuning"]),
@@ -56,6 +57,8 @@ def postgresql_hosts(cluster: Dict[str, Any], servers: Dict[str, Any], hosts: Di
         if role == "replica" and server["limits_from"] == "inventory":
             settings.update(replication.standby_settings(servers["primary"], server, sslmodes["primary"],
                                                          tls.CA_FILE))
+        if backups.get(server["host"]):
+            settings.update(backups[server["host"]]["settings"])
         encrypted = sslmodes[role] not in (None, "disable")
         if encrypted and server["limits_from"] == "inventory":
             settings.update(ssl="on", ssl_cert_file=tls.CERTIFICATE_FILE, ssl_key_file=tls.KEY_FILE)
@@ -71,6 +74,7 @@ def postgresql_hosts(cluster: Dict[str, Any], servers: Dict[str, Any], hosts: Di
             # peer, over the socket, as the system user of Mastodon's role name.
             "local_peer": server["host"] in app_hosts,
             "replication": replication_of(role, servers, sslmodes["primary"]),
+            "backup": backups.get(server["host"]),
             # Raised only past the kernel's default, never lowered.
             "somaxconn": max(postgresql_listen_backlog(server["max_connections"]), KERNEL_SOMAXCONN)
             if postgresql_listen_backlog(server["max_connections"]) > KERNEL_SOMAXCONN else None,

@@ -11,7 +11,7 @@ from __future__ import annotations
 from typing import Any, Dict
 
 from ansible_collections.fediscale.mastodon.plugins.module_utils import (
-    adoption, connections, deploy, firewall, mastodon, media, tls,
+    adoption, backups, connections, deploy, firewall, mastodon, media, tls,
 )
 from ansible_collections.fediscale.mastodon.plugins.module_utils.redis_plan import plan_redis
 from ansible_collections.fediscale.mastodon.plugins.module_utils.schema import PlanInputError, parse_description
@@ -37,6 +37,8 @@ def compute(description: Any) -> Dict[str, Any]:
     processes, clients = connections.processes_and_clients(cluster, hosts, servers)
     direct = mastodon.direct_connections(cluster["direct_connections"], cluster["tootctl_concurrency"],
                                          "mastodon.direct_connections")
+    backup = backups.plan_backups(servers, hosts)
+    backups.add_direct_connections(direct, backup, cluster["direct_connections"])
     bouncers = connections.allocate_pgbouncers(hosts, clients, servers, sum(direct.values()))
     server_reports = connections.server_reports(servers, hosts, bouncers, clients, direct,
                                                 connections.headroom_concurrency(processes))
@@ -56,7 +58,7 @@ def compute(description: Any) -> Dict[str, Any]:
     deploy.add_pgbouncer_listeners(bouncers, cluster, servers, encryption["sslmode"])
     units = {host: deploy.app_units([row for row in processes if row["host"] == host], bouncers.get(host))
              for host in app_hosts}
-    postgresql = deploy.postgresql_hosts(cluster, servers, hosts, app_hosts, encryption["sslmode"])
+    postgresql = deploy.postgresql_hosts(cluster, servers, hosts, app_hosts, encryption["sslmode"], backup)
     return {
         "mastodon": cluster,
         "servers": server_reports,
@@ -67,6 +69,7 @@ def compute(description: Any) -> Dict[str, Any]:
         "redis": redis,
         "nginx": nginx,
         "postgresql": postgresql,
+        "backups": backup,
         "firewall": firewall.plan_firewall(cluster, hosts, app_hosts, redis, nginx, units, binds, postgresql),
         "tls": encryption,
         "media": media.report(cluster, hosts),

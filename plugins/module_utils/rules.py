@@ -1201,3 +1201,52 @@ def firewall_client_without_address(report: Report) -> Iterator[Finding]:
             "address: nftables matches addresses, so the firewall would cut it off" % _client_edges(report, client),
             "set mastodon_address to the IP address the other hosts see it at, or mastodon_firewall: auto to leave "
             "every listener open to the network until each host has one")
+
+
+# --- backups ---
+
+def _backups(report: Report) -> Iterator[tuple]:
+    for host, plan in sorted(report["backups"].items()):
+        if plan:
+            yield host, plan
+
+
+@rule("backup-archive-without-repository")
+def backup_archive_without_repository(report: Report) -> Iterator[Finding]:
+    for host, plan in _backups(report):
+        if not plan["repo_path"]:
+            yield finding(
+                "backup-archive-without-repository", ERROR, host, "pgbackrest",
+                "pgbackrest_archive is on but no repository is given: every archive_command would fail, and "
+                "PostgreSQL keeps each unarchived WAL segment in pg_wal until its disk is full",
+                "set pgbackrest_repo_path to the repository's directory (best the mount of another disk or of "
+                "network storage), or pgbackrest_archive: false")
+
+
+@rule("backup-retention-shorter-than-full-interval")
+def backup_retention_shorter_than_full_interval(report: Report) -> Iterator[Finding]:
+    for host, plan in _backups(report):
+        if plan["retention_days"] < plan["full_interval_days"]:
+            yield finding(
+                "backup-retention-shorter-than-full-interval", ERROR, host, "pgbackrest",
+                "pgbackrest_retention_days is %d but full backups come every %d days (pgbackrest_full_backups: "
+                "%s): pgBackRest keeps a full backup until a newer one is %d days old, so the repository holds up "
+                "to %d days of backups and WAL, not the %d asked for, and storage sized for them runs short"
+                % (plan["retention_days"], plan["full_interval_days"], plan["full_backups"], plan["retention_days"],
+                   plan["retention_days"] + plan["full_interval_days"], plan["retention_days"]),
+                "raise pgbackrest_retention_days to %d or more, or set pgbackrest_full_backups: daily"
+                % plan["full_interval_days"],
+                retention_days=plan["retention_days"], full_interval_days=plan["full_interval_days"])
+
+
+@rule("backup-repository-beside-data")
+def backup_repository_beside_data(report: Report) -> Iterator[Finding]:
+    for host, plan in _backups(report):
+        path = plan["repo_path"]
+        root = plan["data_directory"].rsplit("/", 2)[0]
+        if path and (path == root or path.startswith(root + "/")):
+            yield finding(
+                "backup-repository-beside-data", WARNING, host, "pgbackrest",
+                "the repository %s is under %s, on the data directory's disk: one disk failure loses the "
+                "database and its backups" % (path, root),
+                "put pgbackrest_repo_path on another disk or on network storage mounted on this host")

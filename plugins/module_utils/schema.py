@@ -727,6 +727,23 @@ NGINX = {
 }
 
 
+PGBACKREST = {
+    "archive": Field(parse_bool, False, "WAL archiving and scheduled backups of this server with pgBackRest"),
+    "repo_path": Field(optional(absolute_path), None,
+                       "the repository: a directory on this host, best the mount of another disk or of network "
+                       "storage (a restore on another host reads it there)"),
+    "retention_days": Field(integer(1, 3650), 14,
+                            "days of backups, and of the WAL to replay them, kept: how far back a restore reaches"),
+    "full_backups": Field(choice("weekly", "daily"), "weekly",
+                          "weekly (Sunday, differential backups on the other days) or daily"),
+    "process_max": Field(integer(1, 64), 1, "processes that copy and compress files during a backup"),
+    "archive_timeout": Field(integer(60, 86400), 300,
+                             "PostgreSQL's archive_timeout: seconds of writes that may wait unarchived; the live "
+                             "checks warn when the last archived segment is older than twice this"),
+    "backup_max_age_hours": Field(integer(1, 8760), 36, "the live checks warn when the last backup is older"),
+}
+
+
 class Section(NamedTuple):
     fields: Dict[str, Field]
     group: Optional[str]  # the inventory group that brings the section; None: every host, or app hosts
@@ -742,9 +759,10 @@ HOST_SECTIONS = {
     "sidekiq": Section(SIDEKIQ, "sidekiq", "sidekiq_"),
     "pgbouncer": Section(PGBOUNCER, None, "pgbouncer_"),
     "nginx": Section(NGINX, "proxy", "nginx_"),
+    "pgbackrest": Section(PGBACKREST, "db", "pgbackrest_"),
 }
 APP_SECTIONS = ("web", "streaming", "sidekiq")
-GROUPS = tuple(section.group for section in HOST_SECTIONS.values() if section.group)
+GROUPS = tuple(dict.fromkeys(section.group for section in HOST_SECTIONS.values() if section.group))
 # Settings that would send a pgbouncer host's Mastodon processes around their pgbouncer.
 DATABASE_ENDPOINT_SETTINGS = ("DB_HOST", "DB_PORT", "DATABASE_URL", "REPLICA_DB_HOST", "REPLICA_DB_PORT",
                               "REPLICA_DATABASE_URL")
@@ -817,6 +835,11 @@ def parse_description(description: Any) -> Dict[str, Any]:
                 parsed[section] = parse_section(sections[section], spec.fields, host_where(name, section))
         if any(section in parsed for section in APP_SECTIONS) and "pgbouncer" not in parsed:
             parsed["pgbouncer"] = parse_section({}, PGBOUNCER, host_where(name, "pgbouncer"))
+        if "pgbackrest" in parsed and "postgresql" not in parsed:
+            raise PlanInputError(host_where(name, "pgbackrest"), "describes a database host's backups, and this "
+                                 "host has no postgresql section", "move it to the db host, or remove it")
+        if "postgresql" in parsed and "pgbackrest" not in parsed:
+            parsed["pgbackrest"] = parse_section({}, PGBACKREST, host_where(name, "pgbackrest"))
         _check_pgbouncer_not_bypassed(name, parsed)
         _versions_from_release(name, parsed)
         result["hosts"][str(name)] = parsed

@@ -23,6 +23,7 @@ ROLE_OPTIONS = frozenset((
     "nginx_server_name",
     "nginx_tls_certificate",
     "nginx_tls_certificate_key",
+    "pgbackrest_repo_cipher_pass",
     "pgbouncer_mastodon_secret",
     "pgbouncer_stats_password",
     "pgbouncer_stats_user",

@@ -25,7 +25,7 @@ def test_sections_follow_groups_and_prefixes():
     }
     description = description_from_inventory(hostvars, GROUPS, role_variables=["redis_password"])
     assert description["mastodon"] == {"version": "4.5"}
-    assert description["hosts"]["db1"] == {"mastodon": {}, "postgresql": {"ram": "8GB"}}
+    assert description["hosts"]["db1"] == {"mastodon": {}, "postgresql": {"ram": "8GB"}, "pgbackrest": {}}
     assert description["hosts"]["app1"] == {
         "mastodon": {}, "web": {"concurrency": 3}, "sidekiq": {"queues": [{"queue": "pull"}]},
         "pgbouncer": {"enabled": False}}

@@ -1266,3 +1266,46 @@ class TestFirewallClientWithoutAddress:
         for index, host in enumerate(sorted(description["hosts"])):
             description["hosts"][host]["mastodon"] = {"address": "10.0.0.%d" % (10 + index)}
         assert found(description, "firewall-client-without-address") == []
+
+
+# --- backups ---
+
+def archiving(**section):
+    return cluster(hosts__db1__pgbackrest=dict({"archive": True, "repo_path": "/srv/pgbackrest"}, **section))
+
+
+class TestBackupArchiveWithoutRepository:
+    def test_archive_without_a_repository_is_an_error_naming_the_fix(self):
+        [item] = found(archiving(repo_path=None), "backup-archive-without-repository")
+        assert item["severity"] == "error" and item["host"] == "db1" and item["service"] == "pgbackrest"
+        assert "keeps each unarchived WAL segment in pg_wal" in item["message"]
+        assert "set pgbackrest_repo_path" in item["hint"]
+
+    def test_a_repository_or_no_archive_is_fine(self):
+        assert found(archiving(), "backup-archive-without-repository") == []
+        assert found(cluster(hosts__db1__pgbackrest={"archive": False}), "backup-archive-without-repository") == []
+
+
+class TestBackupRetentionShorterThanFullInterval:
+    def test_three_days_with_weekly_fulls_is_an_error_with_the_numbers(self):
+        [item] = found(archiving(retention_days=3), "backup-retention-shorter-than-full-interval")
+        assert item["severity"] == "error" and item["host"] == "db1"
+        assert item["numbers"] == {"retention_days": 3, "full_interval_days": 7}
+        assert "up to 10 days of backups and WAL, not the 3 asked for" in item["message"]
+        assert "raise pgbackrest_retention_days to 7 or more" in item["hint"]
+
+    def test_daily_fulls_allow_a_short_retention(self):
+        assert found(archiving(retention_days=3, full_backups="daily"),
+                     "backup-retention-shorter-than-full-interval") == []
+        assert found(archiving(retention_days=7), "backup-retention-shorter-than-full-interval") == []
+
+
+class TestBackupRepositoryBesideData:
+    def test_a_repository_under_the_data_root_is_a_warning(self):
+        [item] = found(archiving(repo_path="/var/lib/postgresql/backups"), "backup-repository-beside-data")
+        assert item["severity"] == "warning" and item["host"] == "db1"
+        assert "/var/lib/postgresql/backups is under /var/lib/postgresql" in item["message"]
+        assert "another disk" in item["hint"]
+
+    def test_another_path_is_fine(self):
+        assert found(archiving(repo_path="/var/lib/postgresql-backups"), "backup-repository-beside-data") == []

@@ -1,0 +1,85 @@
+# Copyright (c) fediscale.mastodon contributors
+# GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
+"""Backups with pgBackRest: what the primary archives and backs up, where to, on which schedule, and what the
+budget counts for it.
+
+Measured on Debian 13 (pgBackRest 2.55, PostgreSQL 17, ``pg_stat_activity`` sampled every 0.2 s): a backup holds
+one connection to the server it copies for its whole run (``pgBackRest [backup]``) whatever its
+``process-max`` (the extra processes copy files, they do not log in) and uses no WAL sender; ``archive-push``
+opens no connection; ``check`` and ``stanza-create`` hold one while they run.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Dict, Optional
+
+from ansible_collections.fediscale.mastodon.plugins.module_utils.schema import PlanInputError, host_where
+
+STANZA = "mastodon"
+# A backup (the timer's, or one an operator starts) and a check or stanza-create meanwhile (a run of site.yml,
+# the live checks): pgBackRest's own lock lets one backup run at a time.
+PGBACKREST_CONNECTIONS = 2
+CONFIG_FILE = "/etc/pgbackrest.conf"
+# A repository under the data directory's parent shares its disk: one failure loses the data and its backups.
+POSTGRESQL_DATA_ROOT = "/var/lib/postgresql"
+FULL_INTERVAL_DAYS = {"weekly": 7, "daily": 1}
+# systemd calendar events; the differential backups fill the days between the full ones, at the same hour, so
+# the two never run at once.
+BACKUP_TIME = "01:00:00"
+CALENDARS = {
+    "weekly": {"full": "Sun *-*-* " + BACKUP_TIME, "diff": "Mon..Sat *-*-* " + BACKUP_TIME},
+    "daily": {"full": "*-*-* " + BACKUP_TIME},
+}
+
+
+def archive_command(stanza: str = STANZA) -> str:
+    return "pgbackrest --stanza=%s archive-push %%p" % stanza
+
+
+def plan_backups(servers: Dict[str, Dict[str, Any]], hosts: Dict[str, Dict[str, Any]]) -> Dict[str, Any]:
+    """Each database host's backup plan (None where it does not archive)."""
+    result: Dict[str, Optional[Dict[str, Any]]] = {}
+    for role, server in sorted(servers.items()):
+        host = server["host"]
+        section = hosts[host]["pgbackrest"]
+        where = host_where(host, "pgbackrest")
+        if not section["archive"]:
+            result[host] = None
+            continue
+        if role != "primary":
+            raise PlanInputError(where + ".archive", "is on for the replica, which archives nothing with "
+                                 "archive_mode on and takes its WAL from the primary",
+                                 "set pgbackrest_archive: true on the primary (%s) and leave it off here"
+                                 % servers["primary"]["host"])
+        if server["limits_from"] == "live":
+            raise PlanInputError(where + ".archive", "is on for a server the postgresql role does not manage "
+                                 "(postgresql_limits_from: live), whose archive_command the collection cannot set",
+                                 "set up its backups where it is managed, or let the postgresql role manage it")
+        result[host] = {
+            "stanza": STANZA,
+            "config_file": CONFIG_FILE,
+            "repo_path": section["repo_path"],
+            "retention_days": section["retention_days"],
+            "full_backups": section["full_backups"],
+            "full_interval_days": FULL_INTERVAL_DAYS[section["full_backups"]],
+            "calendars": CALENDARS[section["full_backups"]],
+            "process_max": section["process_max"],
+            "archive_timeout": section["archive_timeout"],
+            "backup_max_age_hours": section["backup_max_age_hours"],
+            "data_directory": "%s/%d/main" % (POSTGRESQL_DATA_ROOT, server["version"]),
+            "settings": {"archive_mode": "on", "archive_command": archive_command(),
+                         "archive_timeout": section["archive_timeout"]},
+        }
+    return result
+
+
+def add_direct_connections(direct: Dict[str, int], backups: Dict[str, Any], given: Dict[str, Any]) -> None:
+    """pgBackRest's connections to the primary, counted beside migrations and tootctl."""
+    if not any(backups.values()):
+        return
+    if "pgbackrest" in given:
+        raise PlanInputError("mastodon.direct_connections.pgbackrest",
+                             "is counted by the plan when the primary archives with pgBackRest (%d: a backup and "
+                             "a check at once)" % PGBACKREST_CONNECTIONS,
+                             "remove pgbackrest from mastodon_direct_connections")
+    direct["pgbackrest"] = PGBACKREST_CONNECTIONS

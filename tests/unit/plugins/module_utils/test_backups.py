@@ -1,0 +1,87 @@
+"""plugins/module_utils/backups.py: what the primary archives and backs up, and what the budget counts for it."""
+
+import pytest
+
+from ansible_collections.fediscale.mastodon.plugins.module_utils import backups, model
+from ansible_collections.fediscale.mastodon.plugins.module_utils.schema import PlanInputError
+
+from ...clusters import cluster
+
+
+def archiving(**section):
+    return cluster(hosts__db1__pgbackrest=dict({"archive": True, "repo_path": "/srv/pgbackrest"}, **section))
+
+
+def error_of(description):
+    with pytest.raises(PlanInputError) as caught:
+        model.compute(description)
+    return str(caught.value)
+
+
+def test_no_archive_no_backups_and_nothing_counted():
+    report = model.compute(cluster())
+    assert report["backups"] == {"db1": None}
+    assert "pgbackrest" not in report["direct_connections"]
+    assert "archive_mode" not in report["postgresql"]["db1"]["settings"]
+
+
+def test_the_primary_archives_into_its_stanza_with_weekly_fulls():
+    report = model.compute(archiving())
+    plan = report["backups"]["db1"]
+    assert plan["stanza"] == "mastodon" and plan["repo_path"] == "/srv/pgbackrest"
+    assert plan["calendars"] == {"full": "Sun *-*-* 01:00:00", "diff": "Mon..Sat *-*-* 01:00:00"}
+    assert plan["data_directory"] == "/var/lib/postgresql/17/main"
+    assert report["postgresql"]["db1"]["backup"] == plan
+    settings = report["postgresql"]["db1"]["settings"]
+    assert (settings["archive_mode"], settings["archive_command"], settings["archive_timeout"]) == (
+        "on", "pgbackrest --stanza=mastodon archive-push %p", 300)
+
+
+def test_daily_fulls_have_no_differential_timer():
+    assert model.compute(archiving(full_backups="daily"))["backups"]["db1"]["calendars"] == {
+        "full": "*-*-* 01:00:00"}
+
+
+def test_a_backup_and_a_check_are_counted_on_the_primary():
+    before = model.compute(cluster())["servers"]["primary"]["total"]
+    report = model.compute(archiving())
+    assert report["direct_connections"]["pgbackrest"] == backups.PGBACKREST_CONNECTIONS == 2
+    assert report["servers"]["primary"]["total"] == before + 2
+
+
+def test_pgbackrest_in_the_direct_connections_is_refused_when_the_plan_counts_it():
+    message = error_of(dict(archiving(), mastodon=dict(cluster()["mastodon"],
+                                                       direct_connections={"pgbackrest": 1})))
+    assert message.startswith("mastodon.direct_connections.pgbackrest: is counted by the plan")
+    assert "remove pgbackrest from mastodon_direct_connections" in message
+
+
+def test_the_replica_archiving_is_refused():
+    description = cluster(hosts__db2={"postgresql": {"role": "replica", "ram": "16GB"},
+                                      "pgbackrest": {"archive": True, "repo_path": "/srv/pgbackrest"}})
+    message = error_of(description)
+    assert message.startswith("host db2, pgbackrest.archive: is on for the replica")
+    assert "set pgbackrest_archive: true on the primary (db1)" in message
+
+
+def test_a_server_with_live_limits_is_refused():
+    message = error_of(dict(archiving(), hosts=dict(archiving()["hosts"], db1={
+        "postgresql": {"ram": "16GB", "limits_from": "live"},
+        "pgbackrest": {"archive": True, "repo_path": "/srv/pgbackrest"}})))
+    assert "postgresql_limits_from: live" in message
+
+
+def test_backup_settings_without_a_database_are_refused():
+    message = error_of(cluster(hosts__web1__pgbackrest={"archive": True}))
+    assert message.startswith("host web1, pgbackrest: describes a database host's backups")
+
+
+@pytest.mark.parametrize("key, value, expected", [
+    ("retention_days", 0, "must be from 1 to 3650"),
+    ("full_backups", "hourly", "hourly"),
+    ("repo_path", "backups", "backups"),
+    ("archive_timeout", 10, "must be from 60 to 86400"),
+])
+def test_bad_values_name_the_variable(key, value, expected):
+    message = error_of(archiving(**{key: value}))
+    assert message.startswith("host db1, pgbackrest.%s:" % key) and expected in message
