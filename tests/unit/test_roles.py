@@ -13,7 +13,10 @@ ROLES = sorted(path for path in (Path(__file__).resolve().parents[2] / "roles").
 @pytest.mark.parametrize("role", ROLES, ids=[role.name for role in ROLES])
 def test_defaults_mirror_argument_specs(role):
     defaults = yaml.safe_load((role / "defaults" / "main.yml").read_text()) or {}
-    options = yaml.safe_load((role / "meta" / "argument_specs.yml").read_text())["argument_specs"]["main"]["options"]
+    # Defaults serve every entry point (main, and tasks_from ones such as the pgbackrest role's restore).
+    options = {}
+    for entry in yaml.safe_load((role / "meta" / "argument_specs.yml").read_text())["argument_specs"].values():
+        options.update(entry.get("options") or {})
     assert set(defaults) <= set(options), "defaults without argument spec"
     for name, spec in options.items():
         assert name.startswith(role.name + "_"), "%s is not prefixed with the role name" % name

@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 
 import pytest
+import yaml
 
 PASSWORD = "molecule-test-only"
 STATS_PASSWORD = "molecule-stats-only"
@@ -811,3 +812,132 @@ def test_rails_like_prepared_statements_through_pgbouncer_that_tracks_them(app, 
     assert list(tracked["errors"]) == [
         "ERROR:  current transaction is aborted, commands ignored until end of transaction block"]
     assert results["the same, no cache eviction"]["failed"] == 0
+
+
+# --- backups (pgBackRest) and a point-in-time restore on another host ---
+
+BACKUP = REPORT["backups"]["database-db"]
+SCENARIO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def restore_target(host):
+    return other(host, "database-restore")
+
+
+def pgbackrest_info(host):
+    run = host.run("runuser -u postgres -- pgbackrest --stanza=%s --output=json info" % BACKUP["stanza"])
+    assert run.rc == 0, run.stderr
+    return json.loads(run.stdout)[0]
+
+
+def test_the_primary_archives_and_only_postgres_reads_the_passphrase(db):
+    config = db.file(BACKUP["config_file"])
+    assert (config.user, config.group, config.mode) == ("root", "postgres", 0o640)
+    assert "repo1-cipher-pass=" in db.run("cat %s" % BACKUP["config_file"]).stdout
+    repository = db.file(BACKUP["repo_path"])
+    assert (repository.user, repository.mode) == ("postgres", 0o750)
+    assert pgbackrest_info(db)["status"]["code"] == 0
+    # Encrypted: the repository's own files cannot be read without the passphrase.
+    assert "[backrest]" not in db.run("cat %s/archive/%s/archive.info" % (BACKUP["repo_path"], BACKUP["stanza"])).stdout
+
+
+def test_backup_timers_run_on_the_plans_calendar(db):
+    for kind, calendar in BACKUP["calendars"].items():
+        timer = "pgbackrest-backup-%s.timer" % kind
+        assert db.service(timer).is_enabled and db.service(timer).is_running, timer
+        normalized = re.search(r"Normalized form: (.+)", db.run("systemd-analyze calendar '%s'" % calendar).stdout)
+        shown = db.run("systemctl show -p TimersCalendar --value %s" % timer).stdout
+        assert "OnCalendar=%s ;" % normalized.group(1).strip() in shown, (timer, shown)
+
+
+def test_backup_units_score_no_worse_than_mastodons_own(db):
+    # The production form: the unit without the container's PrivateUsers relaxation.
+    for kind in BACKUP["calendars"]:
+        db.run("cp /etc/systemd/system/pgbackrest-backup-%s.service /tmp/score-backup.service" % kind)
+        assert exposure(db, "/tmp/score-backup.service") <= 1.5, kind
+
+
+def restore_inventory(db, directory):
+    """The inventory of an operator whose primary is lost: database-restore is now the db host, with the
+    primary's settings and the repository mounted at the same path."""
+    hosts = json.loads(subprocess.run(
+        [str(Path(sys.executable).with_name("ansible-inventory")), "-i", db.backend.ansible_inventory, "--list"],
+        capture_output=True, text=True, check=True).stdout)["_meta"]["hostvars"]
+    connection = ("ansible_connection", "ansible_host")
+
+    def host_vars(name, as_name=None):
+        found = {key: value for key, value in hosts[as_name or name].items() if key in connection}
+        found["ansible_host"] = name
+        return found
+
+    primary = dict(yaml.safe_load((SCENARIO / "host_vars" / "database-db.yml").read_text()),
+                   mastodon_address="172.30.42.205", **host_vars("database-restore", "database-db"))
+    app = dict(yaml.safe_load((SCENARIO / "host_vars" / "database-app.yml").read_text()), **host_vars("database-app"))
+    inventory = {"all": {"children": {"db": {"hosts": {"database-restore": primary}}},
+                         "hosts": {}}}
+    for group in ("web", "streaming", "sidekiq"):
+        inventory["all"]["children"][group] = {"hosts": {"database-app": app}}
+    (directory / "group_vars").symlink_to(SCENARIO / "group_vars")
+    (directory / "inventory.yml").write_text(json.dumps(inventory))
+    return str(directory / "inventory.yml")
+
+
+def restore(inventory, target_time):
+    env = dict(os.environ, ANSIBLE_NOCOLOR="1", ANSIBLE_FORCE_COLOR="0")
+    return subprocess.run([str(Path(sys.executable).with_name("ansible-playbook")), "fediscale.mastodon.restore",
+                           "-i", inventory, "-e", json.dumps({"pgbackrest_restore_target_time": target_time})],
+                          env=env, capture_output=True, text=True, timeout=1200, check=False)
+
+
+def test_a_point_in_time_restore_on_another_host_brings_back_a_dropped_table(db, restore_target, tmp_path):
+    psql(db, "DROP TABLE IF EXISTS backup_probe; CREATE TABLE backup_probe (id int PRIMARY KEY); "
+             "INSERT INTO backup_probe SELECT generate_series(1, 100)")
+    # The full backup's own unit, as its timer starts it, with pgBackRest's connections sampled meanwhile.
+    sampled = db.run(
+        "(while :; do runuser -u postgres -- psql -XAtc \"SELECT count(*) FROM pg_stat_activity "
+        "WHERE application_name LIKE 'pgBackRest%'\"; sleep 0.1; done) > /tmp/pgbackrest-connections 2>&1 & "
+        "sampler=$!; systemctl start pgbackrest-backup-full.service; rc=$?; kill $sampler; exit $rc")
+    assert sampled.rc == 0, db.run("journalctl -u pgbackrest-backup-full.service --no-pager | tail -20").stdout
+    counts = [int(line) for line in db.run("cat /tmp/pgbackrest-connections").stdout.split() if line.isdigit()]
+    assert counts and 1 <= max(counts) <= REPORT["direct_connections"]["pgbackrest"], counts
+    backups = pgbackrest_info(db)["backup"]
+    assert backups[-1]["type"] == "full" and backups[-1]["error"] is False
+
+    psql(db, "INSERT INTO backup_probe SELECT generate_series(101, 150)")
+    time.sleep(1.5)
+    target_time = psql(db, "SELECT now()").stdout.strip()
+    time.sleep(1.5)
+    psql(db, "DROP TABLE backup_probe")
+    # The segment with the drop is archived now, not at archive_timeout: the restore replays past the target.
+    switched = psql(db, "SELECT pg_walfile_name(pg_switch_wal())").stdout.strip()
+    for _ in range(60):
+        if psql(db, "SELECT last_archived_wal >= '%s' FROM pg_stat_archiver" % switched).stdout.strip() == "t":
+            break
+        time.sleep(1)
+    else:
+        pytest.fail("segment %s was not archived in 60 s" % switched)
+
+    inventory = restore_inventory(db, tmp_path)
+    run = restore(inventory, target_time)
+    assert run.returncode == 0, run.stdout[-4000:]
+    assert psql(restore_target, "SELECT pg_is_in_recovery()").stdout.strip() == "f"
+    assert psql(restore_target, "SELECT count(*), max(id) FROM backup_probe").stdout.strip() == "150|150"
+    # Mastodon's role and database came back with it, and the plan's settings are live.
+    assert psql(restore_target, "SELECT count(*) FROM pg_database WHERE datname = 'mastodon_production'"
+                ).stdout.strip() == "1"
+    for name in ("archive_mode", "archive_command", "max_connections"):
+        assert str(live_setting(restore_target, name)) == str(SERVER["settings"][name]), name
+    # The new timeline has its own full backup, beside the primary's.
+    backups = pgbackrest_info(restore_target)["backup"]
+    assert len(backups) >= 2 and backups[-1]["type"] == "full" and backups[-1]["error"] is False
+    assert backups[-1]["archive"]["start"][:8] == "00000002"
+    # Archiving never failed on the primary, before or after the stanza was created.
+    assert psql(db, "SELECT failed_count FROM pg_stat_archiver").stdout.strip() == "0"
+
+    # A second restore would replace a running server with Mastodon's database: refused, nothing changed.
+    again = restore(inventory, target_time)
+    assert again.returncode != 0
+    assert "PostgreSQL runs here with Mastodon's database" in again.stdout
+    assert set(re.findall(r"changed=(\d+)", again.stdout.split("PLAY RECAP", 1)[1])) == {"0"}
+    assert psql(restore_target, "SELECT count(*) FROM backup_probe").stdout.strip() == "150"
