@@ -285,3 +285,69 @@ def replication_findings(replication: Dict[str, Any], replica_slots: List[str],
                                      % (slot, lag, max_lag_seconds), lag_hint, slot=slot, lag=lag,
                                      limit=max_lag_seconds))
     return findings
+
+
+def _hours(seconds: float) -> str:
+    return "%.1f h" % (seconds / 3600.0)
+
+
+def backup_findings(backup: Dict[str, Any], plan: Dict[str, Any]) -> List[Dict[str, Any]]:
+    """Findings on a server's backups (``backup``: what the postgres_connections module read; ``plan``: the
+    plan's ``backups`` entry for the host). Archiving that fails loses the point-in-time window from then on;
+    a backup or archive older than the plan's thresholds means a timer or the repository stopped working."""
+    findings = []
+    archiver = backup["archiver"]
+    if archiver["failing"]:
+        findings.append(_finding(
+            "live-backup-archive-failing", "error",
+            "archive_command fails: the last attempt, for %s, failed after the last success (%s failures in all); "
+            "PostgreSQL keeps every unarchived segment in pg_wal" % (archiver["last_failed_wal"],
+                                                                     archiver["failed_count"]),
+            "read PostgreSQL's log and /var/log/pgbackrest: the repository unreachable or full, or a passphrase "
+            "that does not open it", failed_count=archiver["failed_count"]))
+    waiting = backup["ready_segments"]
+    limit = 2 * plan["archive_timeout"]
+    if waiting["count"] and waiting["oldest_age_seconds"] > limit:
+        findings.append(_finding(
+            "live-backup-archive-behind", "warning",
+            "%d WAL segments wait to be archived, the oldest for %d s (more than twice archive_timeout, %d s)"
+            % (waiting["count"], waiting["oldest_age_seconds"], plan["archive_timeout"]),
+            "a restore would miss the writes in them: see whether the repository keeps up (its disk, its network)",
+            segments=waiting["count"], oldest_age_seconds=waiting["oldest_age_seconds"]))
+    info = backup["info"]
+    if info["status_code"] != 0:
+        findings.append(_finding(
+            "live-backup-stanza-unusable", "error",
+            "pgBackRest cannot use stanza %s in %s: %s" % (plan["stanza"], plan["repo_path"], info["status_message"]),
+            "run site.yml (it creates the stanza), or see whether the repository is mounted",
+            status_code=info["status_code"]))
+    elif info["last_backup"] is None:
+        findings.append(_finding(
+            "live-backup-none", "warning", "stanza %s has no backup yet: nothing could be restored" % plan["stanza"],
+            "start one now: systemctl start pgbackrest-backup-full.service"))
+    elif info["last_backup"]["age_seconds"] > plan["backup_max_age_hours"] * 3600:
+        last = info["last_backup"]
+        findings.append(_finding(
+            "live-backup-old", "warning",
+            "the last backup (%s, %s) ended %s ago, more than pgbackrest_backup_max_age_hours (%d)"
+            % (last["label"], last["type"], _hours(last["age_seconds"]), plan["backup_max_age_hours"]),
+            "see why the timers did not run it: systemctl list-timers 'pgbackrest-backup-*'; journalctl -u "
+            "pgbackrest-backup-full.service -u pgbackrest-backup-diff.service",
+            age_hours=round(last["age_seconds"] / 3600.0, 1), limit_hours=plan["backup_max_age_hours"]))
+    if backup["repository_beside_data"]:
+        findings.append(_finding(
+            "live-backup-repository-beside-data", "warning",
+            "the repository %s is on the same file system as the data directory %s: one disk failure loses the "
+            "database and its backups" % (plan["repo_path"], plan["data_directory"]),
+            "mount another disk or network storage at pgbackrest_repo_path"))
+    return findings
+
+
+def last_backup(info: List[Dict[str, Any]], now: float) -> Optional[Dict[str, Any]]:
+    """The newest backup without an error in ``pgbackrest info --output=json`` of one stanza, with its age."""
+    backups = [item for item in info[0].get("backup", []) if not item.get("error")] if info else []
+    if not backups:
+        return None
+    newest = max(backups, key=lambda item: item["timestamp"]["stop"])
+    return {"label": newest["label"], "type": newest["type"], "stop": newest["timestamp"]["stop"],
+            "age_seconds": max(0.0, now - newest["timestamp"]["stop"])}

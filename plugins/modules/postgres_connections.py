@@ -18,6 +18,14 @@ description:
     does not stream (C(live-replica-not-streaming)), a warning past O(replica_max_lag_seconds)
     (C(live-replica-lag)), and one for an inactive slot that is not in O(replica_slots) and keeps WAL
     (C(live-replica-slot-unplanned), such as the slot of a replica taken out of the plan; it is never dropped).
+  - With O(backup) (the plan's C(backups) entry of the host), reads the server's backups too: C(pg_stat_archiver),
+    the WAL segments waiting to be archived (C(pg_ls_archive_statusdir)), C(pgbackrest info) of the stanza, and
+    whether the repository shares the data directory's file system. Errors when archiving fails
+    (C(live-backup-archive-failing)) or the stanza is unusable (C(live-backup-stanza-unusable)); warnings for no
+    backup yet (C(live-backup-none)), a last backup older than C(backup_max_age_hours) (C(live-backup-old)),
+    segments waiting longer than twice C(archive_timeout) (C(live-backup-archive-behind)) and a repository on the
+    data directory's file system (C(live-backup-repository-beside-data)). It then runs on the database host as
+    C(postgres), which reads the repository.
   - Changes nothing; runs where it can reach the server (the database host itself, by default over the local
     socket as C(postgres)).
 requirements:
@@ -75,6 +83,11 @@ options:
     description: Replay lag of a replica above which to warn (the plan's C(replication.max_lag_seconds)).
     type: float
     default: 30
+  backup:
+    description:
+      - The plan's C(backups) entry of this host (C(stanza), C(repo_path), C(data_directory),
+        C(archive_timeout), C(backup_max_age_hours)); unset or null for a server the plan does not back up.
+    type: dict
   fail_on_error:
     description: Fail when a finding is an error.
     type: bool
@@ -146,6 +159,14 @@ replication:
       C(replay_lag_seconds) (0 when it has replayed all it received).
   returned: success
   type: dict
+backup:
+  description:
+    - C(archiver) (C(pg_stat_archiver)'s counts, its last archived and failed segments, C(last_archived_age_seconds)
+      and C(failing)), C(ready_segments) (C(count), C(oldest_age_seconds)), C(info) (C(status_code),
+      C(status_message), C(last_backup) with C(label), C(type), C(stop) and C(age_seconds)) and
+      C(repository_beside_data).
+  returned: when O(backup) is given
+  type: dict
 findings:
   description: What the numbers say, each with C(rule), C(severity), C(message), C(hint) and C(numbers).
   returned: success
@@ -153,12 +174,15 @@ findings:
   elements: dict
 """
 
+import json
+import os
 import time
 
 from ansible.module_utils.basic import AnsibleModule, missing_required_lib
 
 from ansible_collections.fediscale.mastodon.plugins.module_utils.capacity import usable
-from ansible_collections.fediscale.mastodon.plugins.module_utils.live import postgres_findings, replication_findings
+from ansible_collections.fediscale.mastodon.plugins.module_utils.live import (
+    backup_findings, last_backup, postgres_findings, replication_findings)
 
 try:
     import psycopg
@@ -200,6 +224,36 @@ STANDBY_LAG = """
 SELECT CASE WHEN pg_last_wal_receive_lsn() = pg_last_wal_replay_lsn() THEN 0
             ELSE extract(epoch FROM now() - pg_last_xact_replay_timestamp())::float END AS replay_lag_seconds
 """
+
+
+ARCHIVER = """
+SELECT archived_count, last_archived_wal, failed_count, last_failed_wal,
+       extract(epoch FROM now() - last_archived_time)::float AS last_archived_age_seconds,
+       coalesce(last_failed_time > coalesce(last_archived_time, '-infinity'), false) AS failing
+  FROM pg_stat_archiver
+"""
+READY_SEGMENTS = """
+SELECT count(*) AS count, coalesce(extract(epoch FROM now() - min(modification)), 0)::float AS oldest_age_seconds
+  FROM pg_ls_archive_statusdir() WHERE name LIKE '%.ready'
+"""
+
+
+def read_backup(module, conn, plan):
+    """What PostgreSQL and pgBackRest say of the server's backups."""
+    rc, out, err = module.run_command(["pgbackrest", "--stanza=%s" % plan["stanza"], "--output=json", "info"])
+    if rc != 0:
+        info = dict(status_code=rc, status_message=(err or out).strip()[-500:], last_backup=None)
+    else:
+        stanzas = json.loads(out)
+        status = stanzas[0]["status"] if stanzas else {"code": 1, "message": "missing stanza"}
+        info = dict(status_code=status["code"], status_message=status["message"],
+                    last_backup=last_backup(stanzas, time.time()))
+    try:
+        beside = os.stat(plan["repo_path"]).st_dev == os.stat(plan["data_directory"]).st_dev
+    except OSError:
+        beside = False
+    return dict(archiver=conn.execute(ARCHIVER).fetchone(), ready_segments=conn.execute(READY_SEGMENTS).fetchone(),
+                info=info, repository_beside_data=beside)
 
 
 def read_replication(conn):
@@ -244,6 +298,7 @@ def main():
             watch_interval=dict(type="float", default=0.2),
             replica_slots=dict(type="list", elements="str", default=[]),
             replica_max_lag_seconds=dict(type="float", default=30),
+            backup=dict(type="dict"),
             fail_on_error=dict(type="bool", default=False),
         ),
         supports_check_mode=True,
@@ -260,6 +315,7 @@ def main():
             by_client = conn.execute(CLIENTS).fetchall()
             waits = conn.execute(WAITS).fetchall()
             replication = read_replication(conn)
+            backup = read_backup(module, conn, params["backup"]) if params["backup"] else None
     except psycopg.Error as error:
         module.fail_json(msg="cannot read %s:%s as %s: %s" % (params["login_host"], params["login_port"],
                                                               params["login_user"], error))
@@ -272,6 +328,8 @@ def main():
                                  params["idle_warning_percent"], params["wal_write_warning_percent"],
                                  peak["connections"] if peak else None)
     findings += replication_findings(replication, params["replica_slots"], params["replica_max_lag_seconds"])
+    if backup:
+        findings += backup_findings(backup, params["backup"])
     result = dict(
         changed=False,
         usable=usable(settings["max_connections"], settings["superuser_reserved_connections"],
@@ -281,6 +339,8 @@ def main():
         **settings)
     if peak:
         result["peak"] = peak
+    if backup:
+        result["backup"] = backup
     errors = [finding for finding in findings if finding["severity"] == "error"]
     if errors and params["fail_on_error"]:
         module.fail_json(msg="; ".join(finding["message"] for finding in errors), **result)

@@ -2,6 +2,7 @@
 
 import pytest
 
+from ansible_collections.fediscale.mastodon.plugins.module_utils import live
 from ansible_collections.fediscale.mastodon.plugins.module_utils.live import (
     add_up_pools, pgbouncer_findings, pool_clients, pool_servers, postgres_findings, replication_findings)
 
@@ -148,3 +149,65 @@ class TestReplicationFindings:
         assert finding["hint"] == ("if no replica or tool reads it any more: "
                                    "SELECT pg_drop_replication_slot('old_replica');")
         assert replication_findings(primary_replication([], [dict(leftover, active=True)]), []) == []
+
+
+# --- backups ---
+
+BACKUP_PLAN = {"stanza": "mastodon", "repo_path": "/srv/pgbackrest", "data_directory": "/var/lib/postgresql/17/main",
+               "archive_timeout": 300, "backup_max_age_hours": 36}
+
+
+def backup_state(**changes):
+    state = {"archiver": {"archived_count": 40, "last_archived_wal": "000000010000000000000028", "failed_count": 0,
+                          "last_failed_wal": None, "last_archived_age_seconds": 20.0, "failing": False},
+             "ready_segments": {"count": 0, "oldest_age_seconds": 0.0},
+             "info": {"status_code": 0, "status_message": "ok",
+                      "last_backup": {"label": "20261201-010000F", "type": "full", "stop": 1796000000,
+                                      "age_seconds": 3600.0}},
+             "repository_beside_data": False}
+    for key, value in changes.items():
+        state[key] = dict(state[key], **value) if isinstance(value, dict) else value
+    return state
+
+
+def backup_rules(**changes):
+    return [(item["rule"], item["severity"]) for item in live.backup_findings(backup_state(**changes), BACKUP_PLAN)]
+
+
+def test_healthy_backups_have_no_findings():
+    assert backup_rules() == []
+
+
+def test_failing_archive_command_is_an_error():
+    [item] = live.backup_findings(backup_state(archiver={"failing": True, "failed_count": 3,
+                                                         "last_failed_wal": "000000010000000000000029"}), BACKUP_PLAN)
+    assert (item["rule"], item["severity"]) == ("live-backup-archive-failing", "error")
+    assert "for 000000010000000000000029, failed after the last success (3 failures in all)" in item["message"]
+
+
+def test_segments_waiting_past_twice_archive_timeout_are_a_warning():
+    assert backup_rules(ready_segments={"count": 4, "oldest_age_seconds": 601.0}) == [
+        ("live-backup-archive-behind", "warning")]
+    assert backup_rules(ready_segments={"count": 4, "oldest_age_seconds": 599.0}) == []
+
+
+def test_no_backup_an_old_one_and_an_unusable_stanza():
+    assert backup_rules(info={"last_backup": None}) == [("live-backup-none", "warning")]
+    old = dict(backup_state()["info"]["last_backup"], age_seconds=37 * 3600.0)
+    [item] = live.backup_findings(backup_state(info={"last_backup": old}), BACKUP_PLAN)
+    assert item["rule"] == "live-backup-old" and item["numbers"] == {"age_hours": 37.0, "limit_hours": 36}
+    assert backup_rules(info={"status_code": 1, "status_message": "missing stanza path", "last_backup": None}) == [
+        ("live-backup-stanza-unusable", "error")]
+
+
+def test_a_repository_on_the_data_directorys_file_system_is_a_warning():
+    assert backup_rules(repository_beside_data=True) == [("live-backup-repository-beside-data", "warning")]
+
+
+def test_last_backup_is_the_newest_without_an_error():
+    info = [{"backup": [
+        {"label": "A", "type": "full", "error": False, "timestamp": {"stop": 100}},
+        {"label": "B", "type": "diff", "error": False, "timestamp": {"stop": 200}},
+        {"label": "C", "type": "diff", "error": True, "timestamp": {"stop": 300}}]}]
+    assert live.last_backup(info, 250.0) == {"label": "B", "type": "diff", "stop": 200, "age_seconds": 50.0}
+    assert live.last_backup([{"backup": []}], 250.0) is None
