@@ -904,6 +904,19 @@ def test_a_point_in_time_restore_on_another_host_brings_back_a_dropped_table(db,
     backups = pgbackrest_info(db)["backup"]
     assert backups[-1]["type"] == "full" and backups[-1]["error"] is False
 
+    # The live check reads the same backup, and a threshold it is past.
+    checked = db.ansible("fediscale.mastodon.postgres_connections", json.dumps({"backup": BACKUP}), check=True,
+                         become=True, become_user="postgres")
+    assert checked["backup"]["info"]["last_backup"]["label"] == backups[-1]["label"], checked
+    assert checked["backup"]["archiver"]["failed_count"] == 0 and checked["backup"]["archiver"]["archived_count"] > 0
+    assert not checked["backup"]["repository_beside_data"]
+    assert [item["rule"] for item in checked["findings"] if item["rule"].startswith("live-backup")] == []
+    strict = db.ansible("fediscale.mastodon.postgres_connections",
+                        json.dumps({"backup": dict(BACKUP, backup_max_age_hours=0)}), check=True, become=True,
+                        become_user="postgres")
+    assert [item["rule"] for item in strict["findings"] if item["rule"].startswith("live-backup")] == [
+        "live-backup-old"]
+
     psql(db, "INSERT INTO backup_probe SELECT generate_series(101, 150)")
     time.sleep(1.5)
     target_time = psql(db, "SELECT now()").stdout.strip()
