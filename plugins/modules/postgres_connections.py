@@ -18,9 +18,9 @@ description:
     does not stream (C(live-replica-not-streaming)), a warning past O(replica_max_lag_seconds)
     (C(live-replica-lag)), and one for an inactive slot that is not in O(replica_slots) and keeps WAL
     (C(live-replica-slot-unplanned), such as the slot of a replica taken out of the plan; it is never dropped).
-  - With O(backup) (the plan's C(backups) entry of the host), reads the server's backups too: C(pg_stat_archiver),
+  - With O(backup) (the plan's C(backups) entry of the host), reads the server's backups too (C(pg_stat_archiver),
     the WAL segments waiting to be archived (C(pg_ls_archive_statusdir)), C(pgbackrest info) of the stanza, and
-    whether the repository shares the data directory's file system. Errors when archiving fails
+    whether the repository shares the data directory's file system). Errors when archiving fails
     (C(live-backup-archive-failing)) or the stanza is unusable (C(live-backup-stanza-unusable)); warnings for no
     backup yet (C(live-backup-none)), a last backup older than C(backup_max_age_hours) (C(live-backup-old)),
     segments waiting longer than twice C(archive_timeout) (C(live-backup-archive-behind)) and a repository on the
