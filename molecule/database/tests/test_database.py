@@ -924,7 +924,7 @@ def test_a_point_in_time_restore_on_another_host_brings_back_a_dropped_table(db,
     psql(db, "DROP TABLE backup_probe")
     # The segment with the drop is archived now, not at archive_timeout: the restore replays past the target.
     switched = psql(db, "SELECT pg_walfile_name(pg_switch_wal())").stdout.strip()
-    for _ in range(60):
+    for _attempt in range(60):
         if psql(db, "SELECT last_archived_wal >= '%s' FROM pg_stat_archiver" % switched).stdout.strip() == "t":
             break
         time.sleep(1)
