@@ -60,6 +60,15 @@ def database_lines(postgres: Dict[str, Any], behind_pgbouncer: bool) -> List[str
     for finding in postgres.get("findings", []):
         if finding["rule"] in ("live-replica-lag", "live-replica-not-streaming"):
             lines.append("replica: %s (%s)" % (finding["message"], finding["hint"]))
+    # Backups that stopped working: what a restore could no longer bring back.
+    backup = postgres.get("backup")
+    if backup:
+        last = backup["info"]["last_backup"]
+        lines.append("backups: %s, %d WAL segments waiting to be archived"
+                     % ("the last a %s backup %.1f h ago" % (last["type"], last["age_seconds"] / 3600.0) if last
+                        else "none yet", backup["ready_segments"]["count"]))
+    lines.extend("backups: %s (%s)" % (finding["message"], finding["hint"])
+                 for finding in postgres.get("findings", []) if finding["rule"].startswith("live-backup-"))
     return lines
 
 

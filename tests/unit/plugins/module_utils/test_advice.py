@@ -107,6 +107,17 @@ class TestDatabaseBottleneck:
         assert database_lines(postgres, behind_pgbouncer=False)[1:] == [
             "replica: the replica of slot db2 replays 45.0 s behind, more than 30 s (look for long queries)"]
 
+    def test_backups_are_in_the_answer_with_their_findings(self):
+        postgres = {"states": {"active": 2, "idle": 2}, "waits": [], "findings": [
+            {"rule": "live-backup-old", "message": "the last backup ended 40.0 h ago", "hint": "see the timers"}],
+            "backup": {"info": {"last_backup": {"type": "diff", "age_seconds": 144000.0}},
+                       "ready_segments": {"count": 1}}}
+        assert database_lines(postgres, behind_pgbouncer=False)[1:] == [
+            "backups: the last a diff backup 40.0 h ago, 1 WAL segments waiting to be archived",
+            "backups: the last backup ended 40.0 h ago (see the timers)"]
+        postgres["backup"]["info"]["last_backup"] = None
+        assert database_lines(postgres, behind_pgbouncer=False)[1].startswith("backups: none yet, 1 WAL")
+
     def test_a_few_waits_are_normal(self):
         postgres = {"states": {"active": 10}, "waits": [
             {"backend_type": "client backend", "wait_event_type": "Lock", "wait_event": "tuple", "count": 2},
