@@ -954,3 +954,17 @@ def test_a_point_in_time_restore_on_another_host_brings_back_a_dropped_table(db,
     assert "PostgreSQL runs here with Mastodon's database" in again.stdout
     assert set(re.findall(r"changed=(\d+)", again.stdout.split("PLAY RECAP", 1)[1])) == {"0"}
     assert psql(restore_target, "SELECT count(*) FROM backup_probe").stdout.strip() == "150"
+
+
+def test_archiving_without_a_repository_is_refused_before_any_host_is_touched(db):
+    before = db.run("stat -c %Y /etc/pgbackrest.conf /etc/postgresql/*/main/conf.d/fediscale-mastodon.conf").stdout
+    env = dict(os.environ, ANSIBLE_NOCOLOR="1", ANSIBLE_FORCE_COLOR="0")
+    run = subprocess.run([str(Path(sys.executable).with_name("ansible-playbook")), str(SCENARIO / "converge.yml"),
+                          "-i", db.backend.ansible_inventory, "-e", json.dumps({"pgbackrest_repo_path": None})],
+                         env=env, capture_output=True, text=True, timeout=600, check=False)
+    assert run.returncode != 0
+    assert "backup-archive-without-repository" in run.stdout and "set pgbackrest_repo_path" in run.stdout
+    assert set(re.findall(r"changed=(\d+)", run.stdout.split("PLAY RECAP", 1)[1])) == {"0"}
+    assert "TASK [fediscale.mastodon.postgresql" not in run.stdout
+    assert db.run("stat -c %Y /etc/pgbackrest.conf /etc/postgresql/*/main/conf.d/fediscale-mastodon.conf").stdout \
+        == before
