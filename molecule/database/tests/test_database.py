@@ -841,8 +841,10 @@ def test_the_primary_archives_and_only_postgres_reads_the_passphrase(db):
     assert (repository.user, repository.mode) == ("postgres", 0o750)
     # The stanza is there: ok, or (before the first backup) 2, "no valid backups".
     assert pgbackrest_info(db)["status"]["code"] in (0, 2)
-    # Encrypted: the repository's own files cannot be read without the passphrase.
-    assert "[backrest]" not in db.run("cat %s/archive/%s/archive.info" % (BACKUP["repo_path"], BACKUP["stanza"])).stdout
+    # Encrypted: the repository's files are OpenSSL's salted format, not pgBackRest's plain [backrest] text.
+    info_file = "%s/archive/%s/archive.info" % (BACKUP["repo_path"], BACKUP["stanza"])
+    assert db.run("head -c 8 %s" % info_file).stdout == "Salted__"
+    assert db.run("grep -ac '^\\[backrest\\]' %s" % info_file).stdout.strip() == "0"
 
 
 def test_backup_timers_run_on_the_plans_calendar(db):
