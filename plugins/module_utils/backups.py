@@ -6,7 +6,8 @@ budget counts for it.
 Measured on Debian 13 (pgBackRest 2.55, PostgreSQL 17, ``pg_stat_activity`` sampled every 0.2 s): a backup holds
 one connection to the server it copies for its whole run (``pgBackRest [backup]``) whatever its
 ``process-max`` (the extra processes copy files, they do not log in) and uses no WAL sender; ``archive-push``
-opens no connection; ``check`` and ``stanza-create`` hold one while they run.
+opens no connection. (``check`` connects too, by pgBackRest's documentation; the role's ``stanza-create
+--no-online`` does not.)
 """
 
 from __future__ import annotations
@@ -16,8 +17,8 @@ from typing import Any, Dict, Optional
 from ansible_collections.fediscale.mastodon.plugins.module_utils.schema import PlanInputError, host_where
 
 STANZA = "mastodon"
-# A backup (the timer's, or one an operator starts) and a check or stanza-create meanwhile (a run of site.yml,
-# the live checks): pgBackRest's own lock lets one backup run at a time.
+# A backup (the timer's, or one an operator starts: pgBackRest's lock lets one run at a time) and a ``check``
+# an operator runs meanwhile.
 PGBACKREST_CONNECTIONS = 2
 CONFIG_FILE = "/etc/pgbackrest.conf"
 # A repository under the data directory's parent shares its disk: one failure loses the data and its backups.
