@@ -55,12 +55,18 @@ collection:
 image: venv
 	@$(RIG) image
 
+# The base images build (debootstrap: network and disk) while the checks run (processor); Molecule waits for
+# them. A failed check stops the build too (its own process group).
 test: venv collection
-	@mkdir -p $(dir $(TIMINGS)); : > $(TIMINGS)
-	@$(call timed,lint,$(MAKE) --no-print-directory lint)
-	@$(call timed,sanity,$(MAKE) --no-print-directory sanity)
-	@$(call timed,unit,$(MAKE) --no-print-directory unit)
-	@$(call timed,compat,$(MAKE) --no-print-directory compat)
+	@mkdir -p $(dir $(TIMINGS)) $(ROOT)/.rig/logs; : > $(TIMINGS)
+	@image_start=$$(date +%s); setsid $(RIG) image > $(ROOT)/.rig/logs/image.log 2>&1 & image=$$!; \
+	  trap 'kill -- -'$$image' 2>/dev/null || true' EXIT; \
+	  $(call timed,lint,$(MAKE) --no-print-directory lint); \
+	  $(call timed,sanity,$(MAKE) --no-print-directory sanity); \
+	  $(call timed,unit,$(MAKE) --no-print-directory unit); \
+	  $(call timed,compat,$(MAKE) --no-print-directory compat); \
+	  status=0; wait $$image || status=$$?; trap - EXIT; cat $(ROOT)/.rig/logs/image.log; [ $$status = 0 ]; \
+	  echo "image (beside the checks) $$(( $$(date +%s) - image_start ))s" >> $(TIMINGS)
 	@$(call timed,molecule,$(MAKE) --no-print-directory molecule)
 	@echo "== stage timings =="; cat $(TIMINGS)
 

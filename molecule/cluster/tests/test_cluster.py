@@ -37,9 +37,8 @@ STATS_PASSWORD = SECRETS["pgbouncer_stats_password"]
 HOSTS = sorted(REPORT["hosts"])
 BOUNCERS = sorted(REPORT["pgbouncer"])
 PLAYBOOK = str(Path(sys.executable).with_name("ansible-playbook"))
-# The tests' own runs use Ansible's own strategy, also where the scenario's converge ran under mitogen's
-# (tools/rig): a killed run is the default executor's.
-PLAYBOOK_ENV = dict(os.environ, ANSIBLE_NOCOLOR="1", ANSIBLE_FORCE_COLOR="0", ANSIBLE_STRATEGY="ansible.builtin.linear")
+# The tests' own runs use the strategy the scenario's converge used (tools/rig chooses it).
+PLAYBOOK_ENV = dict(os.environ, ANSIBLE_NOCOLOR="1", ANSIBLE_FORCE_COLOR="0")
 
 # Each test picks the hosts it needs from the scenario's inventory.
 testinfra_hosts = ["ansible://demo-db1"]

@@ -863,6 +863,27 @@ def test_backup_units_score_no_worse_than_mastodons_own(db):
         assert exposure(db, "/tmp/score-backup.service") <= 1.5, kind
 
 
+def test_a_repository_another_uid_wrote_stops_the_role_before_it_changes_anything(db):
+    """As where hosts share network storage and their postgres users have different uids: the role would otherwise
+    take the repository from the host that wrote it."""
+    backups = "%s/backup" % BACKUP["repo_path"]
+    postgres_uid = db.run("id -u postgres").stdout.strip()
+    files = "find /etc/postgresql %s -type f -exec sha256sum {} + | sort" % BACKUP["config_file"]
+    before = db.run(files).stdout
+    db.run("chown 4242:4242 %s" % backups)
+    try:
+        run = converge_database_host(db)
+        output = " ".join((run.stdout + run.stderr).split())
+        assert run.returncode != 0
+        assert ("host database-db: the backup repository %s holds backups written by uid 4242, and PostgreSQL's "
+                "user postgres is uid %s here" % (BACKUP["repo_path"], postgres_uid)) in output, output[-3000:]
+        assert "useradd -r -u 4242 -g postgres" in output and "The repository was not touched." in output
+        assert db.file(backups).uid == 4242
+        assert db.run(files).stdout == before
+    finally:
+        db.run("chown postgres:postgres %s" % backups)
+
+
 def restore_inventory(db, directory):
     """The inventory of an operator whose primary is lost: database-restore is now the db host, with the
     primary's settings and the repository mounted at the same path."""

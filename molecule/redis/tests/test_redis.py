@@ -319,13 +319,15 @@ def test_a_run_killed_part_way_converges_on_the_next_and_loses_nothing(host):
             {"name": "cache", "purpose": "cache", "port": 6380, "maxmemory": "%dMB" % (size // 2)},
             {"name": "sidekiq", "purpose": "sidekiq", "port": 6381}]}
         command, env = converge(host, "-e", json.dumps(resized))
-        run = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        # A session of its own: the kill takes every process the run started (mitogen's too).
+        run = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                               start_new_session=True)
         for line in run.stdout:
             if "TASK [fediscale.mastodon.redis : %s" % task in line:
                 break
         # Into the task, which loops over the instances.
         time.sleep(0.5)
-        run.kill()
+        os.killpg(run.pid, 9)
         run.stdout.close()
         assert run.wait() == -9, "the run ended before %s" % task
     for attempt in ("converges", "changes nothing"):
