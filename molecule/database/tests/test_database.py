@@ -685,11 +685,11 @@ def converge_database_hosts(db, *extra, limit="db", stdout=None, background=Fals
     return subprocess.run(command, env=env, capture_output=True, text=True, timeout=900, check=False)
 
 
-def converge_database_host(db):
+def converge_database_host(db, *extra):
     env = dict(os.environ, ANSIBLE_NOCOLOR="1", ANSIBLE_FORCE_COLOR="0")
     playbook = Path(__file__).resolve().parents[1] / "converge.yml"
     return subprocess.run([str(Path(sys.executable).with_name("ansible-playbook")), str(playbook),
-                           "-i", db.backend.ansible_inventory, "--limit", "database-db"],
+                           "-i", db.backend.ansible_inventory, "--limit", "database-db"] + list(extra),
                           env=env, capture_output=True, text=True, timeout=600, check=False)
 
 
@@ -847,13 +847,34 @@ def test_the_primary_archives_and_only_postgres_reads_the_passphrase(db):
     assert db.run("grep -ac '^\\[backrest\\]' %s" % info_file).stdout.strip() == "0"
 
 
-def test_backup_timers_run_on_the_plans_calendar(db):
-    for kind, calendar in BACKUP["calendars"].items():
+def assert_backup_timers_on(db, calendars):
+    for kind, calendar in calendars.items():
         timer = "pgbackrest-backup-%s.timer" % kind
         assert db.service(timer).is_enabled and db.service(timer).is_running, timer
         normalized = re.search(r"Normalized form: (.+)", db.run("systemd-analyze calendar '%s'" % calendar).stdout)
         shown = db.run("systemctl show -p TimersCalendar --value %s" % timer).stdout
         assert "OnCalendar=%s ;" % normalized.group(1).strip() in shown, (timer, shown)
+
+
+def test_backup_timers_run_on_the_plans_calendar(db):
+    assert_backup_timers_on(db, BACKUP["calendars"])
+
+
+def test_a_daily_schedule_drops_the_differential_timer_and_weekly_brings_it_back(db):
+    """Daily full backups leave no day for a differential one: its timer and service go, systemd forgets them,
+    the repository stays. The inventory's weekly schedule brings them back."""
+    try:
+        daily = converge_database_host(db, "-e", "pgbackrest_full_backups=daily")
+        assert daily.returncode == 0, daily.stdout[-3000:]
+        assert_backup_timers_on(db, {"full": "*-*-* 01:00:00"})
+        for unit in ("pgbackrest-backup-diff.timer", "pgbackrest-backup-diff.service"):
+            assert not db.file("/etc/systemd/system/%s" % unit).exists, unit
+            assert db.run("systemctl show -P LoadState %s" % unit).stdout.strip() == "not-found", unit
+        assert pgbackrest_info(db)["status"]["code"] in (0, 2)
+    finally:
+        weekly = converge_database_host(db)
+    assert weekly.returncode == 0, weekly.stdout[-3000:]
+    assert_backup_timers_on(db, BACKUP["calendars"])
 
 
 def test_backup_units_score_no_worse_than_mastodons_own(db):
