@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from typing import Any, Dict, Optional
 
+from ansible_collections.fediscale.mastodon.plugins.module_utils.connections import POSTGRESQL_PORT, address_of
 from ansible_collections.fediscale.mastodon.plugins.module_utils.schema import PlanInputError, host_where
 
 STANZA = "mastodon"
@@ -21,6 +22,9 @@ STANZA = "mastodon"
 # an operator runs meanwhile.
 PGBACKREST_CONNECTIONS = 2
 CONFIG_FILE = "/etc/pgbackrest.conf"
+# pgBackRest's server (Debian's pgbackrest.service), on a repository host and on the primary that backs up to it:
+# the repository host reaches the primary's data directory through it, the primary its repository.
+TLS_SERVER_PORT = 8432
 # A repository under the data directory's parent shares its disk: one failure loses the data and its backups.
 POSTGRESQL_DATA_ROOT = "/var/lib/postgresql"
 FULL_INTERVAL_DAYS = {"weekly": 7, "daily": 1}
@@ -56,10 +60,18 @@ def plan_backups(servers: Dict[str, Dict[str, Any]], hosts: Dict[str, Dict[str, 
             raise PlanInputError(where + ".archive", "is on for a server the postgresql role does not manage "
                                  "(postgresql_limits_from: live), whose archive_command the collection cannot set",
                                  "set up its backups where it is managed, or let the postgresql role manage it")
+        repo_host = _repository_host(host, section, hosts)
         result[host] = {
             "stanza": STANZA,
             "config_file": CONFIG_FILE,
+            "address": address_of(host, hosts[host]),
+            "port": server.get("port", POSTGRESQL_PORT),
             "repo_path": section["repo_path"],
+            "repo_host": repo_host,
+            "repo_host_address": address_of(repo_host, hosts[repo_host]) if repo_host else None,
+            # pgBackRest runs backups where the repository is.
+            "backup_host": repo_host or host,
+            "tls_port": TLS_SERVER_PORT,
             "retention_days": section["retention_days"],
             "full_backups": section["full_backups"],
             "full_interval_days": FULL_INTERVAL_DAYS[section["full_backups"]],
@@ -71,6 +83,31 @@ def plan_backups(servers: Dict[str, Dict[str, Any]], hosts: Dict[str, Dict[str, 
             "settings": {"archive_mode": "on", "archive_command": archive_command(),
                          "archive_timeout": section["archive_timeout"]},
         }
+    return result
+
+
+def _repository_host(host: str, section: Dict[str, Any], hosts: Dict[str, Dict[str, Any]]) -> Optional[str]:
+    name = section["repo_host"]
+    if name is None:
+        return None
+    where = host_where(host, "pgbackrest") + ".repo_host"
+    if name not in hosts:
+        raise PlanInputError(where, "names %s, which is in none of the plan's groups" % name,
+                             "add %s to group backup, or correct the name (the plan's hosts: %s)"
+                             % (name, ", ".join(sorted(hosts))))
+    if "backup" not in hosts[name]:
+        raise PlanInputError(where, "names %s, which is not in group backup: the repository's play would not run "
+                             "there" % name, "add %s to group backup" % name)
+    return name
+
+
+def plan_repositories(backups: Dict[str, Any], hosts: Dict[str, Dict[str, Any]]) -> Dict[str, Any]:
+    """Each repository host's plan: the primary it backs up, where it keeps the repository, when it runs the
+    backups (None where no primary names it)."""
+    result: Dict[str, Optional[Dict[str, Any]]] = {host: None for host in sorted(hosts) if "backup" in hosts[host]}
+    for primary, plan in sorted(backups.items()):
+        if plan and plan["repo_host"]:
+            result[plan["repo_host"]] = dict(plan, primary=primary)
     return result
 
 

@@ -13,7 +13,10 @@ rule per listener fits and systemd's ``IPAddressDeny=`` (both directions, every 
   of its set (replication) and the sentinels' hosts (they watch and reconfigure it);
 - a sentinel: the app hosts, when Mastodon's settings name sentinels; the other sentinels; the hosts of the set's
   members (the redis role asks the sentinels from there);
-- Puma and streaming, with their handover ports: the proxies (nginx's upstreams), where they listen beyond loopback.
+- Puma and streaming, with their handover ports: the proxies (nginx's upstreams), where they listen beyond loopback;
+- pgBackRest's server, where the primary backs up to a repository host: on the primary the repository host (it
+  reads the data directory for a backup), on the repository host the primary (it pushes WAL and reads the
+  repository for a restore).
 
 pgbouncer listens on loopback only, and nginx serves everyone: neither gets a rule.
 """
@@ -82,7 +85,7 @@ def _listener(service: str, host: str, port: int, clients: Set[str], hosts: Dict
 
 def plan_firewall(cluster: Dict[str, Any], hosts: Dict[str, Dict[str, Any]], app_hosts: List[str],
                   redis: Dict[str, Any], nginx: Dict[str, Any], units: Dict[str, Any], binds: Dict[str, str],
-                  postgresql: Dict[str, Any]) -> Dict[str, Any]:
+                  postgresql: Dict[str, Any], backups: Dict[str, Any]) -> Dict[str, Any]:
     """The listeners of each host and who may reach them; ``enabled`` says whether the firewall role applies them.
 
     With ``mastodon_firewall: auto`` the firewall is on when every client of every listener has an IP address:
@@ -101,6 +104,11 @@ def plan_firewall(cluster: Dict[str, Any], hosts: Dict[str, Dict[str, Any]], app
     for item in redis["sentinel"]["sentinels"]:
         listeners.setdefault(item["host"], []).append(
             _listener("sentinel", item["host"], item["port"], sentinel_clients, hosts, admin))
+    for host, plan in sorted(backups.items()):
+        if plan and plan["repo_host"]:
+            for server, client in ((host, plan["repo_host"]), (plan["repo_host"], host)):
+                listeners.setdefault(server, []).append(
+                    _listener("pgbackrest", server, plan["tls_port"], {client}, hosts, admin))
     proxies = set(nginx)
     for host in app_hosts:
         if binds[host] == "127.0.0.1":

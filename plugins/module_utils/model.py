@@ -54,7 +54,7 @@ def compute(description: Any) -> Dict[str, Any]:
     for host in nginx:
         nginx[host].update(deploy.upstreams(host, processes, binds))
         nginx[host]["media"] = media.nginx_media(cluster, hosts[host]["nginx"])
-    encryption = tls.plan_tls(servers, hosts, app_hosts, redis["instances"])
+    encryption = tls.plan_tls(servers, hosts, app_hosts, redis["instances"], backup)
     deploy.add_pgbouncer_listeners(bouncers, cluster, servers, encryption["sslmode"])
     units = {host: deploy.app_units([row for row in processes if row["host"] == host], bouncers.get(host))
              for host in app_hosts}
@@ -70,7 +70,9 @@ def compute(description: Any) -> Dict[str, Any]:
         "nginx": nginx,
         "postgresql": postgresql,
         "backups": backup,
-        "firewall": firewall.plan_firewall(cluster, hosts, app_hosts, redis, nginx, units, binds, postgresql),
+        "backup_repositories": backups.plan_repositories(backup, hosts),
+        "firewall": firewall.plan_firewall(cluster, hosts, app_hosts, redis, nginx, units, binds, postgresql,
+                                           backup),
         "tls": encryption,
         "media": media.report(cluster, hosts),
         "environment": {host: deploy.environment(host, hosts[host], cluster, servers, bouncers.get(host),

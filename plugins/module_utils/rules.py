@@ -1219,8 +1219,9 @@ def backup_archive_without_repository(report: Report) -> Iterator[Finding]:
                 "backup-archive-without-repository", ERROR, host, "pgbackrest",
                 "pgbackrest_archive is on but no repository is given: every archive_command would fail, and "
                 "PostgreSQL keeps each unarchived WAL segment in pg_wal until its disk is full",
-                "set pgbackrest_repo_path to the repository's directory (best the mount of another disk or of "
-                "network storage), or pgbackrest_archive: false")
+                "set pgbackrest_repo_path to the repository's directory (best on a repository host, "
+                "pgbackrest_repo_host, or the mount of another disk or of network storage), or "
+                "pgbackrest_archive: false")
 
 
 @rule("backup-retention-shorter-than-full-interval")
@@ -1244,9 +1245,32 @@ def backup_repository_beside_data(report: Report) -> Iterator[Finding]:
     for host, plan in _backups(report):
         path = plan["repo_path"]
         root = plan["data_directory"].rsplit("/", 2)[0]
-        if path and (path == root or path.startswith(root + "/")):
+        if path and not plan["repo_host"] and (path == root or path.startswith(root + "/")):
             yield finding(
                 "backup-repository-beside-data", WARNING, host, "pgbackrest",
                 "the repository %s is under %s, on the data directory's disk: one disk failure loses the "
                 "database and its backups" % (path, root),
                 "put pgbackrest_repo_path on another disk or on network storage mounted on this host")
+
+
+@rule("backup-repository-on-database-host")
+def backup_repository_on_database_host(report: Report) -> Iterator[Finding]:
+    for host, plan in _backups(report):
+        if plan["repo_host"] in report["postgresql"]:
+            yield finding(
+                "backup-repository-on-database-host", ERROR, host, "pgbackrest",
+                "pgbackrest_repo_host is %s, which is also in group db: a repository on a database host is lost "
+                "with it" % plan["repo_host"],
+                "name a host outside group db (a backup server in group backup), or leave pgbackrest_repo_host "
+                "unset for a repository on this host's own disk or network storage")
+
+
+@rule("backup-host-unused")
+def backup_host_unused(report: Report) -> Iterator[Finding]:
+    for host, plan in sorted(report["backup_repositories"].items()):
+        if plan is None:
+            yield finding(
+                "backup-host-unused", WARNING, host, "pgbackrest",
+                "%s is in group backup but no primary backs up to it: site.yml installs nothing there" % host,
+                "set pgbackrest_repo_host: %s (with pgbackrest_archive: true) on the primary, or take %s out of "
+                "group backup" % (host, host))

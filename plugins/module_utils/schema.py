@@ -731,7 +731,11 @@ PGBACKREST = {
     "archive": Field(parse_bool, False, "WAL archiving and scheduled backups of this server with pgBackRest"),
     "repo_path": Field(optional(absolute_path), None,
                        "the repository: a directory on this host, best the mount of another disk or of network "
-                       "storage (a restore on another host reads it there)"),
+                       "storage (a restore on another host reads it there); with pgbackrest_repo_host, the "
+                       "directory on that host"),
+    "repo_host": Field(optional(parse_str), None,
+                       "the inventory name of a repository host (group backup): it keeps the repository, runs the "
+                       "backups and takes the WAL over TLS with the cluster's CA (pgBackRest's server on both)"),
     "retention_days": Field(integer(1, 3650), 14,
                             "days of backups, and of the WAL to replay them, kept: how far back a restore reaches"),
     "full_backups": Field(choice("weekly", "daily"), "weekly",
@@ -742,6 +746,10 @@ PGBACKREST = {
                              "checks warn when the last archived segment is older than twice this"),
     "backup_max_age_hours": Field(integer(1, 8760), 36, "the live checks warn when the last backup is older"),
 }
+
+
+# A repository host (group backup) has no settings of its own: the primary that backs up to it names it.
+BACKUP: Dict[str, Field] = {}
 
 
 class Section(NamedTuple):
@@ -760,6 +768,7 @@ HOST_SECTIONS = {
     "pgbouncer": Section(PGBOUNCER, None, "pgbouncer_"),
     "nginx": Section(NGINX, "proxy", "nginx_"),
     "pgbackrest": Section(PGBACKREST, "db", "pgbackrest_"),
+    "backup": Section(BACKUP, "backup", "pgbackrest_"),
 }
 APP_SECTIONS = ("web", "streaming", "sidekiq")
 GROUPS = tuple(dict.fromkeys(section.group for section in HOST_SECTIONS.values() if section.group))

@@ -85,3 +85,60 @@ def test_backup_settings_without_a_database_are_refused():
 def test_bad_values_name_the_variable(key, value, expected):
     message = error_of(archiving(**{key: value}))
     assert message.startswith("host db1, pgbackrest.%s:" % key) and expected in message
+
+
+def to_repository_host(**section):
+    """db1 backs up to backup1, a repository host in group backup."""
+    description = archiving(repo_host="backup1", **section)
+    description["hosts"]["backup1"] = {"mastodon": {"address": "10.0.0.9"}, "backup": {}}
+    description["hosts"]["db1"]["mastodon"] = {"address": "10.0.0.2"}
+    return description
+
+
+def test_a_repository_host_keeps_the_repository_and_runs_the_backups():
+    report = model.compute(to_repository_host())
+    plan = report["backups"]["db1"]
+    assert (plan["repo_host"], plan["repo_host_address"], plan["backup_host"], plan["tls_port"]) == (
+        "backup1", "10.0.0.9", "backup1", 8432)
+    repository = report["backup_repositories"]["backup1"]
+    assert (repository["primary"], repository["address"], repository["repo_path"]) == (
+        "db1", "10.0.0.2", "/srv/pgbackrest")
+    assert repository["calendars"] == plan["calendars"]
+    # The backup still holds its connection on the primary, through pgBackRest's server there.
+    assert report["direct_connections"]["pgbackrest"] == backups.PGBACKREST_CONNECTIONS
+    assert report["postgresql"]["db1"]["settings"]["archive_command"] == "pgbackrest --stanza=mastodon archive-push %p"
+
+
+def test_without_a_repository_host_the_primary_runs_its_own_backups():
+    report = model.compute(archiving())
+    assert report["backups"]["db1"]["repo_host"] is None and report["backups"]["db1"]["backup_host"] == "db1"
+    assert report["backup_repositories"] == {}
+
+
+def test_each_end_of_pgbackrests_tls_admits_only_the_other():
+    listeners = model.compute(to_repository_host())["firewall"]["hosts"]
+    assert [item for item in listeners["backup1"] if item["service"] == "pgbackrest"] == [
+        {"service": "pgbackrest", "port": 8432, "clients": ["db1"], "addresses": ["10.0.0.2"], "admin_addresses": []}]
+    [on_primary] = [item for item in listeners["db1"] if item["service"] == "pgbackrest"]
+    assert (on_primary["clients"], on_primary["addresses"]) == (["backup1"], ["10.0.0.9"])
+
+
+def test_both_ends_get_certificates_that_also_serve_as_client_certificates():
+    encryption = model.compute(to_repository_host())["tls"]
+    assert encryption["certificates"]["backup1"] == {"subject_alt_names": ["IP:10.0.0.9", "DNS:backup1"],
+                                                     "client_auth": True}
+    assert encryption["certificates"]["db1"]["client_auth"] is True
+    assert {"backup1", "db1"} <= set(encryption["ca_hosts"])
+
+
+def test_a_repository_host_outside_the_plan_is_refused_with_the_plans_hosts():
+    description = archiving(repo_host="backup9")
+    message = error_of(description)
+    assert message.startswith("host db1, pgbackrest.repo_host: names backup9, which is in none of the plan's groups")
+    assert "add backup9 to group backup" in message and "db1, redis1, web1, worker1" in message
+
+
+def test_a_repository_host_outside_group_backup_is_refused():
+    message = error_of(archiving(repo_host="worker1"))
+    assert message.startswith("host db1, pgbackrest.repo_host: names worker1, which is not in group backup")
+    assert message.endswith("(add worker1 to group backup)")

@@ -37,7 +37,7 @@ def test_a_host_outside_the_groups_with_the_plans_variables_is_an_error():
     message = error_of({"db1": {}, "app1": {}, "stray": {"web_concurrency": 4}}, groups,
                        {"stray": {"web_concurrency": "group monitoring"}})
     assert message.startswith("host stray, variable web_concurrency: stray is in none of the groups db, redis, web, "
-                              "streaming, sidekiq, proxy, so the plan would drop it and this setting from group "
+                              "streaming, sidekiq, proxy, backup, so the plan would drop it and this setting from group "
                               "monitoring")
 
 

@@ -76,7 +76,7 @@ def inventories(draw):
 
 
 BASE_GROUPS = {"db": ["db1"], "redis": ["redis1"], "web": ["web1"], "streaming": ["web1"], "sidekiq": ["worker1"],
-               "proxy": ["proxy1"]}
+               "proxy": ["proxy1"], "backup": []}
 BASE_VARIABLES = {
     "db1": {"postgresql_ram": "16GB"},
     "redis1": {"redis_instances": [{"name": "persistent", "purpose": "persistent"},

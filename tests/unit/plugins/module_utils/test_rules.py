@@ -1309,3 +1309,40 @@ class TestBackupRepositoryBesideData:
 
     def test_another_path_is_fine(self):
         assert found(archiving(repo_path="/var/lib/postgresql-backups"), "backup-repository-beside-data") == []
+
+
+class TestBackupRepositoryOnDatabaseHost:
+    def test_a_repository_host_in_group_db_is_an_error(self):
+        description = archiving(repo_host="db2")
+        description["hosts"]["db2"] = {"postgresql": {"role": "replica", "ram": "16GB"}, "backup": {}}
+        [item] = found(description, "backup-repository-on-database-host")
+        assert item["severity"] == "error" and item["host"] == "db1" and item["service"] == "pgbackrest"
+        assert "pgbackrest_repo_host is db2, which is also in group db" in item["message"]
+        assert "name a host outside group db" in item["hint"]
+
+    def test_a_host_outside_group_db_is_fine(self):
+        description = archiving(repo_host="backup1")
+        description["hosts"]["backup1"] = {"backup": {}}
+        assert found(description, "backup-repository-on-database-host") == []
+
+
+class TestBackupHostUnused:
+    def test_a_backup_host_no_primary_names_is_a_warning(self):
+        description = archiving()
+        description["hosts"]["backup1"] = {"backup": {}}
+        [item] = found(description, "backup-host-unused")
+        assert item["severity"] == "warning" and item["host"] == "backup1"
+        assert "no primary backs up to it" in item["message"]
+        assert "set pgbackrest_repo_host: backup1" in item["hint"]
+
+    def test_a_named_backup_host_is_fine(self):
+        description = archiving(repo_host="backup1")
+        description["hosts"]["backup1"] = {"backup": {}}
+        assert found(description, "backup-host-unused") == []
+
+
+class TestBackupRepositoryBesideDataOnARepositoryHost:
+    def test_a_path_on_the_repository_host_is_not_beside_the_data(self):
+        description = archiving(repo_host="backup1", repo_path="/var/lib/postgresql/backups")
+        description["hosts"]["backup1"] = {"backup": {}}
+        assert found(description, "backup-repository-beside-data") == []
