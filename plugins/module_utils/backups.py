@@ -15,6 +15,7 @@ from __future__ import annotations
 from typing import Any, Dict, Optional
 
 from ansible_collections.fediscale.mastodon.plugins.module_utils.connections import POSTGRESQL_PORT, address_of
+from ansible_collections.fediscale.mastodon.plugins.module_utils.firewall import is_ip
 from ansible_collections.fediscale.mastodon.plugins.module_utils.schema import PlanInputError, host_where
 
 STANZA = "mastodon"
@@ -72,6 +73,9 @@ def plan_backups(servers: Dict[str, Dict[str, Any]], hosts: Dict[str, Dict[str, 
             # pgBackRest runs backups where the repository is.
             "backup_host": repo_host or host,
             "tls_port": TLS_SERVER_PORT,
+            # pgBackRest's units may then reach only each other (IPAddressAllow takes addresses, not names).
+            "peers_by_ip": bool(repo_host) and is_ip(address_of(host, hosts[host]))
+            and is_ip(address_of(repo_host, hosts[repo_host])),
             "retention_days": section["retention_days"],
             "full_backups": section["full_backups"],
             "full_interval_days": FULL_INTERVAL_DAYS[section["full_backups"]],

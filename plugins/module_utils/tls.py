@@ -89,7 +89,7 @@ def subject_alt_names(host: str, sections: Dict[str, Any]) -> List[str]:
 def plan_tls(servers: Dict[str, Any], hosts: Dict[str, Dict[str, Any]], app_hosts: List[str],
              redis_instances: List[Dict[str, Any]], backups: Dict[str, Any]) -> Dict[str, Any]:
     """Each server's sslmode, the certificates the tls role issues (managed PostgreSQL servers and Redis hosts that
-    other hosts dial over TLS, and both ends of pgBackRest's TLS, which also prove who they are as clients), the
+    other hosts dial over TLS, and both ends of pgBackRest's TLS, which also show them as clients), the
     hosts that need the CA (those that dial a verifying server) and whether it joins their trust store (for Ruby's
     Redis clients)."""
     modes = {role: server_sslmode(server) for role, server in servers.items()}
@@ -99,8 +99,7 @@ def plan_tls(servers: Dict[str, Any], hosts: Dict[str, Dict[str, Any]], app_host
     # pgBackRest's server admits a client by its certificate's common name (tls-server-auth).
     pgbackrest_hosts = {name for host, plan in backups.items() if plan and plan["repo_host"]
                         for name in (host, plan["repo_host"])}
-    certificates = {host: {"subject_alt_names": subject_alt_names(host, hosts[host]),
-                           "client_auth": host in pgbackrest_hosts}
+    certificates = {host: {"subject_alt_names": subject_alt_names(host, hosts[host])}
                     for host in sorted(servers_with_tls | redis_hosts | pgbackrest_hosts)}
     verifying = any(mode in VERIFYING for mode in modes.values()) or bool(redis_hosts) or bool(pgbackrest_hosts)
     return {

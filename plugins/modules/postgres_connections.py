@@ -249,7 +249,9 @@ def read_backup(module, conn, plan):
         info = dict(status_code=status["code"], status_message=status["message"],
                     last_backup=last_backup(stanzas, time.time()))
     try:
-        beside = os.stat(plan["repo_path"]).st_dev == os.stat(plan["data_directory"]).st_dev
+        # A repository host's path is not on this host.
+        beside = not plan.get("repo_host") and os.stat(plan["repo_path"]).st_dev == os.stat(
+            plan["data_directory"]).st_dev
     except OSError:
         beside = False
     return dict(archiver=conn.execute(ARCHIVER).fetchone(), ready_segments=conn.execute(READY_SEGMENTS).fetchone(),

@@ -4,6 +4,7 @@ import base64
 import json
 import os
 import re
+import shlex
 import signal
 import subprocess
 import sys
@@ -816,9 +817,10 @@ def test_rails_like_prepared_statements_through_pgbouncer_that_tracks_them(app, 
     assert results["the same, no cache eviction"]["failed"] == 0
 
 
-# --- backups (pgBackRest) and a point-in-time restore on another host ---
+# --- backups (pgBackRest) to a repository host, and a point-in-time restore on another host ---
 
 BACKUP = REPORT["backups"]["database-db"]
+REPOSITORY = REPORT["backup_repositories"]["database-backup"]
 SCENARIO = Path(__file__).resolve().parents[1]
 
 
@@ -827,87 +829,126 @@ def restore_target(host):
     return other(host, "database-restore")
 
 
+@pytest.fixture(scope="module")
+def repository(host):
+    return other(host, "database-backup")
+
+
 def pgbackrest_info(host):
     run = host.run("runuser -u postgres -- pgbackrest --stanza=%s --output=json info" % BACKUP["stanza"])
     assert run.rc == 0, run.stderr
     return json.loads(run.stdout)[0]
 
 
-def test_the_primary_archives_and_only_postgres_reads_the_passphrase(db):
-    config = db.file(BACKUP["config_file"])
+def test_the_repository_host_keeps_the_encrypted_repository_and_only_it_has_the_passphrase(db, repository):
+    assert (BACKUP["repo_host"], BACKUP["backup_host"], REPOSITORY["primary"]) == (
+        "database-backup", "database-backup", "database-db")
+    config = repository.file(BACKUP["config_file"])
     assert (config.user, config.group, config.mode) == ("root", "postgres", 0o640)
-    assert "repo1-cipher-pass=" in db.run("cat %s" % BACKUP["config_file"]).stdout
-    repository = db.file(BACKUP["repo_path"])
-    assert (repository.user, repository.mode) == ("postgres", 0o750)
-    # The stanza is there: ok, or (before the first backup) 2, "no valid backups".
-    assert pgbackrest_info(db)["status"]["code"] in (0, 2)
+    assert "repo1-cipher-pass=" in repository.run("cat %s" % BACKUP["config_file"]).stdout
+    store = repository.file(REPOSITORY["repo_path"])
+    assert (store.user, store.mode) == ("postgres", 0o750)
     # Encrypted: the repository's files are OpenSSL's salted format, not pgBackRest's plain [backrest] text.
-    info_file = "%s/archive/%s/archive.info" % (BACKUP["repo_path"], BACKUP["stanza"])
-    assert db.run("head -c 8 %s" % info_file).stdout == "Salted__"
-    assert db.run("grep -ac '^\\[backrest\\]' %s" % info_file).stdout.strip() == "0"
+    info_file = "%s/archive/%s/archive.info" % (REPOSITORY["repo_path"], BACKUP["stanza"])
+    assert repository.run("head -c 8 %s" % info_file).stdout == "Salted__"
+    assert repository.run("grep -ac '^\\[backrest\\]' %s" % info_file).stdout.strip() == "0"
+    # The primary sends its WAL there over TLS, and holds neither the passphrase nor a repository.
+    primary_config = db.run("cat %s" % BACKUP["config_file"]).stdout
+    assert "repo1-cipher-pass" not in primary_config and "repo1-path" not in primary_config
+    assert "repo1-host=172.30.42.206\nrepo1-host-type=tls\n" in primary_config
+    assert not db.file(REPOSITORY["repo_path"]).exists
+    # The stanza is there, seen from both: ok, or (before the first backup) 2, "no valid backups".
+    assert pgbackrest_info(db)["status"]["code"] in (0, 2)
+    assert pgbackrest_info(repository)["status"]["code"] in (0, 2)
 
 
-def assert_backup_timers_on(db, calendars):
+def test_pgbackrests_servers_admit_only_each_others_certificate(db, repository, outsider):
+    assert "tls-server-auth=database-db=mastodon" in repository.run("cat %s" % BACKUP["config_file"]).stdout
+    assert "tls-server-auth=database-backup=mastodon" in db.run("cat %s" % BACKUP["config_file"]).stdout
+    for server in (db, repository):
+        assert server.service("pgbackrest.service").is_enabled and server.service("pgbackrest.service").is_running
+    # An outsider on the same network completes no handshake without a certificate from the cluster's CA.
+    for address in ("172.30.42.201", "172.30.42.206"):
+        probe_run = outsider.run("timeout 10 openssl s_client -connect %s:%d -brief </dev/null" % (
+            address, BACKUP["tls_port"]))
+        assert probe_run.rc != 0, (address, probe_run.stdout, probe_run.stderr)
+
+
+def assert_backup_timers_on(host, calendars):
     for kind, calendar in calendars.items():
         timer = "pgbackrest-backup-%s.timer" % kind
-        assert db.service(timer).is_enabled and db.service(timer).is_running, timer
-        normalized = re.search(r"Normalized form: (.+)", db.run("systemd-analyze calendar '%s'" % calendar).stdout)
-        shown = db.run("systemctl show -p TimersCalendar --value %s" % timer).stdout
+        assert host.service(timer).is_enabled and host.service(timer).is_running, timer
+        normalized = re.search(r"Normalized form: (.+)", host.run("systemd-analyze calendar '%s'" % calendar).stdout)
+        shown = host.run("systemctl show -p TimersCalendar --value %s" % timer).stdout
         assert "OnCalendar=%s ;" % normalized.group(1).strip() in shown, (timer, shown)
 
 
-def test_backup_timers_run_on_the_plans_calendar(db):
-    assert_backup_timers_on(db, BACKUP["calendars"])
+def test_backup_timers_run_on_the_repository_host_on_the_plans_calendar(db, repository):
+    assert_backup_timers_on(repository, REPOSITORY["calendars"])
+    for kind in ("full", "diff"):
+        assert not db.file("/etc/systemd/system/pgbackrest-backup-%s.timer" % kind).exists, kind
 
 
-def test_a_daily_schedule_drops_the_differential_timer_and_weekly_brings_it_back(db):
+def test_a_daily_schedule_drops_the_differential_timer_and_weekly_brings_it_back(repository):
     """Daily full backups leave no day for a differential one: its timer and service go, systemd forgets them,
     the repository stays. The inventory's weekly schedule brings them back."""
     try:
-        daily = converge_database_host(db, "-e", "pgbackrest_full_backups=daily")
+        daily = converge_database_hosts(repository, "-e", "pgbackrest_full_backups=daily", limit="database-backup")
         assert daily.returncode == 0, daily.stdout[-3000:]
-        assert_backup_timers_on(db, {"full": "*-*-* 01:00:00"})
+        assert_backup_timers_on(repository, {"full": "*-*-* 01:00:00"})
         for unit in ("pgbackrest-backup-diff.timer", "pgbackrest-backup-diff.service"):
-            assert not db.file("/etc/systemd/system/%s" % unit).exists, unit
-            assert db.run("systemctl show -P LoadState %s" % unit).stdout.strip() == "not-found", unit
-        assert pgbackrest_info(db)["status"]["code"] in (0, 2)
+            assert not repository.file("/etc/systemd/system/%s" % unit).exists, unit
+            assert repository.run("systemctl show -P LoadState %s" % unit).stdout.strip() == "not-found", unit
+        assert pgbackrest_info(repository)["status"]["code"] in (0, 2)
     finally:
-        weekly = converge_database_host(db)
+        weekly = converge_database_hosts(repository, limit="database-backup")
     assert weekly.returncode == 0, weekly.stdout[-3000:]
-    assert_backup_timers_on(db, BACKUP["calendars"])
+    assert_backup_timers_on(repository, REPOSITORY["calendars"])
 
 
-def test_backup_units_score_no_worse_than_mastodons_own(db):
+def test_backup_units_score_no_worse_than_mastodons_own(repository):
     # The production form: the unit without the container's PrivateUsers relaxation.
-    for kind in BACKUP["calendars"]:
-        db.run("cp /etc/systemd/system/pgbackrest-backup-%s.service /tmp/score-backup.service" % kind)
-        assert exposure(db, "/tmp/score-backup.service") <= 1.5, kind
+    for kind in REPOSITORY["calendars"]:
+        repository.run("cp /etc/systemd/system/pgbackrest-backup-%s.service /tmp/score-backup.service" % kind)
+        assert exposure(repository, "/tmp/score-backup.service") <= 1.5, kind
+
+
+def test_pgbackrests_server_runs_sandboxed_and_its_production_unit_scores_below_2(db, repository):
+    for server in (db, repository):
+        server.run("cat /lib/systemd/system/pgbackrest.service /etc/systemd/system/pgbackrest.service.d/hardening.conf "
+                   "> /tmp/score-ours.service")
+        server.run("cp /lib/systemd/system/pgbackrest.service /tmp/score-debian.service")
+        ours, debian = exposure(server, "/tmp/score-ours.service"), exposure(server, "/tmp/score-debian.service")
+        assert ours < 2.0 < debian, (ours, debian)
+        show = server.run("systemctl show -p ProtectSystem -p NoNewPrivileges -p IPAddressDeny pgbackrest.service").stdout
+        assert "ProtectSystem=strict" in show and "NoNewPrivileges=yes" in show, show
 
 
 def test_a_repository_another_uid_wrote_stops_the_role_before_it_changes_anything(db):
-    """As where hosts share network storage and their postgres users have different uids: the role would otherwise
-    take the repository from the host that wrote it."""
-    backups = "%s/backup" % BACKUP["repo_path"]
+    """A repository on the primary's own storage (no repository host), shared with a host whose postgres has
+    another uid: the role would otherwise take the repository from the host that wrote it."""
+    path = "/srv/pgbackrest-shared"
     postgres_uid = db.run("id -u postgres").stdout.strip()
-    files = "find /etc/postgresql %s -type f -exec sha256sum {} + | sort" % BACKUP["config_file"]
+    files = "find /etc/postgresql %s /etc/ssl/fediscale-mastodon -type f -exec sha256sum {} + | sort" % (
+        BACKUP["config_file"])
     before = db.run(files).stdout
-    db.run("chown 4242:4242 %s" % backups)
+    db.run("mkdir -p %s/backup && chown 4242:4242 %s/backup" % (path, path))
     try:
-        run = converge_database_host(db)
+        run = converge_database_host(db, "-e", json.dumps({"pgbackrest_repo_host": None, "pgbackrest_repo_path": path}))
         output = " ".join((run.stdout + run.stderr).split())
         assert run.returncode != 0
         assert ("host database-db: the backup repository %s holds backups written by uid 4242, and PostgreSQL's "
-                "user postgres is uid %s here" % (BACKUP["repo_path"], postgres_uid)) in output, output[-3000:]
+                "user postgres is uid %s here" % (path, postgres_uid)) in output, output[-3000:]
         assert "useradd -r -u 4242 -g postgres" in output and "The repository was not touched." in output
-        assert db.file(backups).uid == 4242
+        assert db.file(path + "/backup").uid == 4242
         assert db.run(files).stdout == before
     finally:
-        db.run("chown postgres:postgres %s" % backups)
+        db.run("rm -rf %s" % path)
 
 
 def restore_inventory(db, directory):
     """The inventory of an operator whose primary is lost: database-restore is now the db host, with the
-    primary's settings and the repository mounted at the same path."""
+    primary's settings and its repository host."""
     hosts = json.loads(subprocess.run(
         [str(Path(sys.executable).with_name("ansible-inventory")), "-i", db.backend.ansible_inventory, "--list"],
         capture_output=True, text=True, check=True).stdout)["_meta"]["hostvars"]
@@ -921,7 +962,8 @@ def restore_inventory(db, directory):
     primary = dict(yaml.safe_load((SCENARIO / "host_vars" / "database-db.yml").read_text()),
                    mastodon_address="172.30.42.205", **host_vars("database-restore", "database-db"))
     app = dict(yaml.safe_load((SCENARIO / "host_vars" / "database-app.yml").read_text()), **host_vars("database-app"))
-    inventory = {"all": {"children": {"db": {"hosts": {"database-restore": primary}}},
+    inventory = {"all": {"children": {"db": {"hosts": {"database-restore": primary}},
+                                      "backup": {"hosts": {"database-backup": host_vars("database-backup")}}},
                          "hosts": {}}}
     for group in ("web", "streaming", "sidekiq"):
         inventory["all"]["children"][group] = {"hosts": {"database-app": app}}
@@ -937,15 +979,20 @@ def restore(inventory, target_time):
                           env=env, capture_output=True, text=True, timeout=1200, check=False)
 
 
-def test_a_point_in_time_restore_on_another_host_brings_back_a_dropped_table(db, restore_target, tmp_path):
+def test_a_point_in_time_restore_on_another_host_brings_back_a_dropped_table(db, repository, restore_target,
+                                                                            tmp_path):
     psql(db, "DROP TABLE IF EXISTS backup_probe; CREATE TABLE backup_probe (id int PRIMARY KEY); "
              "INSERT INTO backup_probe SELECT generate_series(1, 100)")
-    # The full backup's own unit, as its timer starts it, with pgBackRest's connections sampled meanwhile.
-    sampled = db.run(
-        "(while :; do runuser -u postgres -- psql -XAtc \"SELECT count(*) FROM pg_stat_activity "
-        "WHERE application_name LIKE 'pgBackRest%'\"; sleep 0.1; done) > /tmp/pgbackrest-connections 2>&1 & "
-        "sampler=$!; systemctl start pgbackrest-backup-full.service; rc=$?; kill $sampler; exit $rc")
-    assert sampled.rc == 0, db.run("journalctl -u pgbackrest-backup-full.service --no-pager | tail -20").stdout
+    # The full backup's own unit on the repository host, as its timer starts it, with pgBackRest's connections to
+    # the primary sampled meanwhile.
+    sampler_script = ("while :; do runuser -u postgres -- psql -XAtc \"SELECT count(*) FROM pg_stat_activity "
+                      "WHERE application_name LIKE 'pgBackRest%'\"; sleep 0.1; done")
+    sampler = db.run("printf '%%s' %s > /tmp/sample-pgbackrest.sh && setsid sh /tmp/sample-pgbackrest.sh "
+                     "> /tmp/pgbackrest-connections 2>&1 < /dev/null & echo $!" % shlex.quote(sampler_script)
+                     ).stdout.strip()
+    started = repository.run("systemctl start pgbackrest-backup-full.service")
+    db.run("kill %s" % sampler)
+    assert started.rc == 0, repository.run("journalctl -u pgbackrest-backup-full.service --no-pager | tail -20").stdout
     counts = [int(line) for line in db.run("cat /tmp/pgbackrest-connections").stdout.split() if line.isdigit()]
     assert counts and 1 <= max(counts) <= REPORT["direct_connections"]["pgbackrest"], counts
     backups = pgbackrest_info(db)["backup"]
@@ -978,7 +1025,22 @@ def test_a_point_in_time_restore_on_another_host_brings_back_a_dropped_table(db,
     else:
         pytest.fail("segment %s was not archived in 60 s" % switched)
 
+    # Archiving never failed on the primary, before or after the stanza was created.
+    assert psql(db, "SELECT failed_count FROM pg_stat_archiver").stdout.strip() == "0"
+
     inventory = restore_inventory(db, tmp_path)
+    try:
+        restored_on_another_host(repository, restore_target, inventory, target_time)
+    finally:
+        # The repository host admits database-restore now; the scenario's primary again, as before the loss.
+        back = converge_database_hosts(db, limit="database-backup")
+    assert back.returncode == 0, back.stdout[-3000:]
+    # The primary reaches its repository again: pgBackRest's check switches a segment and waits for its archive.
+    checked = db.run("runuser -u postgres -- pgbackrest --stanza=%s check" % BACKUP["stanza"])
+    assert checked.rc == 0, checked.stdout + checked.stderr
+
+
+def restored_on_another_host(repository, restore_target, inventory, target_time):
     run = restore(inventory, target_time)
     assert run.returncode == 0, run.stdout[-4000:]
     assert psql(restore_target, "SELECT pg_is_in_recovery()").stdout.strip() == "f"
@@ -992,8 +1054,7 @@ def test_a_point_in_time_restore_on_another_host_brings_back_a_dropped_table(db,
     backups = pgbackrest_info(restore_target)["backup"]
     assert len(backups) >= 2 and backups[-1]["type"] == "full" and backups[-1]["error"] is False
     assert backups[-1]["archive"]["start"][:8] == "00000002"
-    # Archiving never failed on the primary, before or after the stanza was created.
-    assert psql(db, "SELECT failed_count FROM pg_stat_archiver").stdout.strip() == "0"
+    assert "tls-server-auth=database-restore=mastodon" in repository.run("cat %s" % BACKUP["config_file"]).stdout
 
     # A second restore would replace a running server with Mastodon's database: refused, nothing changed.
     again = restore(inventory, target_time)

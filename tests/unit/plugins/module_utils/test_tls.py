@@ -26,7 +26,7 @@ def behind_pgbouncer(**changes):
 def test_a_managed_server_on_another_host_is_verified_in_full():
     budget = behind_pgbouncer(hosts__db1__mastodon={"address": "10.0.0.11"})
     assert budget["tls"]["sslmode"] == {"primary": "verify-full"}
-    assert budget["tls"]["certificates"] == {"db1": {"subject_alt_names": ["IP:10.0.0.11", "DNS:db1"], "client_auth": False}}
+    assert budget["tls"]["certificates"] == {"db1": {"subject_alt_names": ["IP:10.0.0.11", "DNS:db1"]}}
     assert budget["tls"]["ca_hosts"] == ["db1", "web1", "worker1"]
     bouncer = budget["pgbouncer"]["web1"]
     assert (bouncer["server_tls_sslmode"], bouncer["server_tls_ca_file"]) == ("verify-full", tls.CA_FILE)
@@ -89,8 +89,7 @@ def test_redis_on_another_host_goes_over_tls_with_a_certificate_and_the_ca_in_th
     assert (units["REDIS_URL"], units["CACHE_REDIS_URL"]) == ("rediss://10.0.0.12:6379", "rediss://10.0.0.12:6380")
     # Streaming's Node needs the CA named; Ruby reads the host's store, which the tls role extends.
     assert units["NODE_EXTRA_CA_CERTS"] == tls.CA_FILE and "SSL_CERT_FILE" not in units
-    assert budget["tls"]["certificates"]["redis1"] == {"subject_alt_names": ["IP:10.0.0.12", "DNS:redis1"],
-                                                      "client_auth": False}
+    assert budget["tls"]["certificates"]["redis1"] == {"subject_alt_names": ["IP:10.0.0.12", "DNS:redis1"]}
     assert budget["tls"]["redis_hosts"] == ["redis1"] and budget["tls"]["trust_store"] is True
     assert {"web1", "worker1", "redis1"} <= set(budget["tls"]["ca_hosts"])
     assert {item["name"]: item["tls"] for item in budget["redis"]["instances"]} == {"persistent": True, "cache": True}
