@@ -862,16 +862,43 @@ def test_the_repository_host_keeps_the_encrypted_repository_and_only_it_has_the_
     assert pgbackrest_info(repository)["status"]["code"] in (0, 2)
 
 
-def test_pgbackrests_servers_admit_only_each_others_certificate(db, repository, outsider):
+PROBE_PGBACKREST = """[global]
+repo1-host=%s
+repo1-host-type=tls
+repo1-host-ca-file=/etc/ssl/fediscale-mastodon/ca.crt
+repo1-host-cert-file=/root/probe-%s.crt
+repo1-host-key-file=/root/probe-%s.key
+"""
+
+
+def test_pgbackrests_servers_admit_only_each_others_certificate_and_address(db, repository, outsider, replica):
     assert "tls-server-auth=database-db=mastodon" in repository.run("cat %s" % BACKUP["config_file"]).stdout
     assert "tls-server-auth=database-backup=mastodon" in db.run("cat %s" % BACKUP["config_file"]).stdout
     for server in (db, repository):
         assert server.service("pgbackrest.service").is_enabled and server.service("pgbackrest.service").is_running
-    # An outsider on the same network completes no handshake without a certificate from the cluster's CA.
-    for address in ("172.30.42.201", "172.30.42.206"):
-        probe_run = outsider.run("timeout 10 openssl s_client -connect %s:%d -brief </dev/null" % (
-            address, BACKUP["tls_port"]))
-        assert probe_run.rc != 0, (address, probe_run.stdout, probe_run.stderr)
+    # An outsider on the same network gets no answer: the servers' units take packets from the other end only.
+    for address in (REPOSITORY["address"], BACKUP["repo_host_address"]):
+        reached = outsider.run("timeout 5 bash -c 'exec 3<>/dev/tcp/%s/%d'" % (address, BACKUP["tls_port"]))
+        assert reached.rc != 0, address
+    # From the other end's address: a certificate that names the expected client but comes from another CA fails
+    # the handshake; the replica's (the cluster's CA, another name) is refused by name.
+    replica_pair = {kind: replica.file("/etc/ssl/fediscale-mastodon/server.%s" % kind).content_string
+                    for kind in ("crt", "key")}
+    for client, server_address, expected in ((repository, REPOSITORY["address"], "database-backup"),
+                                             (db, BACKUP["repo_host_address"], "database-db")):
+        client.run("openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 1 -subj /CN=%s "
+                   "-keyout /root/probe-forged.key -out /root/probe-forged.crt" % expected)
+        for kind, content in replica_pair.items():
+            client.run("printf '%%s' %s > /root/probe-replica.%s" % (shlex.quote(content), kind))
+        try:
+            for name, refusal in (("forged", "alert unknown ca"), ("replica", "access denied")):
+                client.run("printf '%%s' %s > /root/probe-%s.conf && chmod 600 /root/probe-%s.*" % (
+                    shlex.quote(PROBE_PGBACKREST % (server_address, name, name)), name, name))
+                tried = client.run("pgbackrest --config=/root/probe-%s.conf --stanza=%s info" % (
+                    name, BACKUP["stanza"]))
+                assert refusal in tried.stdout + tried.stderr, (server_address, name, tried.stdout, tried.stderr)
+        finally:
+            client.run("rm -f /root/probe-*")
 
 
 def assert_backup_timers_on(host, calendars):
@@ -962,8 +989,10 @@ def restore_inventory(db, directory):
     primary = dict(yaml.safe_load((SCENARIO / "host_vars" / "database-db.yml").read_text()),
                    mastodon_address="172.30.42.205", **host_vars("database-restore", "database-db"))
     app = dict(yaml.safe_load((SCENARIO / "host_vars" / "database-app.yml").read_text()), **host_vars("database-app"))
+    repository = dict(yaml.safe_load((SCENARIO / "host_vars" / "database-backup.yml").read_text()),
+                      **host_vars("database-backup"))
     inventory = {"all": {"children": {"db": {"hosts": {"database-restore": primary}},
-                                      "backup": {"hosts": {"database-backup": host_vars("database-backup")}}},
+                                      "backup": {"hosts": {"database-backup": repository}}},
                          "hosts": {}}}
     for group in ("web", "streaming", "sidekiq"):
         inventory["all"]["children"][group] = {"hosts": {"database-app": app}}
