@@ -100,7 +100,7 @@ def test_host_in_no_group_with_the_plans_variables_fails(tmp_path):
         (inventory / "host_vars" / "stray.yml").write_text("web_concurrency: 8\n")
     stdout = failing_plan(tmp_path, change)
     assert ("host stray, variable web_concurrency: stray is in none of the groups db, redis, web, streaming, "
-            "sidekiq, proxy, so the plan would drop it and this setting from its host_vars") in stdout
+            "sidekiq, proxy, backup, so the plan would drop it and this setting from its host_vars") in stdout
 
 
 def test_a_bastion_outside_the_groups_is_left_alone(tmp_path):

@@ -166,8 +166,10 @@ def test_pgbouncer_reaches_postgresql_over_verified_tls(app, db):
 
 
 def test_a_capture_on_the_wire_shows_no_login_or_query_text(db, app):
-    db.run("rm -f /tmp/wire.pcap; (timeout 30 tcpdump -i any -U -w /tmp/wire.pcap tcp port 5432 > /dev/null 2>&1 &)")
-    time.sleep(2)
+    db.run("rm -f /tmp/wire.pcap /tmp/wire.log; "
+           "(timeout 60 tcpdump -i any -U -w /tmp/wire.pcap tcp port 5432 > /tmp/wire.log 2>&1 &)")
+    # Capturing once it says so: on a loaded machine it takes longer than a fixed wait.
+    wait_for(lambda: "listening on" in db.run("cat /tmp/wire.log").stdout)
     for address, port in (("127.0.0.1", 6432), (SERVER["address"], 5432)):
         assert connect(app, address, port, "mastodon", PASSWORD, sql="SELECT 'cleartext-canary-' || 42").rc == 0
     time.sleep(1)
@@ -1008,8 +1010,8 @@ def restore(inventory, target_time):
                           env=env, capture_output=True, text=True, timeout=1200, check=False)
 
 
-def test_a_point_in_time_restore_on_another_host_brings_back_a_dropped_table(db, repository, restore_target,
-                                                                            tmp_path):
+def test_a_point_in_time_restore_on_another_host_brings_back_a_dropped_table(
+        db, repository, restore_target, tmp_path):
     psql(db, "DROP TABLE IF EXISTS backup_probe; CREATE TABLE backup_probe (id int PRIMARY KEY); "
              "INSERT INTO backup_probe SELECT generate_series(1, 100)")
     # The full backup's own unit on the repository host, as its timer starts it, with pgBackRest's connections to
