@@ -62,6 +62,7 @@ def plan_backups(servers: Dict[str, Dict[str, Any]], hosts: Dict[str, Dict[str, 
                                  "(postgresql_limits_from: live), whose archive_command the collection cannot set",
                                  "set up its backups where it is managed, or let the postgresql role manage it")
         repo_host = _repository_host(host, section, hosts)
+        standby = _standby(host, section, repo_host, servers, hosts)
         result[host] = {
             "stanza": STANZA,
             "config_file": CONFIG_FILE,
@@ -75,7 +76,10 @@ def plan_backups(servers: Dict[str, Dict[str, Any]], hosts: Dict[str, Dict[str, 
             "tls_port": TLS_SERVER_PORT,
             # pgBackRest's units may then reach only each other (IPAddressAllow takes addresses, not names).
             "peers_by_ip": bool(repo_host) and is_ip(address_of(host, hosts[host]))
-            and is_ip(address_of(repo_host, hosts[repo_host])),
+            and is_ip(address_of(repo_host, hosts[repo_host]))
+            and (standby is None or is_ip(standby["address"])),
+            # Where the backup copies the data directory from, besides the primary (None: the primary only).
+            "standby": standby,
             "retention_days": section["retention_days"],
             "full_backups": section["full_backups"],
             "full_interval_days": FULL_INTERVAL_DAYS[section["full_backups"]],
@@ -105,6 +109,42 @@ def _repository_host(host: str, section: Dict[str, Any], hosts: Dict[str, Dict[s
     return name
 
 
+def _standby(host: str, section: Dict[str, Any], repo_host: Optional[str], servers: Dict[str, Dict[str, Any]],
+             hosts: Dict[str, Dict[str, Any]]) -> Optional[Dict[str, Any]]:
+    if not section["backup_from_standby"]:
+        return None
+    where = host_where(host, "pgbackrest") + ".backup_from_standby"
+    if "replica" not in servers:
+        raise PlanInputError(where, "is on, and the plan has no replica to copy the backups from",
+                             "add the replica (postgresql_role: replica in group db), or set "
+                             "pgbackrest_backup_from_standby: false")
+    if repo_host is None:
+        raise PlanInputError(where, "is on without pgbackrest_repo_host: pgBackRest copies from the standby only "
+                             "from a repository host, which reaches both servers",
+                             "set pgbackrest_repo_host to a host in group backup, or pgbackrest_backup_from_standby: "
+                             "false")
+    replica = servers["replica"]
+    if replica["limits_from"] == "live":
+        raise PlanInputError(where, "is on, and the replica %s is a server the postgresql role does not manage "
+                             "(postgresql_limits_from: live), so nothing sets up pgBackRest's server there"
+                             % replica["host"], "set pgbackrest_backup_from_standby: false")
+    return {"host": replica["host"], "address": address_of(replica["host"], hosts[replica["host"]]),
+            "port": replica.get("port", POSTGRESQL_PORT),
+            "data_directory": "%s/%d/main" % (POSTGRESQL_DATA_ROOT, replica["version"])}
+
+
+def plan_standbys(backups: Dict[str, Any]) -> Dict[str, Any]:
+    """The replica a backup copies from: its pgBackRest server's plan (the repository host's pair, as for the
+    primary)."""
+    result: Dict[str, Any] = {}
+    for primary, plan in sorted(backups.items()):
+        if plan and plan["standby"]:
+            standby = plan["standby"]
+            result[standby["host"]] = dict(plan, primary=primary, address=standby["address"], port=standby["port"],
+                                           data_directory=standby["data_directory"], settings={})
+    return result
+
+
 def plan_repositories(backups: Dict[str, Any], hosts: Dict[str, Dict[str, Any]]) -> Dict[str, Any]:
     """Each repository host's plan: the primary it backs up, where it keeps the repository, when it runs the
     backups (None where no primary names it)."""
@@ -113,6 +153,12 @@ def plan_repositories(backups: Dict[str, Any], hosts: Dict[str, Dict[str, Any]])
         if plan and plan["repo_host"]:
             result[plan["repo_host"]] = dict(plan, primary=primary)
     return result
+
+
+def replica_direct_connections(backups: Dict[str, Any]) -> Dict[str, int]:
+    """pgBackRest's connections to the replica, where a backup copies from it (it also keeps its connection to the
+    primary, which starts and stops the backup)."""
+    return {"pgbackrest": PGBACKREST_CONNECTIONS} if any(plan and plan["standby"] for plan in backups.values()) else {}
 
 
 def add_direct_connections(direct: Dict[str, int], backups: Dict[str, Any], given: Dict[str, Any]) -> None:

@@ -342,9 +342,10 @@ def processes_and_clients(cluster: Dict[str, Any], hosts: Dict[str, Dict[str, An
 
 def server_reports(servers: Dict[str, Dict[str, Any]], hosts: Dict[str, Dict[str, Any]],
                    bouncers: Dict[str, Dict[str, Any]], clients: Dict[str, Dict[str, int]], direct: Dict[str, int],
-                   concurrency: int) -> Dict[str, Dict[str, Any]]:
-    """Each server's report: who connects (a host's pgbouncer, or its processes directly, and the direct users)
-    and how many, against its capacity and its 90 % line."""
+                   concurrency: int, replica_direct: Optional[Dict[str, int]] = None) -> Dict[str, Dict[str, Any]]:
+    """Each server's report: who connects (a host's pgbouncer, or its processes directly, and the direct users:
+    ``direct`` on the primary, ``replica_direct`` on the replica) and how many, against its capacity and its
+    90 % line."""
     reports = {}
     for role, server in servers.items():
         sources = []
@@ -357,9 +358,9 @@ def server_reports(servers: Dict[str, Dict[str, Any]], hosts: Dict[str, Dict[str
                 via = "direct"
             if count:
                 sources.append({"host": host, "via": via, "connections": count})
-        if role == "primary":
-            sources.extend({"host": name, "via": "direct connection", "connections": count}
-                           for name, count in sorted(direct.items()) if count)
+        named = direct if role == "primary" else (replica_direct or {})
+        sources.extend({"host": name, "via": "direct connection", "connections": count}
+                       for name, count in sorted(named.items()) if count)
         reports[role] = server_report(role, server, sources, concurrency)
     if "replica" in reports:
         headroom = reports["primary"]["headroom"]

@@ -44,7 +44,7 @@ def postgresql_listen_backlog(max_connections: int) -> int:
 
 def postgresql_hosts(cluster: Dict[str, Any], servers: Dict[str, Any], hosts: Dict[str, Dict[str, Any]],
                      app_hosts: List[str], sslmodes: Dict[str, Optional[str]],
-                     backups: Dict[str, Any]) -> Dict[str, Dict[str, Any]]:
+                     backups: Dict[str, Any], standbys: Dict[str, Any]) -> Dict[str, Dict[str, Any]]:
     """What the postgresql role writes on each database host: settings (archiving when it backs up), and who may
     connect and how (clients on another host over TLS when their sslmode encrypts)."""
     result = {}
@@ -75,6 +75,8 @@ def postgresql_hosts(cluster: Dict[str, Any], servers: Dict[str, Any], hosts: Di
             "local_peer": server["host"] in app_hosts,
             "replication": replication_of(role, servers, sslmodes["primary"]),
             "backup": backups.get(server["host"]),
+            # pgBackRest's server on the replica a backup copies from.
+            "backup_standby": standbys.get(server["host"]),
             # Raised only past the kernel's default, never lowered.
             "somaxconn": max(postgresql_listen_backlog(server["max_connections"]), KERNEL_SOMAXCONN)
             if postgresql_listen_backlog(server["max_connections"]) > KERNEL_SOMAXCONN else None,

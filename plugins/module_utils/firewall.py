@@ -16,7 +16,7 @@ rule per listener fits and systemd's ``IPAddressDeny=`` (both directions, every 
 - Puma and streaming, with their handover ports: the proxies (nginx's upstreams), where they listen beyond loopback;
 - pgBackRest's server, where the primary backs up to a repository host: on the primary the repository host (it
   reads the data directory for a backup), on the repository host the primary (it pushes WAL and reads the
-  repository for a restore).
+  repository for a restore); on a replica that backups copy from, the repository host.
 
 pgbouncer listens on loopback only, and nginx serves everyone: neither gets a rule.
 """
@@ -106,7 +106,10 @@ def plan_firewall(cluster: Dict[str, Any], hosts: Dict[str, Dict[str, Any]], app
             _listener("sentinel", item["host"], item["port"], sentinel_clients, hosts, admin))
     for host, plan in sorted(backups.items()):
         if plan and plan["repo_host"]:
-            for server, client in ((host, plan["repo_host"]), (plan["repo_host"], host)):
+            pairs = [(host, plan["repo_host"]), (plan["repo_host"], host)]
+            if plan["standby"]:
+                pairs.append((plan["standby"]["host"], plan["repo_host"]))
+            for server, client in pairs:
                 listeners.setdefault(server, []).append(
                     _listener("pgbackrest", server, plan["tls_port"], {client}, hosts, admin))
     proxies = set(nginx)

@@ -41,7 +41,8 @@ def compute(description: Any) -> Dict[str, Any]:
     backups.add_direct_connections(direct, backup, cluster["direct_connections"])
     bouncers = connections.allocate_pgbouncers(hosts, clients, servers, sum(direct.values()))
     server_reports = connections.server_reports(servers, hosts, bouncers, clients, direct,
-                                                connections.headroom_concurrency(processes))
+                                                connections.headroom_concurrency(processes),
+                                                backups.replica_direct_connections(backup))
     connections.mark_routes(processes, bouncers, servers)
 
     adopted = adoption.adoptions(hosts, cluster["version"])
@@ -58,7 +59,8 @@ def compute(description: Any) -> Dict[str, Any]:
     deploy.add_pgbouncer_listeners(bouncers, cluster, servers, encryption["sslmode"])
     units = {host: deploy.app_units([row for row in processes if row["host"] == host], bouncers.get(host))
              for host in app_hosts}
-    postgresql = deploy.postgresql_hosts(cluster, servers, hosts, app_hosts, encryption["sslmode"], backup)
+    postgresql = deploy.postgresql_hosts(cluster, servers, hosts, app_hosts, encryption["sslmode"], backup,
+                                         backups.plan_standbys(backup))
     return {
         "mastodon": cluster,
         "servers": server_reports,
@@ -71,6 +73,7 @@ def compute(description: Any) -> Dict[str, Any]:
         "postgresql": postgresql,
         "backups": backup,
         "backup_repositories": backups.plan_repositories(backup, hosts),
+        "backup_standbys": backups.plan_standbys(backup),
         "firewall": firewall.plan_firewall(cluster, hosts, app_hosts, redis, nginx, units, binds, postgresql,
                                            backup),
         "tls": encryption,

@@ -736,6 +736,9 @@ PGBACKREST = {
     "repo_host": Field(optional(parse_str), None,
                        "the inventory name of a repository host (group backup): it keeps the repository, runs the "
                        "backups and takes the WAL over TLS with the cluster's CA (pgBackRest's server on both)"),
+    "backup_from_standby": Field(parse_bool, False,
+                                 "copy a backup's files from the replica instead of the primary's disks "
+                                 "(pgBackRest's backup-standby); needs the replica and pgbackrest_repo_host"),
     "retention_days": Field(integer(1, 3650), 14,
                             "days of backups, and of the WAL to replay them, kept: how far back a restore reaches"),
     "full_backups": Field(choice("weekly", "daily"), "weekly",

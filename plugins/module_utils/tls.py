@@ -98,7 +98,7 @@ def plan_tls(servers: Dict[str, Any], hosts: Dict[str, Dict[str, Any]], app_host
     redis_hosts = {instance["host"] for instance in redis_instances if instance["tls"]}
     # pgBackRest's server admits a client by its certificate's common name (tls-server-auth).
     pgbackrest_hosts = {name for host, plan in backups.items() if plan and plan["repo_host"]
-                        for name in (host, plan["repo_host"])}
+                        for name in (host, plan["repo_host"]) + ((plan["standby"]["host"],) if plan["standby"] else ())}
     certificates = {host: {"subject_alt_names": subject_alt_names(host, hosts[host])}
                     for host in sorted(servers_with_tls | redis_hosts | pgbackrest_hosts)}
     verifying = any(mode in VERIFYING for mode in modes.values()) or bool(redis_hosts) or bool(pgbackrest_hosts)

@@ -842,7 +842,8 @@ def pgbackrest_info(host):
     return json.loads(run.stdout)[0]
 
 
-def test_the_repository_host_keeps_the_encrypted_repository_and_only_it_has_the_passphrase(db, repository):
+def test_the_repository_host_keeps_the_encrypted_repository_and_only_it_has_the_passphrase(db, repository,
+                                                                                          replica):
     assert (BACKUP["repo_host"], BACKUP["backup_host"], REPOSITORY["primary"]) == (
         "database-backup", "database-backup", "database-db")
     config = repository.file(BACKUP["config_file"])
@@ -859,6 +860,10 @@ def test_the_repository_host_keeps_the_encrypted_repository_and_only_it_has_the_
     assert "repo1-cipher-pass" not in primary_config and "repo1-path" not in primary_config
     assert "repo1-host=172.30.42.206\nrepo1-host-type=tls\n" in primary_config
     assert not db.file(REPOSITORY["repo_path"]).exists
+    # Nor does the replica, whose server the backups copy from.
+    standby_config = replica.run("cat %s" % BACKUP["config_file"]).stdout
+    assert "repo1-cipher-pass" not in standby_config and "pg1-path=%s" % BACKUP["standby"]["data_directory"] in \
+        standby_config
     # The stanza is there, seen from both: ok, or (before the first backup) 2, "no valid backups".
     assert pgbackrest_info(db)["status"]["code"] in (0, 2)
     assert pgbackrest_info(repository)["status"]["code"] in (0, 2)
@@ -875,11 +880,12 @@ repo1-host-key-file=/root/probe-%s.key
 
 def test_pgbackrests_servers_admit_only_each_others_certificate_and_address(db, repository, outsider, replica):
     assert "tls-server-auth=database-db=mastodon" in repository.run("cat %s" % BACKUP["config_file"]).stdout
-    assert "tls-server-auth=database-backup=mastodon" in db.run("cat %s" % BACKUP["config_file"]).stdout
-    for server in (db, repository):
+    for server in (db, replica):
+        assert "tls-server-auth=database-backup=mastodon" in server.run("cat %s" % BACKUP["config_file"]).stdout
+    for server in (db, repository, replica):
         assert server.service("pgbackrest.service").is_enabled and server.service("pgbackrest.service").is_running
     # An outsider on the same network gets no answer: the servers' units take packets from the other end only.
-    for address in (REPOSITORY["address"], BACKUP["repo_host_address"]):
+    for address in (REPOSITORY["address"], BACKUP["repo_host_address"], BACKUP["standby"]["address"]):
         reached = outsider.run("timeout 5 bash -c 'exec 3<>/dev/tcp/%s/%d'" % (address, BACKUP["tls_port"]))
         assert reached.rc != 0, address
     # From the other end's address: a certificate that names the expected client but comes from another CA fails
@@ -963,7 +969,8 @@ def test_a_repository_another_uid_wrote_stops_the_role_before_it_changes_anythin
     before = db.run(files).stdout
     db.run("mkdir -p %s/backup && chown 4242:4242 %s/backup" % (path, path))
     try:
-        run = converge_database_host(db, "-e", json.dumps({"pgbackrest_repo_host": None, "pgbackrest_repo_path": path}))
+        run = converge_database_host(db, "-e", json.dumps({"pgbackrest_repo_host": None, "pgbackrest_repo_path": path,
+                                                           "pgbackrest_backup_from_standby": False}))
         output = " ".join((run.stdout + run.stderr).split())
         assert run.returncode != 0
         assert ("host database-db: the backup repository %s holds backups written by uid 4242, and PostgreSQL's "
@@ -988,8 +995,10 @@ def restore_inventory(db, directory):
         found["ansible_host"] = name
         return found
 
+    # No replica yet: the backups copy from the new primary until one is copied from it.
     primary = dict(yaml.safe_load((SCENARIO / "host_vars" / "database-db.yml").read_text()),
-                   mastodon_address="172.30.42.205", **host_vars("database-restore", "database-db"))
+                   mastodon_address="172.30.42.205", pgbackrest_backup_from_standby=False,
+                   **host_vars("database-restore", "database-db"))
     app = dict(yaml.safe_load((SCENARIO / "host_vars" / "database-app.yml").read_text()), **host_vars("database-app"))
     repository = dict(yaml.safe_load((SCENARIO / "host_vars" / "database-backup.yml").read_text()),
                       **host_vars("database-backup"))
@@ -1011,21 +1020,35 @@ def restore(inventory, target_time):
 
 
 def test_a_point_in_time_restore_on_another_host_brings_back_a_dropped_table(
-        db, repository, restore_target, tmp_path):
+        db, repository, replica, restore_target, tmp_path):
     psql(db, "DROP TABLE IF EXISTS backup_probe; CREATE TABLE backup_probe (id int PRIMARY KEY); "
              "INSERT INTO backup_probe SELECT generate_series(1, 100)")
     # The full backup's own unit on the repository host, as its timer starts it, with pgBackRest's connections to
-    # the primary sampled meanwhile.
-    sampler_script = ("while :; do runuser -u postgres -- psql -XAtc \"SELECT count(*) FROM pg_stat_activity "
-                      "WHERE application_name LIKE 'pgBackRest%'\"; sleep 0.1; done")
-    sampler = db.run("printf '%%s' %s > /tmp/sample-pgbackrest.sh && setsid sh /tmp/sample-pgbackrest.sh "
-                     "> /tmp/pgbackrest-connections 2>&1 < /dev/null & echo $!" % shlex.quote(sampler_script)
-                     ).stdout.strip()
+    # the primary and to the replica it copies from, and the primary's WAL senders, sampled meanwhile.
+    samplers = {}
+    for server, label in ((db, "primary"), (replica, "replica")):
+        script = ("while :; do runuser -u postgres -- psql -XAtc \"SELECT (SELECT count(*) FROM pg_stat_activity "
+                  "WHERE application_name LIKE 'pgBackRest%') || ' ' || (SELECT count(*) FROM pg_stat_replication)"
+                  "\"; sleep 0.1; done")
+        samplers[label] = (server, server.run(
+            "printf '%%s' %s > /tmp/sample-pgbackrest.sh && setsid sh /tmp/sample-pgbackrest.sh "
+            "> /tmp/pgbackrest-connections 2>&1 < /dev/null & echo $!" % shlex.quote(script)).stdout.strip())
     started = repository.run("systemctl start pgbackrest-backup-full.service")
-    db.run("kill %s" % sampler)
+    for server, pid in samplers.values():
+        server.run("kill %s" % pid)
     assert started.rc == 0, repository.run("journalctl -u pgbackrest-backup-full.service --no-pager | tail -20").stdout
-    counts = [int(line) for line in db.run("cat /tmp/pgbackrest-connections").stdout.split() if line.isdigit()]
-    assert counts and 1 <= max(counts) <= REPORT["direct_connections"]["pgbackrest"], counts
+    samples = {label: [tuple(int(number) for number in line.split()) for line in server.run(
+        "cat /tmp/pgbackrest-connections").stdout.splitlines() if re.fullmatch(r"\d+ \d+", line)]
+        for label, (server, _pid) in samplers.items()}
+    for label in ("primary", "replica"):
+        assert samples[label] and 1 <= max(count for count, _senders in samples[label]) <= \
+            REPORT["direct_connections"]["pgbackrest"], (label, samples[label])
+    # No WAL sender beside the replica's stream: the copy goes through pgBackRest's servers.
+    assert {senders for _count, senders in samples["primary"]} == {1}, samples["primary"]
+    assert {senders for _count, senders in samples["replica"]} == {0}, samples["replica"]
+    # pgBackRest waited for the replica to replay to the backup's start, and copied from it.
+    log = repository.run("cat /var/log/pgbackrest/%s-backup.log" % BACKUP["stanza"]).stdout
+    assert "replay on the standby" in log, log[-2000:]
     backups = pgbackrest_info(db)["backup"]
     assert backups[-1]["type"] == "full" and backups[-1]["error"] is False
 

@@ -141,3 +141,59 @@ def test_a_repository_host_outside_group_backup_is_refused():
     message = error_of(archiving(repo_host="worker1"))
     assert message.startswith("host db1, pgbackrest.repo_host: names worker1, which is not in group backup")
     assert message.endswith("(add worker1 to group backup)")
+
+
+def from_standby(**section):
+    """to_repository_host, with db2 as the replica the backups copy from."""
+    description = to_repository_host(backup_from_standby=True, **section)
+    description["hosts"]["db2"] = {"mastodon": {"address": "10.0.0.3"},
+                                   "postgresql": {"role": "replica", "ram": "16GB", "max_connections": 200}}
+    return description
+
+
+def test_a_backup_from_the_standby_copies_from_the_replica_through_its_server():
+    report = model.compute(from_standby())
+    standby = report["backups"]["db1"]["standby"]
+    assert standby == {"host": "db2", "address": "10.0.0.3", "port": 5432,
+                       "data_directory": "/var/lib/postgresql/17/main"}
+    assert report["backup_repositories"]["backup1"]["standby"] == standby
+    server = report["backup_standbys"]["db2"]
+    assert (server["address"], server["repo_host"], server["primary"], server["settings"]) == (
+        "10.0.0.3", "backup1", "db1", {})
+    assert report["postgresql"]["db2"]["backup_standby"] == server and report["postgresql"]["db2"]["backup"] is None
+    # The replica archives nothing: its settings have no archive_command.
+    assert "archive_command" not in report["postgresql"]["db2"]["settings"]
+
+
+def test_a_backup_from_the_standby_is_counted_on_both_servers():
+    before = model.compute(to_repository_host())
+    report = model.compute(from_standby())
+    assert report["servers"]["primary"]["total"] == before["servers"]["primary"]["total"]
+    assert [source for source in report["servers"]["replica"]["sources"] if source["host"] == "pgbackrest"] == [
+        {"host": "pgbackrest", "via": "direct connection", "connections": backups.PGBACKREST_CONNECTIONS}]
+    without = model.compute(dict(from_standby(), hosts=dict(from_standby()["hosts"], db1=dict(
+        from_standby()["hosts"]["db1"], pgbackrest=dict(from_standby()["hosts"]["db1"]["pgbackrest"],
+                                                        backup_from_standby=False)))))
+    assert report["servers"]["replica"]["total"] == without["servers"]["replica"]["total"] + 2
+
+
+def test_the_replicas_server_admits_the_repository_host_only():
+    report = model.compute(from_standby())
+    [on_replica] = [item for item in report["firewall"]["hosts"]["db2"] if item["service"] == "pgbackrest"]
+    assert (on_replica["clients"], on_replica["addresses"]) == (["backup1"], ["10.0.0.9"])
+    assert "db2" in report["tls"]["certificates"]
+
+
+def test_a_backup_from_the_standby_without_a_replica_is_refused():
+    description = to_repository_host(backup_from_standby=True)
+    message = error_of(description)
+    assert message.startswith("host db1, pgbackrest.backup_from_standby: is on, and the plan has no replica")
+    assert "add the replica (postgresql_role: replica in group db)" in message
+
+
+def test_a_backup_from_the_standby_without_a_repository_host_is_refused():
+    description = from_standby()
+    description["hosts"]["db1"]["pgbackrest"]["repo_host"] = None
+    message = error_of(description)
+    assert message.startswith("host db1, pgbackrest.backup_from_standby: is on without pgbackrest_repo_host")
+    assert "set pgbackrest_repo_host to a host in group backup" in message
