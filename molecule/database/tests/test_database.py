@@ -842,8 +842,8 @@ def pgbackrest_info(host):
     return json.loads(run.stdout)[0]
 
 
-def test_the_repository_host_keeps_the_encrypted_repository_and_only_it_has_the_passphrase(db, repository,
-                                                                                          replica):
+def test_the_repository_host_keeps_the_encrypted_repository_and_only_it_has_the_passphrase(
+        db, repository, replica):
     assert (BACKUP["repo_host"], BACKUP["backup_host"], REPOSITORY["primary"]) == (
         "database-backup", "database-backup", "database-db")
     config = repository.file(BACKUP["config_file"])
