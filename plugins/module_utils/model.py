@@ -59,8 +59,8 @@ def compute(description: Any) -> Dict[str, Any]:
     deploy.add_pgbouncer_listeners(bouncers, cluster, servers, encryption["sslmode"])
     units = {host: deploy.app_units([row for row in processes if row["host"] == host], bouncers.get(host))
              for host in app_hosts}
-    postgresql = deploy.postgresql_hosts(cluster, servers, hosts, app_hosts, encryption["sslmode"], backup,
-                                         backups.plan_standbys(backup))
+    standbys = backups.plan_standbys(backup)
+    postgresql = deploy.postgresql_hosts(cluster, servers, hosts, app_hosts, encryption["sslmode"], backup, standbys)
     return {
         "mastodon": cluster,
         "servers": server_reports,
@@ -73,7 +73,7 @@ def compute(description: Any) -> Dict[str, Any]:
         "postgresql": postgresql,
         "backups": backup,
         "backup_repositories": backups.plan_repositories(backup, hosts),
-        "backup_standbys": backups.plan_standbys(backup),
+        "backup_standbys": standbys,
         "firewall": firewall.plan_firewall(cluster, hosts, app_hosts, redis, nginx, units, binds, postgresql,
                                            backup),
         "tls": encryption,
