@@ -13,7 +13,9 @@ opens no connection. (``check`` connects too, by pgBackRest's documentation; the
 from __future__ import annotations
 
 from typing import Any, Dict, Optional
+from urllib.parse import urlsplit
 
+from ansible_collections.fediscale.mastodon.plugins.module_utils import media
 from ansible_collections.fediscale.mastodon.plugins.module_utils.connections import POSTGRESQL_PORT, address_of
 from ansible_collections.fediscale.mastodon.plugins.module_utils.firewall import is_ip
 from ansible_collections.fediscale.mastodon.plugins.module_utils.schema import PlanInputError, host_where
@@ -28,6 +30,9 @@ CONFIG_FILE = "/etc/pgbackrest.conf"
 TLS_SERVER_PORT = 8432
 # A repository under the data directory's parent shares its disk: one failure loses the data and its backups.
 POSTGRESQL_DATA_ROOT = "/var/lib/postgresql"
+# The repository's path inside a bucket, unless pgbackrest_repo_path gives one.
+S3_DEFAULT_PATH = "/pgbackrest"
+HTTPS_PORT = 443
 FULL_INTERVAL_DAYS = {"weekly": 7, "daily": 1}
 # systemd calendar events; the differential backups fill the days between the full ones, at the same hour, so
 # the two never run at once.
@@ -42,7 +47,8 @@ def archive_command(stanza: str = STANZA) -> str:
     return "pgbackrest --stanza=%s archive-push %%p" % stanza
 
 
-def plan_backups(servers: Dict[str, Dict[str, Any]], hosts: Dict[str, Dict[str, Any]]) -> Dict[str, Any]:
+def plan_backups(servers: Dict[str, Dict[str, Any]], hosts: Dict[str, Dict[str, Any]],
+                 cluster: Dict[str, Any]) -> Dict[str, Any]:
     """Each database host's backup plan (None where it does not archive)."""
     result: Dict[str, Optional[Dict[str, Any]]] = {}
     for role, server in sorted(servers.items()):
@@ -62,13 +68,17 @@ def plan_backups(servers: Dict[str, Dict[str, Any]], hosts: Dict[str, Dict[str, 
                                  "(postgresql_limits_from: live), whose archive_command the collection cannot set",
                                  "set up its backups where it is managed, or let the postgresql role manage it")
         repo_host = _repository_host(host, section, hosts)
+        s3 = _s3_repository(host, section, repo_host, cluster)
         standby = _standby(host, section, repo_host, servers, hosts)
         result[host] = {
             "stanza": STANZA,
             "config_file": CONFIG_FILE,
             "address": address_of(host, hosts[host]),
             "port": server.get("port", POSTGRESQL_PORT),
-            "repo_path": section["repo_path"],
+            "repo_path": section["repo_path"] or (S3_DEFAULT_PATH if s3 else None),
+            # Where the repository is kept: posix (a directory on the host that keeps it) or s3 (a bucket).
+            "repo_type": "s3" if s3 else "posix",
+            "s3": s3,
             "repo_host": repo_host,
             "repo_host_address": address_of(repo_host, hosts[repo_host]) if repo_host else None,
             # pgBackRest runs backups where the repository is.
@@ -107,6 +117,40 @@ def _repository_host(host: str, section: Dict[str, Any], hosts: Dict[str, Dict[s
         raise PlanInputError(where, "names %s, which is not in group backup: the repository's play would not run "
                              "there" % name, "add %s to group backup" % name)
     return name
+
+
+def _s3_repository(host: str, section: Dict[str, Any], repo_host: Optional[str],
+                   cluster: Dict[str, Any]) -> Optional[Dict[str, Any]]:
+    """The bucket pgBackRest keeps the repository in, on the media's S3 storage, as its repo1-s3-* options take
+    it: the endpoint's host, its port, the region and the URI style Paperclip uses there (None: no bucket)."""
+    bucket = section["repo_s3_bucket"]
+    if bucket is None:
+        return None
+    where = host_where(host, "pgbackrest") + ".repo_s3_bucket"
+    if repo_host is not None:
+        raise PlanInputError(where, "and pgbackrest_repo_host are both set: the repository is either in the bucket "
+                             "or on %s's disk" % repo_host,
+                             "unset one of them")
+    if cluster["media"] != "s3":
+        raise PlanInputError(where, "is set, and the media settings give no S3 storage (mastodon_media is %s) whose "
+                             "endpoint and region the repository would use" % cluster["media"],
+                             "set mastodon_media: s3 with its mastodon_s3_* settings, or keep the repository on a "
+                             "disk (pgbackrest_repo_path) or a repository host (pgbackrest_repo_host)")
+    origin = media.bucket_origin(dict(cluster, s3_bucket=bucket))
+    if origin["scheme"] != "https":
+        raise PlanInputError(where, "is set, and the media's S3 storage is reached over %s: pgBackRest speaks to S3 "
+                             "only over TLS" % origin["scheme"],
+                             "serve the storage over https (mastodon_s3_endpoint https://..., or "
+                             "mastodon_s3_protocol: https)")
+    path_style = origin["path"] != ""
+    # The endpoint's host and port, without the bucket virtual-host style puts before it.
+    netloc = origin["host"] if path_style else origin["host"][len(bucket) + 1:]
+    parts = urlsplit("https://" + netloc)
+    return {"bucket": bucket, "endpoint": parts.hostname, "port": parts.port or HTTPS_PORT,
+            "region": cluster["s3_region"] or media.S3_DEFAULT_REGION,
+            "uri_style": "path" if path_style else "host",
+            # The backup units may reach only the storage when it is known by address.
+            "address": parts.hostname if is_ip(parts.hostname) else None}
 
 
 def _standby(host: str, section: Dict[str, Any], repo_host: Optional[str], servers: Dict[str, Dict[str, Any]],

@@ -287,6 +287,12 @@ def replication_findings(replication: Dict[str, Any], replica_slots: List[str],
     return findings
 
 
+def _repository(plan: Dict[str, Any]) -> str:
+    if plan.get("s3"):
+        return "%s in bucket %s" % (plan["repo_path"], plan["s3"]["bucket"])
+    return plan["repo_path"]
+
+
 def _hours(seconds: float) -> str:
     return "%.1f h" % (seconds / 3600.0)
 
@@ -318,8 +324,9 @@ def backup_findings(backup: Dict[str, Any], plan: Dict[str, Any]) -> List[Dict[s
     if info["status_code"] != 0:
         findings.append(_finding(
             "live-backup-stanza-unusable", "error",
-            "pgBackRest cannot use stanza %s in %s: %s" % (plan["stanza"], plan["repo_path"], info["status_message"]),
-            "run site.yml (it creates the stanza), or see whether the repository is mounted",
+            "pgBackRest cannot use stanza %s in %s: %s" % (plan["stanza"], _repository(plan), info["status_message"]),
+            "run site.yml (it creates the stanza), or see whether the repository is %s"
+            % ("reachable (the bucket, its key)" if plan.get("s3") else "mounted"),
             status_code=info["status_code"]))
     elif info["last_backup"] is None:
         findings.append(_finding(

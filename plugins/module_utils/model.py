@@ -37,7 +37,7 @@ def compute(description: Any) -> Dict[str, Any]:
     processes, clients = connections.processes_and_clients(cluster, hosts, servers)
     direct = mastodon.direct_connections(cluster["direct_connections"], cluster["tootctl_concurrency"],
                                          "mastodon.direct_connections")
-    backup = backups.plan_backups(servers, hosts)
+    backup = backups.plan_backups(servers, hosts, cluster)
     backups.add_direct_connections(direct, backup, cluster["direct_connections"])
     bouncers = connections.allocate_pgbouncers(hosts, clients, servers, sum(direct.values()))
     server_reports = connections.server_reports(servers, hosts, bouncers, clients, direct,

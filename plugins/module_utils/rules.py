@@ -1245,7 +1245,7 @@ def backup_repository_beside_data(report: Report) -> Iterator[Finding]:
     for host, plan in _backups(report):
         path = plan["repo_path"]
         root = plan["data_directory"].rsplit("/", 2)[0]
-        if path and not plan["repo_host"] and (path == root or path.startswith(root + "/")):
+        if path and not plan["repo_host"] and not plan["s3"] and (path == root or path.startswith(root + "/")):
             yield finding(
                 "backup-repository-beside-data", WARNING, host, "pgbackrest",
                 "the repository %s is under %s, on the data directory's disk: one disk failure loses the "
@@ -1263,6 +1263,19 @@ def backup_repository_on_database_host(report: Report) -> Iterator[Finding]:
                 "with it" % plan["repo_host"],
                 "name a host outside group db (a backup server in group backup), or leave pgbackrest_repo_host "
                 "unset for a repository on this host's own disk or network storage")
+
+
+@rule("backup-bucket-is-the-media-bucket")
+def backup_bucket_is_the_media_bucket(report: Report) -> Iterator[Finding]:
+    for host, plan in _backups(report):
+        if plan["s3"] and plan["s3"]["bucket"] == report["media"]["s3"]["s3_bucket"]:
+            yield finding(
+                "backup-bucket-is-the-media-bucket", ERROR, host, "pgbackrest",
+                "pgbackrest_repo_s3_bucket is %s, Mastodon's media bucket: media buckets are commonly readable by "
+                "everyone (S3_PERMISSION public-read, or a bucket policy), and Mastodon's key, on every app host, "
+                "may delete in it, so the backups would be as exposed as the media" % plan["s3"]["bucket"],
+                "create a bucket of its own for the backups, with a key only the database hosts have "
+                "(pgbackrest_s3_access_key_id and pgbackrest_s3_secret_access_key)")
 
 
 @rule("backup-host-unused")

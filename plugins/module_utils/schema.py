@@ -733,6 +733,10 @@ PGBACKREST = {
                        "the repository: a directory on this host, best the mount of another disk or of network "
                        "storage (a restore on another host reads it there); with pgbackrest_repo_host, the "
                        "directory on that host"),
+    "repo_s3_bucket": Field(optional(named(r"[A-Za-z0-9][A-Za-z0-9._-]{1,254}", "bucket name")), None,
+                            "keep the repository in this bucket, on the S3 storage the media settings give "
+                            "(mastodon_media: s3: its endpoint, region and path style); pgbackrest_repo_path is "
+                            "then the path in it (default /pgbackrest)"),
     "repo_host": Field(optional(parse_str), None,
                        "the inventory name of a repository host (group backup): it keeps the repository, runs the "
                        "backups and takes the WAL over TLS with the cluster's CA (pgBackRest's server on both)"),

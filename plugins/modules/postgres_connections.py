@@ -249,8 +249,8 @@ def read_backup(module, conn, plan):
         info = dict(status_code=status["code"], status_message=status["message"],
                     last_backup=last_backup(stanzas, time.time()))
     try:
-        # A repository host's path is not on this host.
-        beside = not plan.get("repo_host") and os.stat(plan["repo_path"]).st_dev == os.stat(
+        # A repository host's path is not on this host, nor is a bucket's.
+        beside = not plan.get("repo_host") and not plan.get("s3") and os.stat(plan["repo_path"]).st_dev == os.stat(
             plan["data_directory"]).st_dev
     except OSError:
         beside = False

@@ -197,3 +197,61 @@ def test_a_backup_from_the_standby_without_a_repository_host_is_refused():
     message = error_of(description)
     assert message.startswith("host db1, pgbackrest.backup_from_standby: is on without pgbackrest_repo_host")
     assert "set pgbackrest_repo_host to a host in group backup" in message
+
+
+def to_bucket(mastodon=None, **section):
+    """db1 keeps its repository in bucket mastodon-backups, on the media's storage."""
+    description = cluster(hosts__db1__pgbackrest=dict({"archive": True, "repo_s3_bucket": "mastodon-backups"},
+                                                      **section))
+    description["mastodon"].update(mastodon or {"s3_endpoint": "https://10.0.0.7:7480", "s3_region": "eu-1"})
+    return description
+
+
+def test_a_bucket_on_the_medias_storage_keeps_the_repository_the_primary_backs_up_to():
+    report = model.compute(to_bucket())
+    plan = report["backups"]["db1"]
+    assert plan["repo_type"] == "s3" and plan["repo_path"] == backups.S3_DEFAULT_PATH == "/pgbackrest"
+    assert plan["s3"] == {"bucket": "mastodon-backups", "endpoint": "10.0.0.7", "port": 7480, "region": "eu-1",
+                          "uri_style": "path", "address": "10.0.0.7"}
+    # The primary runs its backups; the budget counts them there, as with a repository on its own disk.
+    assert plan["backup_host"] == "db1" and plan["repo_host"] is None
+    assert report["direct_connections"]["pgbackrest"] == 2
+    assert report["backup_repositories"] == {}
+
+
+def test_the_bucket_takes_the_path_given_and_the_medias_url_style():
+    plan = model.compute(to_bucket(repo_path="/db1"))["backups"]["db1"]
+    assert plan["repo_path"] == "/db1"
+    plan = model.compute(to_bucket(mastodon={"s3_endpoint": "https://s3.example.com",
+                                             "s3_override_path_style": True}))["backups"]["db1"]
+    assert (plan["s3"]["endpoint"], plan["s3"]["port"], plan["s3"]["uri_style"]) == ("s3.example.com", 443, "host")
+    # A named endpoint: the backup units cannot be limited to it by address.
+    assert plan["s3"]["address"] is None and plan["s3"]["region"] == "us-east-1"
+    plan = model.compute(to_bucket(mastodon={"s3_region": "eu-west-1"}))["backups"]["db1"]
+    assert (plan["s3"]["endpoint"], plan["s3"]["uri_style"]) == ("s3-eu-west-1.amazonaws.com", "host")
+
+
+def test_a_posix_repository_has_no_bucket():
+    plan = model.compute(archiving())["backups"]["db1"]
+    assert plan["repo_type"] == "posix" and plan["s3"] is None
+
+
+def test_a_bucket_without_the_medias_s3_storage_is_refused():
+    message = error_of(to_bucket(mastodon={"media": "local", "s3_bucket": None, "s3_alias_host": None}))
+    assert message.startswith("host db1, pgbackrest.repo_s3_bucket: is set, and the media settings give no S3 "
+                              "storage (mastodon_media is local)")
+    assert "set mastodon_media: s3 with its mastodon_s3_* settings" in message
+
+
+def test_a_bucket_over_plain_http_is_refused():
+    message = error_of(to_bucket(mastodon={"s3_endpoint": "http://10.0.0.7:7480"}))
+    assert "reached over http: pgBackRest speaks to S3 only over TLS" in message
+    assert "mastodon_s3_endpoint https://" in message
+
+
+def test_a_bucket_and_a_repository_host_at_once_are_refused():
+    description = to_bucket(repo_host="backup1")
+    description["hosts"]["backup1"] = {"backup": {}}
+    message = error_of(description)
+    assert message.startswith("host db1, pgbackrest.repo_s3_bucket: and pgbackrest_repo_host are both set")
+    assert "unset one of them" in message

@@ -200,6 +200,15 @@ def test_no_backup_an_old_one_and_an_unusable_stanza():
         ("live-backup-stanza-unusable", "error")]
 
 
+def test_an_unusable_stanza_in_a_bucket_names_the_bucket_and_its_key():
+    plan = dict(BACKUP_PLAN, s3={"bucket": "mastodon-backups"})
+    [item] = live.backup_findings(backup_state(info={"status_code": 1, "status_message": "missing stanza path",
+                                                     "last_backup": None}), plan)
+    assert "stanza %s in %s in bucket mastodon-backups: missing stanza path" % (
+        plan["stanza"], plan["repo_path"]) in item["message"]
+    assert "reachable (the bucket, its key)" in item["hint"]
+
+
 def test_a_repository_on_the_data_directorys_file_system_is_a_warning():
     assert backup_rules(repository_beside_data=True) == [("live-backup-repository-beside-data", "warning")]
 

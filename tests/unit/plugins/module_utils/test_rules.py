@@ -1311,6 +1311,24 @@ class TestBackupRepositoryBesideData:
         assert found(archiving(repo_path="/var/lib/postgresql-backups"), "backup-repository-beside-data") == []
 
 
+    def test_a_bucket_is_on_no_local_disk(self):
+        description = archiving(repo_path="/var/lib/postgresql/backups", repo_s3_bucket="mastodon-backups")
+        description["mastodon"]["s3_endpoint"] = "https://s3.example.com"
+        assert found(description, "backup-repository-beside-data") == []
+
+
+class TestBackupBucketIsTheMediaBucket:
+    def test_the_media_bucket_is_an_error_naming_a_bucket_of_its_own(self):
+        description = archiving(repo_s3_bucket="mastodon-media")
+        [item] = found(description, "backup-bucket-is-the-media-bucket")
+        assert item["severity"] == "error" and item["host"] == "db1" and item["service"] == "pgbackrest"
+        assert "pgbackrest_repo_s3_bucket is mastodon-media, Mastodon's media bucket" in item["message"]
+        assert "create a bucket of its own" in item["hint"]
+
+    def test_another_bucket_is_fine(self):
+        assert found(archiving(repo_s3_bucket="mastodon-backups"), "backup-bucket-is-the-media-bucket") == []
+
+
 class TestBackupRepositoryOnDatabaseHost:
     def test_a_repository_host_in_group_db_is_an_error(self):
         description = archiving(repo_host="db2")
