@@ -982,6 +982,59 @@ def test_a_repository_another_uid_wrote_stops_the_role_before_it_changes_anythin
         db.run("rm -rf %s" % path)
 
 
+# The bucket's storage: radosgw on database-s3 (prepare.yml), known to the plan through the media settings.
+S3_REPOSITORY = {"pgbackrest_repo_host": None, "pgbackrest_backup_from_standby": False,
+                 "pgbackrest_repo_s3_bucket": "mastodon-backups", "pgbackrest_repo_path": "/database-db",
+                 "pgbackrest_s3_access_key_id": "molecule-s3-key",
+                 "pgbackrest_s3_secret_access_key": "molecule-s3-secret-only",
+                 "pgbackrest_s3_ca_file": "/etc/ssl/rig-s3.crt",
+                 "mastodon_media": "s3", "mastodon_s3_bucket": "mastodon-media", "mastodon_s3_region": "default",
+                 "mastodon_s3_endpoint": "https://172.30.42.207:7480", "mastodon_s3_alias_host": "files.example.test"}
+
+
+def test_a_repository_in_a_bucket_takes_the_archive_and_a_backup_that_reads_back_whole(db):
+    """The primary with its repository in a bucket on S3 storage (Ceph's radosgw): the stanza is created there,
+    archive_command pushes over HTTPS, the sandboxed backup unit (which may reach only the storage's address)
+    takes a full backup, pgBackRest's verify reads every file back and checks it, and the objects in the bucket
+    are encrypted. Then the repository host again."""
+    storage = other(db, "database-s3")
+    try:
+        run = converge_database_host(db, "-e", json.dumps(S3_REPOSITORY))
+        assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+        config = db.run("cat %s" % BACKUP["config_file"]).stdout
+        assert "repo1-type=s3" in config and "repo1-s3-bucket=mastodon-backups" in config
+        assert "repo1-s3-endpoint=172.30.42.207" in config and "repo1-storage-port=7480" in config
+        assert "repo1-s3-uri-style=path" in config and "repo1-host" not in config
+        unit = db.run("systemctl cat pgbackrest-backup-full.service").stdout
+        assert "IPAddressAllow=172.30.42.207" in unit and "IPAddressDeny=any" in unit and "PrivateNetwork" not in unit
+        assert "/srv/pgbackrest" not in db.file("/etc/systemd/system/postgresql@.service.d/archive.conf").content_string
+
+        check = db.run("runuser -u postgres -- pgbackrest --stanza=mastodon check")
+        assert check.rc == 0, check.stdout + check.stderr
+        backup = db.run("systemctl start pgbackrest-backup-full.service")
+        assert backup.rc == 0, backup.stderr + db.run("journalctl -u pgbackrest-backup-full.service -n 30").stdout
+        info = json.loads(db.run("runuser -u postgres -- pgbackrest --stanza=mastodon --output=json info").stdout)
+        assert [item["type"] for item in info[0]["backup"]] == ["full"], info
+        verify = db.run("runuser -u postgres -- pgbackrest --stanza=mastodon --log-level-console=info verify")
+        assert verify.rc == 0 and "verify command end: completed successfully" in verify.stdout, verify.stdout
+
+        listing = storage.run("s3cmd ls -r s3://mastodon-backups/database-db/").stdout
+        assert "/database-db/backup/mastodon/backup.info" in listing
+        segments = re.findall(r"(s3://mastodon-backups/database-db/archive/mastodon/\S+/[0-9A-F]{24}-\S+)", listing)
+        assert segments, listing
+        # OpenSSL's format for aes-256-cbc: every object starts with "Salted__", none with gzip's magic.
+        head = storage.run("s3cmd get --force %s /root/segment && head -c 8 /root/segment" % segments[0])
+        assert head.stdout == "Salted__", head.stdout
+    finally:
+        run = converge_database_host(db)
+        assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    assert "repo1-host=172.30.42.206" in db.run("cat %s" % BACKUP["config_file"]).stdout
+    # The repository host runs the backups again; the timers the bucket's form started here are gone.
+    assert db.run("systemctl list-unit-files --no-legend 'pgbackrest-backup-*'").stdout.strip() == ""
+    check = db.run("runuser -u postgres -- pgbackrest --stanza=mastodon check")
+    assert check.rc == 0, check.stdout + check.stderr
+
+
 def restore_inventory(db, directory):
     """The inventory of an operator whose primary is lost: database-restore is now the db host, with the
     primary's settings and its repository host."""
