@@ -998,6 +998,8 @@ def test_a_repository_in_a_bucket_takes_the_archive_and_a_backup_that_reads_back
     takes a full backup, pgBackRest's verify reads every file back and checks it, and the objects in the bucket
     are encrypted. Then the repository host again."""
     storage = other(db, "database-s3")
+    # An empty path in the bucket, as on a first run.
+    storage.run("s3cmd del --quiet --recursive --force s3://mastodon-backups/database-db/")
     try:
         run = converge_database_host(db, "-e", json.dumps(S3_REPOSITORY))
         assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
@@ -1007,6 +1009,9 @@ def test_a_repository_in_a_bucket_takes_the_archive_and_a_backup_that_reads_back
         assert "repo1-s3-uri-style=path" in config and "repo1-host" not in config
         unit = db.run("systemctl cat pgbackrest-backup-full.service").stdout
         assert "IPAddressAllow=172.30.42.207" in unit and "IPAddressDeny=any" in unit and "PrivateNetwork" not in unit
+        # Its production form scores as the local form's does.
+        db.run("cp /etc/systemd/system/pgbackrest-backup-full.service /tmp/score-backup.service")
+        assert exposure(db, "/tmp/score-backup.service") <= 1.5
         assert "/srv/pgbackrest" not in db.file("/etc/systemd/system/postgresql@.service.d/archive.conf").content_string
 
         check = db.run("runuser -u postgres -- pgbackrest --stanza=mastodon check")
@@ -1023,7 +1028,7 @@ def test_a_repository_in_a_bucket_takes_the_archive_and_a_backup_that_reads_back
         segments = re.findall(r"(s3://mastodon-backups/database-db/archive/mastodon/\S+/[0-9A-F]{24}-\S+)", listing)
         assert segments, listing
         # OpenSSL's format for aes-256-cbc: every object starts with "Salted__", none with gzip's magic.
-        head = storage.run("s3cmd get --force %s /root/segment && head -c 8 /root/segment" % segments[0])
+        head = storage.run("s3cmd get --quiet --force %s /root/segment && head -c 8 /root/segment" % segments[0])
         assert head.stdout == "Salted__", head.stdout
     finally:
         run = converge_database_host(db)
