@@ -1310,7 +1310,6 @@ class TestBackupRepositoryBesideData:
     def test_another_path_is_fine(self):
         assert found(archiving(repo_path="/var/lib/postgresql-backups"), "backup-repository-beside-data") == []
 
-
     def test_a_bucket_is_on_no_local_disk(self):
         description = archiving(repo_path="/var/lib/postgresql/backups", repo_s3_bucket="mastodon-backups")
         description["mastodon"]["s3_endpoint"] = "https://s3.example.com"
