@@ -931,7 +931,8 @@ def test_a_daily_schedule_drops_the_differential_timer_and_weekly_brings_it_back
         daily = converge_database_hosts(repository, "-e", "pgbackrest_full_backups=daily", limit="database-backup")
         assert daily.returncode == 0, daily.stdout[-3000:]
         assert_backup_timers_on(repository, {"full": "*-*-* 01:00:00"})
-        for unit in ("pgbackrest-backup-diff.timer", "pgbackrest-backup-diff.service"):
+        for unit in ("pgbackrest-backup-diff.timer", "pgbackrest-backup-diff.service",
+                     "pgbackrest-backup-diff.service.d"):
             assert not repository.file("/etc/systemd/system/%s" % unit).exists, unit
             assert repository.run("systemctl show -P LoadState %s" % unit).stdout.strip() == "not-found", unit
         assert pgbackrest_info(repository)["status"]["code"] in (0, 2)
@@ -1036,6 +1037,7 @@ def test_a_repository_in_a_bucket_takes_the_archive_and_a_backup_that_reads_back
     assert "repo1-host=172.30.42.206" in db.run("cat %s" % BACKUP["config_file"]).stdout
     # The repository host runs the backups again; the timers the bucket's form started here are gone.
     assert db.run("systemctl list-unit-files --no-legend 'pgbackrest-backup-*'").stdout.strip() == ""
+    assert db.run("ls -d /etc/systemd/system/pgbackrest-backup-*").stdout == ""
     check = db.run("runuser -u postgres -- pgbackrest --stanza=mastodon check")
     assert check.rc == 0, check.stdout + check.stderr
 
