@@ -18,6 +18,7 @@ ansible.posix.profile_tasks and prints the slowest tasks.
 
     make demo
     .venv/bin/python benchmarks/rerun_speed.py [--rounds 3] [--forks 5,10] [--before REV] [--mitogen] [--profile]
+        [--only TEXT]
 """
 
 import argparse
@@ -119,6 +120,7 @@ def main() -> None:
     parser.add_argument("--before", help="a revision whose collection to measure beside today's")
     parser.add_argument("--mitogen", action="store_true", help="the site arms again under mitogen")
     parser.add_argument("--profile", action="store_true")
+    parser.add_argument("--only", help="run only the arms whose names contain this text (facts always runs)")
     args = parser.parse_args()
     arms = {"facts": Arm(FACTS), "site": Arm(SITE), "site --tags sidekiq": Arm(SIDEKIQ)}
     with contextlib.ExitStack() as stack:
@@ -130,6 +132,13 @@ def main() -> None:
             inventory, environment = stack.enter_context(mitogen_inventory())
             for name, command in (("facts", FACTS), ("site", SITE), ("site --tags sidekiq", SIDEKIQ)):
                 arms["%s, mitogen" % name] = Arm(command, inventory=inventory, environment=environment)
+            if args.before:
+                arms["site at %s, mitogen" % args.before] = Arm(SITE, collections=before, inventory=inventory,
+                                                                 environment=environment)
+                arms["site --tags sidekiq at %s, mitogen" % args.before] = Arm(
+                    SIDEKIQ, collections=before, inventory=inventory, environment=environment)
+        if args.only:
+            arms = {name: arm for name, arm in arms.items() if args.only in name or name == "facts"}
         forks_list = [int(value) for value in args.forks.split(",")]
         samples = {(name, forks): [] for name in arms for forks in forks_list}
         for number in range(args.rounds):
