@@ -133,8 +133,8 @@ def main() -> None:
             for name, command in (("facts", FACTS), ("site", SITE), ("site --tags sidekiq", SIDEKIQ)):
                 arms["%s, mitogen" % name] = Arm(command, inventory=inventory, environment=environment)
             if args.before:
-                arms["site at %s, mitogen" % args.before] = Arm(SITE, collections=before, inventory=inventory,
-                                                                 environment=environment)
+                arms["site at %s, mitogen" % args.before] = Arm(
+                    SITE, collections=before, inventory=inventory, environment=environment)
                 arms["site --tags sidekiq at %s, mitogen" % args.before] = Arm(
                     SIDEKIQ, collections=before, inventory=inventory, environment=environment)
         if args.only:
