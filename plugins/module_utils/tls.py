@@ -40,6 +40,11 @@ KEY_FILE = TLS_DIR + "/server.key"
 
 VERIFYING = ("verify-ca", "verify-full")
 
+# A server certificate's extended key usages: a server's, and also a client's (pgBackRest's servers admit each
+# other by their certificates). The names a request takes, to those x509_certificate_info gives back.
+SERVER_EXTENDED_KEY_USAGE = {"serverAuth": "TLS Web Server Authentication",
+                             "clientAuth": "TLS Web Client Authentication"}
+
 
 def is_loopback(address: str) -> bool:
     if address in LOOPBACK_NAMES:
@@ -99,7 +104,8 @@ def plan_tls(servers: Dict[str, Any], hosts: Dict[str, Dict[str, Any]], app_host
     # pgBackRest's server admits a client by its certificate's common name (tls-server-auth).
     pgbackrest_hosts = {name for host, plan in backups.items() if plan and plan["repo_host"]
                         for name in (host, plan["repo_host"]) + ((plan["standby"]["host"],) if plan["standby"] else ())}
-    certificates = {host: {"subject_alt_names": subject_alt_names(host, hosts[host])}
+    certificates = {host: {"subject_alt_names": subject_alt_names(host, hosts[host]),
+                           "extended_key_usage": list(SERVER_EXTENDED_KEY_USAGE)}
                     for host in sorted(servers_with_tls | redis_hosts | pgbackrest_hosts)}
     verifying = any(mode in VERIFYING for mode in modes.values()) or bool(redis_hosts) or bool(pgbackrest_hosts)
     return {
@@ -112,6 +118,37 @@ def plan_tls(servers: Dict[str, Any], hosts: Dict[str, Dict[str, Any]], app_host
         "certificate_file": CERTIFICATE_FILE,
         "key_file": KEY_FILE,
     }
+
+
+def reasons_to_sign_again(current: Dict[str, Any], host: str, certificate: Dict[str, Any], key_sha256: str,
+                          ca_key_identifier: str) -> List[str]:
+    """Why the certificate a server has is not the one the private CA would sign it now; none: it stays.
+
+    ``current`` is what x509_certificate_info read from the server's file, with ``valid_at.renew`` (the end of the
+    renewal window), or a failed read's result when there is no file; ``certificate`` is the plan's entry for the
+    host (tls.certificates); ``key_sha256`` the fingerprint of the server's public key (openssl_privatekey's) and
+    ``ca_key_identifier`` the CA's subject key identifier. A re-run's usual answer is none, found with one read,
+    so the tls role asks for a request and a signature only when there is a reason."""
+    if "subject" not in current:
+        return ["the server has no readable certificate"]
+    reasons = []
+    if not (current.get("valid_at") or {}).get("renew", False):
+        reasons.append("it expires within the renewal window (not after %s)" % current.get("not_after"))
+    common_name = (current.get("subject") or {}).get("commonName")
+    if common_name != host:
+        reasons.append("it is issued to %s, not %s" % (common_name, host))
+    names = sorted(current.get("subject_alt_name") or [])
+    if names != sorted(certificate["subject_alt_names"]):
+        reasons.append("it names %s, not %s" % (", ".join(names) or "nothing", ", ".join(certificate["subject_alt_names"])))
+    usages = sorted(current.get("extended_key_usage") or [])
+    planned = sorted(SERVER_EXTENDED_KEY_USAGE[usage] for usage in certificate["extended_key_usage"])
+    if usages != planned:
+        reasons.append("its extended key usage is %s, not %s" % (", ".join(usages) or "none", ", ".join(planned)))
+    if (current.get("public_key_fingerprints") or {}).get("sha256") != key_sha256:
+        reasons.append("it certifies another key than the server's")
+    if not ca_key_identifier or current.get("authority_key_identifier") != ca_key_identifier:
+        reasons.append("another CA signed it")
+    return reasons
 
 
 def redis_client_environment(configurations: Dict[str, Dict[str, Any]]) -> Dict[str, str]:

@@ -537,7 +537,7 @@ def test_every_unit_comes_back_after_a_container_restart(hosts):
 KILL_POINTS = (
     ("postgresql", "fediscale.mastodon.postgresql : Read the files as PostgreSQL would apply them"),
     ("pgbouncer", "fediscale.mastodon.pgbouncer : Find process configurations the plan no longer has"),
-    ("nginx", "fediscale.mastodon.nginx : Enable and start nginx"),
+    ("nginx", "fediscale.mastodon.nginx : Find what the running nginx has not read yet"),
     ("sidekiq", "fediscale.mastodon.sidekiq : Write the target that holds every sidekiq process"),
     ("web", "fediscale.mastodon.web : Write the Puma unit"),
 )
@@ -591,7 +591,8 @@ def test_runs_killed_between_writing_and_applying_are_finished_by_the_next_and_l
     each, killed after the part wrote its files and before it reloaded or restarted for them (so the files are as
     planned and the processes run the old settings: checked); then one whole run. It applies every change the
     killed runs left unread, from systemd's times (the unit_pending module), every unit runs, and the rows and
-    queued jobs written before are all there."""
+    queued jobs written before are all there. The same run finds the primary's certificate replaced by one the
+    cluster's CA did not sign (same key and names), signs it again and PostgreSQL serves the new one."""
     db, proxy = hosts["demo-db1"], hosts["demo-proxy1"]
     sql(db, "CREATE TABLE IF NOT EXISTS drill_rows (id int); INSERT INTO drill_rows SELECT generate_series(1, 500)")
     redis(hosts["demo-redis1"], 6379, "RPUSH queue:drill " + " ".join(str(number) for number in range(300)))
@@ -614,10 +615,22 @@ def test_runs_killed_between_writing_and_applying_are_finished_by_the_next_and_l
             assert "FEDISCALE_DRILL" not in process_environment(hosts[name], app_units(name)[0]), name
     assert bouncer_setting(hosts[BOUNCERS[0]], bouncers[BOUNCERS[0]][0], "max_client_conn") != str(max_client_conn)
 
+    # What the tls role's re-run must not keep: another issuer (reasons_to_sign_again).
+    db.run("cd /etc/ssl/fediscale-mastodon && openssl req -x509 -key server.key -subj /CN=demo-db1 -days 400 "
+           "-addext subjectAltName=IP:172.30.42.11,DNS:demo-db1 -out server.crt")
+    assert db.run("openssl verify -CAfile /etc/ssl/fediscale-mastodon/ca.crt "
+                  "/etc/ssl/fediscale-mastodon/server.crt").rc != 0
+
     result = run_playbook(host, "-e", change)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
 
     assert sql(db, "SHOW work_mem") == work_mem
+    served = hosts["demo-web1"].run(
+        "echo | openssl s_client -connect 172.30.42.11:5432 -starttls postgres -verify_return_error "
+        "-verify_hostname demo-db1 -CAfile /etc/ssl/fediscale-mastodon/ca.crt 2>/dev/null "
+        "| openssl x509 -noout -fingerprint -sha256")
+    assert served.rc == 0 and served.stdout == db.run("openssl x509 -noout -fingerprint -sha256 "
+                                                      "-in /etc/ssl/fediscale-mastodon/server.crt").stdout
     for name, processes in bouncers.items():
         for process in processes:
             assert bouncer_setting(hosts[name], process, "max_client_conn") == str(max_client_conn), (name, process)

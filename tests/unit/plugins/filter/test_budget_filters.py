@@ -4,6 +4,7 @@ import pytest
 from ansible.errors import AnsibleFilterError
 
 from ansible_collections.fediscale.mastodon.plugins.filter.budget import FilterModule
+from ansible_collections.fediscale.mastodon.plugins.filter.tls import FilterModule as TlsFilterModule
 
 from ...clusters import cluster
 
@@ -71,3 +72,13 @@ def test_postgresql_tuning():
     assert FILTERS["postgresql_tuning"]("16GB")["work_mem"] == "20164kB"
     with pytest.raises(AnsibleFilterError, match="disk_type: expected one of ssd, nvme, san, hdd"):
         FILTERS["postgresql_tuning"]("16GB", disk_type="floppy")
+
+
+def test_reasons_to_sign_again_wants_the_plans_certificate_entry():
+    reasons = TlsFilterModule().filters()["reasons_to_sign_again"]
+    with pytest.raises(AnsibleFilterError, match="expected the plan's entry of tls.certificates for db1"):
+        reasons({}, "db1", {"subject_alt_names": []})
+    with pytest.raises(AnsibleFilterError, match="expected x509_certificate_info's result"):
+        reasons(None, "db1", {"subject_alt_names": [], "extended_key_usage": []})
+    assert reasons({}, "db1", {"subject_alt_names": [], "extended_key_usage": []}) == [
+        "the server has no readable certificate"]

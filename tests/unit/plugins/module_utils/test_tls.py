@@ -26,7 +26,8 @@ def behind_pgbouncer(**changes):
 def test_a_managed_server_on_another_host_is_verified_in_full():
     budget = behind_pgbouncer(hosts__db1__mastodon={"address": "10.0.0.11"})
     assert budget["tls"]["sslmode"] == {"primary": "verify-full"}
-    assert budget["tls"]["certificates"] == {"db1": {"subject_alt_names": ["IP:10.0.0.11", "DNS:db1"]}}
+    assert budget["tls"]["certificates"] == {"db1": {"subject_alt_names": ["IP:10.0.0.11", "DNS:db1"],
+                                                     "extended_key_usage": ["serverAuth", "clientAuth"]}}
     assert budget["tls"]["ca_hosts"] == ["db1", "web1", "worker1"]
     bouncer = budget["pgbouncer"]["web1"]
     assert (bouncer["server_tls_sslmode"], bouncer["server_tls_ca_file"]) == ("verify-full", tls.CA_FILE)
@@ -89,7 +90,7 @@ def test_redis_on_another_host_goes_over_tls_with_a_certificate_and_the_ca_in_th
     assert (units["REDIS_URL"], units["CACHE_REDIS_URL"]) == ("rediss://10.0.0.12:6379", "rediss://10.0.0.12:6380")
     # Streaming's Node needs the CA named; Ruby reads the host's store, which the tls role extends.
     assert units["NODE_EXTRA_CA_CERTS"] == tls.CA_FILE and "SSL_CERT_FILE" not in units
-    assert budget["tls"]["certificates"]["redis1"] == {"subject_alt_names": ["IP:10.0.0.12", "DNS:redis1"]}
+    assert budget["tls"]["certificates"]["redis1"]["subject_alt_names"] == ["IP:10.0.0.12", "DNS:redis1"]
     assert budget["tls"]["redis_hosts"] == ["redis1"] and budget["tls"]["trust_store"] is True
     assert {"web1", "worker1", "redis1"} <= set(budget["tls"]["ca_hosts"])
     assert {item["name"]: item["tls"] for item in budget["redis"]["instances"]} == {"persistent": True, "cache": True}
@@ -128,3 +129,52 @@ def test_tls_asked_of_a_sentinel_set_is_refused_with_the_reason():
     assert str(error.value).startswith("host redis1, redis.instances.persistent.tls: Redis persistent is in the "
                                        "Sentinel set mastodon, and Mastodon reaches a set only without TLS")
     assert "leave tls out (auto) or set it to false" in str(error.value)
+
+
+# --- reasons_to_sign_again: a re-run keeps a server's certificate unless one of these holds ---
+
+DB1 = {"subject_alt_names": ["IP:10.0.0.11", "DNS:db1"], "extended_key_usage": ["serverAuth", "clientAuth"]}
+KEY = "61:b3:6d"
+CA_KEY_ID = "db:f6:51"
+
+
+def current(**changes):
+    """x509_certificate_info's answer (the fields compared) for db1's certificate as the CA signed it."""
+    info = {"subject": {"commonName": "db1"}, "subject_alt_name": ["IP:10.0.0.11", "DNS:db1"],
+            "extended_key_usage": ["TLS Web Client Authentication", "TLS Web Server Authentication"],
+            "public_key_fingerprints": {"sha256": KEY}, "authority_key_identifier": CA_KEY_ID,
+            "valid_at": {"renew": True}, "not_after": "20271202130922Z"}
+    info.update(changes)
+    return info
+
+
+def test_a_certificate_as_the_ca_would_sign_it_now_stays():
+    assert tls.reasons_to_sign_again(current(), "db1", DB1, KEY, CA_KEY_ID) == []
+    # The order of the names is the certificate's, not the plan's.
+    assert tls.reasons_to_sign_again(current(subject_alt_name=["DNS:db1", "IP:10.0.0.11"]), "db1", DB1, KEY,
+                                     CA_KEY_ID) == []
+
+
+def test_a_missing_certificate_is_signed():
+    failed_read = {"failed": True, "msg": "Error while reading certificate file from disk: [Errno 2]"}
+    reasons = tls.reasons_to_sign_again(failed_read, "db1", DB1, KEY, CA_KEY_ID)
+    assert reasons == ["the server has no readable certificate"]
+
+
+@pytest.mark.parametrize("changes, reason", [
+    ({"valid_at": {"renew": False}}, "it expires within the renewal window (not after 20271202130922Z)"),
+    ({"subject": {"commonName": "db2"}}, "it is issued to db2, not db1"),
+    ({"subject_alt_name": ["IP:10.0.0.99", "DNS:db1"]}, "it names DNS:db1, IP:10.0.0.99, not IP:10.0.0.11, DNS:db1"),
+    ({"extended_key_usage": ["TLS Web Server Authentication"]},
+     "its extended key usage is TLS Web Server Authentication, not TLS Web Client Authentication, "
+     "TLS Web Server Authentication"),
+    ({"public_key_fingerprints": {"sha256": "00:11"}}, "it certifies another key than the server's"),
+    ({"authority_key_identifier": "aa:bb"}, "another CA signed it"),
+    ({"authority_key_identifier": None}, "another CA signed it"),
+])
+def test_each_difference_from_what_the_ca_would_sign_now_is_a_reason(changes, reason):
+    assert tls.reasons_to_sign_again(current(**changes), "db1", DB1, KEY, CA_KEY_ID) == [reason]
+
+
+def test_a_ca_whose_identifier_could_not_be_read_signs_again():
+    assert tls.reasons_to_sign_again(current(), "db1", DB1, KEY, "") == ["another CA signed it"]
