@@ -231,3 +231,45 @@ def test_the_console_shows_plain_lines_and_a_one_line_verdict(tmp_path):
             "sidekiq-db-pool-below-concurrency [sidekiq2 mastodon-sidekiq-pull@.service]: DB_POOL 4") in first_error
     assert '"summary"' not in first_error and '"files"' not in first_error
     assert '"table"' not in stdout
+
+
+def site_without_hosts(tmp_path, change):
+    """site.yml on a copy of the example inventory after ``change(inventory_dir)``, with hosts that cannot be
+    reached (a check that stops the plan play must stop it before any host is contacted)."""
+    inventory = copy_inventory("example", tmp_path)
+    change(inventory)
+    edit_yaml(inventory / "group_vars" / "all.yml",
+              lambda data: data.update(ansible_connection="ssh", ansible_ssh_common_args="-o ConnectTimeout=2",
+                                       plan_find_running_units=False))
+    returncode, output = run_site(inventory, tmp_path)
+    assert returncode != 0
+    assert "UNREACHABLE" not in output and "PLAY [PostgreSQL]" not in output
+    return output
+
+
+def test_site_stops_on_half_of_the_buckets_credentials_naming_each_app_host(tmp_path):
+    output = site_without_hosts(tmp_path, lambda inventory: edit_yaml(
+        inventory / "group_vars" / "all.yml", lambda data: data.update(app_s3_access_key_id="AKIAEXAMPLE")))
+    for host in ("web1", "sidekiq1", "sidekiq2"):
+        assert ("host %s, app: only one of app_s3_access_key_id and app_s3_secret_access_key is set. Set both"
+                % host) in output
+    assert "AKIAEXAMPLE" not in output
+
+
+def test_site_stops_on_backups_without_the_repositorys_passphrase(tmp_path):
+    output = site_without_hosts(tmp_path, lambda inventory: edit_yaml(
+        inventory / "host_vars" / "db1.yml",
+        lambda data: data.update(pgbackrest_archive=True, pgbackrest_repo_path="/srv/pgbackrest")))
+    assert ("host db1, pgbackrest: pgbackrest_repo_cipher_pass is empty or unset, and pgbackrest_archive is on. "
+            "The repository is encrypted with it and no backup can be restored without it.") in output
+
+
+def test_site_stops_on_backups_to_a_bucket_without_the_buckets_key(tmp_path):
+    output = site_without_hosts(tmp_path, lambda inventory: edit_yaml(
+        inventory / "host_vars" / "db1.yml",
+        lambda data: data.update(pgbackrest_archive=True, pgbackrest_repo_cipher_pass="a passphrase of its own",
+                                 pgbackrest_repo_s3_bucket="mastodon-backups",
+                                 pgbackrest_s3_access_key_id="AKIABACKUPS")))
+    assert ("host db1, pgbackrest: the repository is in bucket mastodon-backups (pgbackrest_repo_s3_bucket), and "
+            "pgbackrest_s3_access_key_id or pgbackrest_s3_secret_access_key is empty or unset.") in output
+    assert "a passphrase of its own" not in output and "AKIABACKUPS" not in output
