@@ -233,22 +233,43 @@ def test_the_console_shows_plain_lines_and_a_one_line_verdict(tmp_path):
     assert '"table"' not in stdout
 
 
-def site_without_hosts(tmp_path, change):
-    """site.yml on a copy of the example inventory after ``change(inventory_dir)``, with hosts that cannot be
-    reached (a check that stops the plan play must stop it before any host is contacted)."""
+# The plan role alone, as an operator's own playbook applies it before its other roles.
+PLAN_ROLE_PLAY = """- name: Plan
+  hosts: all
+  gather_facts: false
+  roles: [fediscale.mastodon.plan]
+- name: After the plan
+  hosts: all
+  gather_facts: false
+  tasks:
+    - name: Reached only when the plan passed
+      ansible.builtin.debug:
+        msg: after the plan
+"""
+
+
+def plan_role_without_hosts(tmp_path, change):
+    """The plan role over a copy of the example inventory after ``change(inventory_dir)``, with hosts that cannot be
+    reached: it must fail, stopping the run for every host, and contact none."""
     inventory = copy_inventory("example", tmp_path)
     change(inventory)
     edit_yaml(inventory / "group_vars" / "all.yml",
               lambda data: data.update(ansible_connection="ssh", ansible_ssh_common_args="-o ConnectTimeout=2",
                                        plan_find_running_units=False))
-    returncode, output = run_site(inventory, tmp_path)
-    assert returncode != 0
-    assert "UNREACHABLE" not in output and "PLAY [PostgreSQL]" not in output
+    playbook = tmp_path / "plan-role.yml"
+    playbook.write_text(PLAN_ROLE_PLAY)
+    env = dict(os.environ, ANSIBLE_COLLECTIONS_PATH=str(COLLECTIONS_ROOT), ANSIBLE_NOCOLOR="1",
+               ANSIBLE_HOST_KEY_CHECKING="False")
+    result = subprocess.run([PLAYBOOK, str(playbook), "-i", str(inventory)], env=env, cwd=str(tmp_path),
+                            capture_output=True, text=True, timeout=300, check=False)
+    output = result.stdout + result.stderr
+    assert result.returncode != 0
+    assert "UNREACHABLE" not in output and "after the plan" not in output
     return output
 
 
-def test_site_stops_on_half_of_the_buckets_credentials_naming_each_app_host(tmp_path):
-    output = site_without_hosts(tmp_path, lambda inventory: edit_yaml(
+def test_the_plan_stops_on_half_of_the_buckets_credentials_naming_each_app_host(tmp_path):
+    output = plan_role_without_hosts(tmp_path, lambda inventory: edit_yaml(
         inventory / "group_vars" / "all.yml", lambda data: data.update(app_s3_access_key_id="AKIAEXAMPLE")))
     for host in ("web1", "sidekiq1", "sidekiq2"):
         assert ("host %s, app: only one of app_s3_access_key_id and app_s3_secret_access_key is set. Set both"
@@ -256,16 +277,16 @@ def test_site_stops_on_half_of_the_buckets_credentials_naming_each_app_host(tmp_
     assert "AKIAEXAMPLE" not in output
 
 
-def test_site_stops_on_backups_without_the_repositorys_passphrase(tmp_path):
-    output = site_without_hosts(tmp_path, lambda inventory: edit_yaml(
+def test_the_plan_stops_on_backups_without_the_repositorys_passphrase(tmp_path):
+    output = plan_role_without_hosts(tmp_path, lambda inventory: edit_yaml(
         inventory / "host_vars" / "db1.yml",
         lambda data: data.update(pgbackrest_archive=True, pgbackrest_repo_path="/srv/pgbackrest")))
     assert ("host db1, pgbackrest: pgbackrest_repo_cipher_pass is empty or unset, and pgbackrest_archive is on. "
             "The repository is encrypted with it and no backup can be restored without it.") in output
 
 
-def test_site_stops_on_backups_to_a_bucket_without_the_buckets_key(tmp_path):
-    output = site_without_hosts(tmp_path, lambda inventory: edit_yaml(
+def test_the_plan_stops_on_backups_to_a_bucket_without_the_buckets_key(tmp_path):
+    output = plan_role_without_hosts(tmp_path, lambda inventory: edit_yaml(
         inventory / "host_vars" / "db1.yml",
         lambda data: data.update(pgbackrest_archive=True, pgbackrest_repo_cipher_pass="a passphrase of its own",
                                  pgbackrest_repo_s3_bucket="mastodon-backups",
