@@ -26,6 +26,6 @@ def parse_installed(output: str) -> Dict[str, List[Dict[str, str]]]:
         fields = line.split("\t")
         if len(fields) != 4 or len(fields[0]) < 2 or fields[0][1] not in INSTALLED_STATES:
             continue
-        status, name, version, arch = fields
+        name, version, arch = fields[1:]
         packages.setdefault(name, []).append({"name": name, "version": version, "arch": arch, "source": "dpkg"})
     return packages
