@@ -421,6 +421,20 @@ def test_local_media_on_several_hosts_fails_at_the_plan_and_changes_nothing(host
     assert snapshot(hosts) == before
 
 
+@DEBIAN_13_ONLY
+def test_a_plan_for_another_debian_release_stops_every_host_before_it_is_changed(host, hosts):
+    # The first role on each host checks its release (roles/plan/tasks/main.yml), once the facts are there.
+    before = snapshot(hosts)
+    result = run_playbook(host, "-e", "mastodon_debian_version=12")
+    output = result.stdout + result.stderr
+    assert result.returncode != 0
+    for name in HOSTS:
+        assert ("host %s: the plan assumes Debian 12 and the versions it ships, but the host runs Debian 13. Set "
+                "mastodon_debian_version: 13 for it and plan again." % name) in output
+    assert "PLAY [Backup repository (pgBackRest)]" not in output
+    assert snapshot(hosts) == before
+
+
 # --- 4. Faults ---
 
 def redis(host, port, command):
