@@ -38,6 +38,9 @@ ALSO_WITH_VALKEY := redis sentinel
 # Runs of one scenario share container names and stay in one queue; every platform has its own address.
 FIRST_QUEUE := cluster app redis
 export ANSIBLE_COLLECTIONS_PATH := $(COLLECTIONS)
+# Runs see the collections tools/rig links into .rig, not the venv's ansible package (about 100 collections,
+# each listed again by mitogen for every module call).
+export ANSIBLE_COLLECTIONS_SCAN_SYS_PATH := false
 export PATH := $(BIN):$(PATH)
 
 # Run a stage and record how long it took.
@@ -51,7 +54,7 @@ help:
 venv:
 	@$(RIG) venv
 
-collection:
+collection: venv
 	@$(RIG) collection
 
 image: venv

@@ -10,15 +10,18 @@ alternating inside each round so that all of them see the same machine:
 - with ``--before REV``, both site arms again with the whole collection as it was at REV (a git worktree), so
   that a change to the roles or the playbook is measured side by side;
 - with ``--mitogen``, both site arms again under mitogen's linear strategy (the operator's opt-in, README
-  "Faster runs"), and ``facts`` under it too.
+  "Faster runs"), and ``facts`` under it too;
+- with ``--mitogen --all-collections``, the mitogen site arms again with every collection of the venv's ansible
+  package visible (Ansible scanning site-packages, as on a controller with that package installed); the other
+  arms see only the collections ``tools/rig collection`` links into ``.rig``.
 
 Each arm runs with each of ``--forks`` (Ansible's default is 5) for ``--rounds`` rounds; the table has the
 medians and the ratios to ``facts`` at the same forks. ``--profile`` runs site.yml once more with
 ansible.posix.profile_tasks and prints the slowest tasks.
 
     make demo
-    .venv/bin/python benchmarks/rerun_speed.py [--rounds 3] [--forks 5,10] [--before REV] [--mitogen] [--profile]
-        [--only TEXT]
+    .venv/bin/python benchmarks/rerun_speed.py [--rounds 3] [--forks 5,10] [--before REV] [--mitogen]
+        [--all-collections] [--profile] [--only TEXT]
 """
 
 import argparse
@@ -60,7 +63,8 @@ class Arm:
     def run(self, forks: int, extra_env=None) -> subprocess.CompletedProcess:
         directory = ephemeral()
         env = dict(os.environ, ANSIBLE_CONFIG=str(directory / "ansible.cfg"),
-                   ANSIBLE_COLLECTIONS_PATH=str(self.collections), ANSIBLE_FORKS=str(forks), ANSIBLE_NOCOLOR="1",
+                   ANSIBLE_COLLECTIONS_PATH=str(self.collections), ANSIBLE_COLLECTIONS_SCAN_SYS_PATH="false",
+                   ANSIBLE_FORKS=str(forks), ANSIBLE_NOCOLOR="1",
                    ANSIBLE_PIPELINING="True", MOLECULE_EPHEMERAL_DIRECTORY=str(directory),
                    # The scenario's group_vars keep the cluster's CA under the project directory.
                    MOLECULE_PROJECT_DIRECTORY=str(ROOT), **self.environment, **(extra_env or {}))
@@ -89,6 +93,10 @@ def collection_at(revision: str):
     try:
         (directory / "ansible_collections" / "fediscale").mkdir(parents=True)
         (directory / "ansible_collections" / "fediscale" / "mastodon").symlink_to(tree)
+        # The same dependencies as today's arms (tools/rig collection links them).
+        for namespace in (ROOT / ".rig" / "ansible_collections").iterdir():
+            if namespace.name != "fediscale":
+                (directory / "ansible_collections" / namespace.name).symlink_to(namespace)
         yield directory
     finally:
         subprocess.run(["git", "worktree", "remove", "--force", str(tree)], cwd=str(ROOT), check=False)
@@ -119,6 +127,9 @@ def main() -> None:
     parser.add_argument("--forks", default="5,10")
     parser.add_argument("--before", help="a revision whose collection to measure beside today's")
     parser.add_argument("--mitogen", action="store_true", help="the site arms again under mitogen")
+    parser.add_argument("--all-collections", action="store_true",
+                        help="the mitogen site arms again with every collection of the venv's ansible package "
+                             "visible, as on a controller with that package installed")
     parser.add_argument("--profile", action="store_true")
     parser.add_argument("--only", help="run only the arms whose names contain this text (facts always runs)")
     args = parser.parse_args()
@@ -137,6 +148,11 @@ def main() -> None:
                     SITE, collections=before, inventory=inventory, environment=environment)
                 arms["site --tags sidekiq at %s, mitogen" % args.before] = Arm(
                     SIDEKIQ, collections=before, inventory=inventory, environment=environment)
+            if args.all_collections:
+                every = dict(environment, ANSIBLE_COLLECTIONS_SCAN_SYS_PATH="true")
+                for name, command in (("site", SITE), ("site --tags sidekiq", SIDEKIQ)):
+                    arms["%s, mitogen, every collection" % name] = Arm(command, inventory=inventory,
+                                                                       environment=every)
         if args.only:
             arms = {name: arm for name, arm in arms.items() if args.only in name or name == "facts"}
         forks_list = [int(value) for value in args.forks.split(",")]
