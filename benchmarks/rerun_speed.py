@@ -67,7 +67,8 @@ class Arm:
                    ANSIBLE_FORKS=str(forks), ANSIBLE_NOCOLOR="1",
                    ANSIBLE_PIPELINING="True", MOLECULE_EPHEMERAL_DIRECTORY=str(directory),
                    # The scenario's group_vars keep the cluster's CA under the project directory.
-                   MOLECULE_PROJECT_DIRECTORY=str(ROOT), **self.environment, **(extra_env or {}))
+                   MOLECULE_PROJECT_DIRECTORY=str(ROOT))
+        env.update(self.environment, **(extra_env or {}))
         inventory = self.inventory or directory / "inventory"
         return subprocess.run([str(BIN / "ansible-playbook"), "-i", str(inventory)] + self.command,
                               env=env, capture_output=True, text=True, check=False)

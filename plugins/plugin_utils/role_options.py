@@ -35,6 +35,7 @@ ROLE_OPTIONS = frozenset((
     "pgbouncer_stats_user",
     "plan_app_config_dir",
     "plan_app_dir",
+    "plan_check_host",
     "plan_find_running_units",
     "plan_postgresql_login_host",
     "plan_postgresql_login_password",
