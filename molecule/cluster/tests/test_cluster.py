@@ -332,10 +332,31 @@ def test_the_advisor_names_a_flooded_queue_and_its_advice_brings_the_latency_dow
             back_to_the_inventorys_numbers(host, node, applied["tags"])
 
 
+def hosts_with_tasks_past_the_plan(output):
+    """The hosts with a task result (ok, changed, skipping, failed, included) in a play after the plan's, role
+    argument checks left out: Ansible tags those always, and they run on the controller."""
+    found = set()
+    for play in re.split(r"^PLAY \[", output, flags=re.M)[1:]:
+        if play.startswith("Plan the Mastodon connection budget]"):
+            continue
+        for task in re.split(r"^TASK \[", play, flags=re.M)[1:]:
+            if " : Validating arguments against arg spec " in task.split("\n", 1)[0]:
+                continue
+            for line in task.splitlines()[1:]:
+                result = re.match(r"(?:ok|changed|skipping|failed|fatal): \[([^\] ]+)", line)
+                included = re.match(r"included: .* for (.+)$", line)
+                found |= {result.group(1)} if result else set(included.group(1).split(", ")) if included else set()
+    return found
+
+
 def back_to_the_inventorys_numbers(host, node, tags):
-    """Scaling up starts the pull processes again, the extra push process goes."""
+    """Scaling up starts the pull processes again, the extra push process goes. The run, limited by the tags
+    the advisor named (the sidekiq play, and pgbouncer's where the pools change), contacts no database, Redis
+    or proxy host past the plan's play."""
     result = run_playbook(host, "--tags", tags)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    touched = hosts_with_tasks_past_the_plan(result.stdout)
+    assert "demo-sidekiq1" in touched and touched <= set(REPORT["units"]), (tags, touched)
     for number in (1, 2, 3):
         service = node.service("mastodon-sidekiq-pull@%d.service" % number)
         assert service.is_running and service.is_enabled
