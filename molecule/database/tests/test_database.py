@@ -1116,7 +1116,11 @@ def test_a_point_in_time_restore_on_another_host_brings_back_a_dropped_table(
     checked = db.ansible("fediscale.mastodon.postgres_connections", json.dumps({"backup": BACKUP}), check=True,
                          become=True, become_user="postgres")
     assert checked["backup"]["info"]["last_backup"]["label"] == backups[-1]["label"], checked
-    assert checked["backup"]["archiver"]["failed_count"] == 0 and checked["backup"]["archiver"]["archived_count"] > 0
+    # On a failure: which segment failed, when, and why (PostgreSQL's and pgBackRest's logs on the primary).
+    assert checked["backup"]["archiver"]["failed_count"] == 0 and checked["backup"]["archiver"]["archived_count"] > 0, (
+        checked["backup"]["archiver"], db.run("grep -h -B2 -A3 'archive command failed' /var/log/postgresql/*.log | "
+                                              "tail -n 30; tail -n 30 /var/log/pgbackrest/%s-archive-push*.log"
+                                              % BACKUP["stanza"]).stdout)
     assert not checked["backup"]["repository_beside_data"]
     assert [item["rule"] for item in checked["findings"] if item["rule"].startswith("live-backup")] == []
     strict = db.ansible("fediscale.mastodon.postgres_connections",
