@@ -345,14 +345,17 @@ def hosts_with_tasks_past_the_plan(output):
             for line in task.splitlines()[1:]:
                 result = re.match(r"(?:ok|changed|skipping|failed|fatal): \[([^\] ]+)", line)
                 included = re.match(r"included: .* for (.+)$", line)
-                found |= {result.group(1)} if result else set(included.group(1).split(", ")) if included else set()
+                if result:
+                    found.add(result.group(1))
+                elif included:
+                    found.update(included.group(1).split(", "))
     return found
 
 
 def back_to_the_inventorys_numbers(host, node, tags):
     """Scaling up starts the pull processes again, the extra push process goes. The run, limited by the tags
-    the advisor named (the sidekiq play, and pgbouncer's where the pools change), contacts no database, Redis
-    or proxy host past the plan's play."""
+    the advisor named (the sidekiq play, and pgbouncer's where the pools change), has no task on a database,
+    Redis or proxy host past the plan's play."""
     result = run_playbook(host, "--tags", tags)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     touched = hosts_with_tasks_past_the_plan(result.stdout)
