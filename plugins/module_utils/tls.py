@@ -151,6 +151,64 @@ def reasons_to_sign_again(current: Dict[str, Any], host: str, certificate: Dict[
     return reasons
 
 
+# The key usages the CA's request takes, to the names x509_certificate_info gives back.
+CA_KEY_USAGE = {"keyCertSign": "Certificate Sign", "cRLSign": "CRL Sign"}
+
+
+def reasons_to_make_the_ca_again(found: Dict[str, Any], ca: Dict[str, Any], passphrase_given: bool) -> List[str]:
+    """Why the tls role would make the cluster's private CA, or sign its certificate, again; none: it stays.
+
+    ``found`` is what the role read on the controller: ``certificate``, community.crypto's x509_certificate_info
+    filter on ca.crt, and ``key``, its openssl_privatekey_info filter on ca.key (each None without the file, the
+    key also when it is not opened: encrypted and no passphrase, or a passphrase and not encrypted), with
+    ``key_encrypted`` (None without a key); or ``error`` when a file could not be parsed. ``ca`` is how the role
+    makes the CA (common_name, key_type, key_curve, basic_constraints, key_usage). The reasons are the differences
+    for which community.crypto's openssl_privatekey or x509_certificate would make the key or the certificate
+    again, so a re-run that finds none calls neither: the CA it would keep is the CA it has."""
+    if found.get("error"):
+        return ["a file of it could not be read (%s)" % found["error"]]
+    reasons = []
+    key, certificate, encrypted = found.get("key"), found.get("certificate"), found.get("key_encrypted")
+    if encrypted is None:
+        reasons.append("there is no key")
+    elif encrypted != passphrase_given:
+        reasons.append("its key is encrypted and tls_ca_passphrase is empty" if encrypted
+                       else "its key is not encrypted and tls_ca_passphrase is set")
+    elif key is not None:
+        kind = (key.get("type"), (key.get("public_data") or {}).get("curve"))
+        if kind != (ca["key_type"], ca["key_curve"]):
+            reasons.append("its key is %s %s, not %s %s" % (kind + (ca["key_type"], ca["key_curve"])))
+    if certificate is None:
+        return reasons + ["there is no certificate"]
+    if key is not None and certificate.get("public_key") != key.get("public_key"):
+        reasons.append("its certificate is of another key")
+    subject = certificate.get("subject") or {}
+    if subject != {"commonName": ca["common_name"]}:
+        reasons.append("its certificate is issued to %s, not %s" % (subject, {"commonName": ca["common_name"]}))
+    if certificate.get("issuer") != subject:
+        reasons.append("its certificate is signed by %s, not by itself" % (certificate.get("issuer"),))
+    constraints = sorted(certificate.get("basic_constraints") or [])
+    if constraints != sorted(ca["basic_constraints"]) or not certificate.get("basic_constraints_critical"):
+        reasons.append("its basic constraints are %s%s, not %s, critical"
+                       % (", ".join(constraints) or "none",
+                          ", critical" if certificate.get("basic_constraints_critical") else "",
+                          ", ".join(sorted(ca["basic_constraints"]))))
+    usages = sorted(certificate.get("key_usage") or [])
+    planned = sorted(CA_KEY_USAGE[usage] for usage in ca["key_usage"])
+    if usages != planned or not certificate.get("key_usage_critical"):
+        reasons.append("its key usage is %s%s, not %s, critical"
+                       % (", ".join(usages) or "none", ", critical" if certificate.get("key_usage_critical") else "",
+                          ", ".join(planned)))
+    for extension, called in (("subject_alt_name", "subject alternative names"),
+                              ("extended_key_usage", "extended key usages")):
+        if certificate.get(extension):
+            reasons.append("its certificate has %s (%s), which the role's CA has not"
+                           % (called, ", ".join(certificate[extension])))
+    if not certificate.get("subject_key_identifier"):
+        reasons.append("its certificate has no subject key identifier, by which servers' certificates name it")
+    return reasons
+
+
 def redis_client_environment(configurations: Dict[str, Dict[str, Any]]) -> Dict[str, str]:
     """What streaming's Node needs to verify a Redis over TLS; Ruby reads the host's trust store."""
     if any(configuration["tls"] for configuration in configurations.values()):

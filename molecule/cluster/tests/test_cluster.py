@@ -352,14 +352,27 @@ def hosts_with_tasks_past_the_plan(output):
     return found
 
 
+def task_results(output, task):
+    """The result of each host (ok, changed, skipping, failed, fatal) for the task named, in every play of the run."""
+    results = []
+    for block in re.split(r"^TASK \[", output, flags=re.M)[1:]:
+        if block.split("]", 1)[0] == task:
+            results += re.findall(r"^(ok|changed|skipping|failed|fatal): \[", block, flags=re.M)
+    return results
+
+
 def back_to_the_inventorys_numbers(host, node, tags):
     """Scaling up starts the pull processes again, the extra push process goes. The run, limited by the tags
     the advisor named (the sidekiq play, and pgbouncer's where the pools change), has no task on a database,
-    Redis or proxy host past the plan's play."""
+    Redis or proxy host past the plan's play, and keeps the CA without a module call."""
     result = run_playbook(host, "--tags", tags)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     touched = hosts_with_tasks_past_the_plan(result.stdout)
     assert "demo-sidekiq1" in touched and touched <= set(REPORT["units"]), (tags, touched)
+    # The CA the converge made is read on the controller and kept: no module makes or signs it again
+    # (reasons_to_make_the_ca_again finds no reason).
+    for task in ("Make the CA's key", "Describe the CA", "Sign the CA's own certificate"):
+        assert task_results(result.stdout, "fediscale.mastodon.tls : " + task) == ["skipping"], task
     for number in (1, 2, 3):
         service = node.service("mastodon-sidekiq-pull@%d.service" % number)
         assert service.is_running and service.is_enabled

@@ -82,3 +82,17 @@ def test_reasons_to_sign_again_wants_the_plans_certificate_entry():
         reasons(None, "db1", {"subject_alt_names": [], "extended_key_usage": []})
     assert reasons({}, "db1", {"subject_alt_names": [], "extended_key_usage": []}) == [
         "the server has no readable certificate"]
+
+
+def test_reasons_to_make_the_ca_again_wants_what_the_role_read_and_the_cas_description():
+    reasons = TlsFilterModule().filters()["reasons_to_make_the_ca_again"]
+    ca = {"common_name": "fediscale.mastodon cluster CA", "key_type": "ECC", "key_curve": "secp384r1",
+          "basic_constraints": ["CA:TRUE", "pathlen:0"], "key_usage": ["keyCertSign", "cRLSign"]}
+    with pytest.raises(AnsibleFilterError, match="expected what the tls role read of the CA"):
+        reasons(None, ca)
+    with pytest.raises(AnsibleFilterError, match="the CA's description lacks key_curve, key_usage"):
+        reasons({}, {"common_name": "x", "key_type": "ECC", "basic_constraints": []})
+    with pytest.raises(AnsibleFilterError, match="key usage digitalSignature is not one of cRLSign, keyCertSign"):
+        reasons({}, dict(ca, key_usage=["keyCertSign", "digitalSignature"]))
+    assert reasons({"certificate": None, "key": None, "key_encrypted": None}, ca) == [
+        "there is no key", "there is no certificate"]

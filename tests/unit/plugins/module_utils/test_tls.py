@@ -178,3 +178,116 @@ def test_each_difference_from_what_the_ca_would_sign_now_is_a_reason(changes, re
 
 def test_a_ca_whose_identifier_could_not_be_read_signs_again():
     assert tls.reasons_to_sign_again(current(), "db1", DB1, KEY, "") == ["another CA signed it"]
+
+
+# --- reasons_to_make_the_ca_again: a re-run keeps the private CA, without a module call, unless one of these holds ---
+
+CA = {"common_name": "fediscale.mastodon cluster CA", "key_type": "ECC", "key_curve": "secp384r1",
+      "basic_constraints": ["CA:TRUE", "pathlen:0"], "key_usage": ["keyCertSign", "cRLSign"]}
+
+
+def made_ca(curve=None, common_name=CA["common_name"], path_length=0, alt_name=None, passphrase=None):
+    """A CA's key and certificate as PEM, made with cryptography as the tls role's modules make them."""
+    import datetime  # pylint: disable=import-outside-toplevel
+
+    from cryptography import x509  # pylint: disable=import-outside-toplevel
+    from cryptography.hazmat.primitives import hashes, serialization  # pylint: disable=import-outside-toplevel
+    from cryptography.hazmat.primitives.asymmetric import ec  # pylint: disable=import-outside-toplevel
+    from cryptography.x509.oid import NameOID  # pylint: disable=import-outside-toplevel
+
+    key = ec.generate_private_key(curve or ec.SECP384R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
+    now = datetime.datetime.now(datetime.timezone.utc)
+    builder = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
+               .serial_number(x509.random_serial_number()).not_valid_before(now)
+               .not_valid_after(now + datetime.timedelta(days=3650))
+               .add_extension(x509.BasicConstraints(ca=True, path_length=path_length), critical=True)
+               .add_extension(x509.KeyUsage(digital_signature=False, content_commitment=False, key_encipherment=False,
+                                            data_encipherment=False, key_agreement=False, key_cert_sign=True,
+                                            crl_sign=True, encipher_only=False, decipher_only=False), critical=True)
+               .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False))
+    if alt_name:
+        builder = builder.add_extension(x509.SubjectAlternativeName([x509.DNSName(alt_name)]), critical=False)
+    certificate = builder.sign(key, hashes.SHA256())
+    encryption = (serialization.BestAvailableEncryption(passphrase.encode()) if passphrase
+                  else serialization.NoEncryption())
+    return (key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, encryption).decode(),
+            certificate.public_bytes(serialization.Encoding.PEM).decode())
+
+
+def found(key_pem, certificate_pem, passphrase=""):
+    """What the tls role's ca.yml reads, through community.crypto's filters, as its Jinja does."""
+    from ansible_collections.community.crypto.plugins.filter.openssl_privatekey_info import (  # pylint: disable=import-outside-toplevel
+        openssl_privatekey_info_filter)
+    from ansible_collections.community.crypto.plugins.filter.x509_certificate_info import (  # pylint: disable=import-outside-toplevel
+        x509_certificate_info_filter)
+
+    encrypted = "ENCRYPTED" in key_pem
+    opened = key_pem and encrypted == bool(passphrase)
+    return {"certificate": x509_certificate_info_filter(certificate_pem) if certificate_pem else None,
+            "key": openssl_privatekey_info_filter(key_pem, passphrase=passphrase or None) if opened else None,
+            "key_encrypted": encrypted if key_pem else None}
+
+
+def test_the_ca_as_the_role_makes_it_stays():
+    key, certificate = made_ca()
+    assert tls.reasons_to_make_the_ca_again(found(key, certificate), CA, False) == []
+    key, certificate = made_ca(passphrase="s3cret")
+    assert tls.reasons_to_make_the_ca_again(found(key, certificate, "s3cret"), CA, True) == []
+
+
+def test_a_missing_ca_is_made():
+    key, certificate = made_ca()
+    assert tls.reasons_to_make_the_ca_again(found("", ""), CA, False) == ["there is no key", "there is no certificate"]
+    assert tls.reasons_to_make_the_ca_again(found(key, ""), CA, False) == ["there is no certificate"]
+    # Without its key the certificate is made again too: the key the modules make is a new one.
+    assert tls.reasons_to_make_the_ca_again(found("", certificate), CA, False) == ["there is no key"]
+
+
+def test_a_key_that_does_not_match_the_passphrase_is_a_reason():
+    key, certificate = made_ca(passphrase="s3cret")
+    assert tls.reasons_to_make_the_ca_again(found(key, certificate), CA, False) == [
+        "its key is encrypted and tls_ca_passphrase is empty"]
+    key, certificate = made_ca()
+    assert tls.reasons_to_make_the_ca_again(found(key, certificate, "s3cret"), CA, True) == [
+        "its key is not encrypted and tls_ca_passphrase is set"]
+
+
+def test_each_difference_from_the_ca_the_role_makes_is_a_reason():
+    from cryptography.hazmat.primitives.asymmetric import ec  # pylint: disable=import-outside-toplevel
+
+    key, _ = made_ca()
+    _, other_certificate = made_ca()
+    assert tls.reasons_to_make_the_ca_again(found(key, other_certificate), CA, False) == [
+        "its certificate is of another key"]
+    assert tls.reasons_to_make_the_ca_again(found(*made_ca(curve=ec.SECP256R1())), CA, False) == [
+        "its key is ECC secp256r1, not ECC secp384r1"]
+    assert tls.reasons_to_make_the_ca_again(found(*made_ca(common_name="another CA")), CA, False) == [
+        "its certificate is issued to {'commonName': 'another CA'}, not {'commonName': 'fediscale.mastodon cluster CA'}"]
+    assert tls.reasons_to_make_the_ca_again(found(*made_ca(path_length=1)), CA, False) == [
+        "its basic constraints are CA:TRUE, pathlen:1, critical, not CA:TRUE, pathlen:0, critical"]
+    assert tls.reasons_to_make_the_ca_again(found(*made_ca(alt_name="ca.example")), CA, False) == [
+        "its certificate has subject alternative names (DNS:ca.example), which the role's CA has not"]
+
+
+@pytest.mark.parametrize("changes, reason", [
+    ({"key_usage": ["Certificate Sign"]}, "its key usage is Certificate Sign, critical, not CRL Sign, Certificate Sign, critical"),
+    ({"key_usage_critical": False}, "its key usage is CRL Sign, Certificate Sign, not CRL Sign, Certificate Sign, critical"),
+    ({"basic_constraints_critical": False},
+     "its basic constraints are CA:TRUE, pathlen:0, not CA:TRUE, pathlen:0, critical"),
+    ({"issuer": {"commonName": "a root"}}, "its certificate is signed by {'commonName': 'a root'}, not by itself"),
+    ({"extended_key_usage": ["TLS Web Server Authentication"]},
+     "its certificate has extended key usages (TLS Web Server Authentication), which the role's CA has not"),
+    ({"subject_key_identifier": None},
+     "its certificate has no subject key identifier, by which servers' certificates name it"),
+])
+def test_each_difference_in_the_certificates_fields_is_a_reason(changes, reason):
+    read = found(*made_ca())
+    read["certificate"].update(changes)
+    assert tls.reasons_to_make_the_ca_again(read, CA, False) == [reason]
+
+
+def test_a_file_that_could_not_be_parsed_makes_the_modules_run():
+    assert tls.reasons_to_make_the_ca_again({"error": "Wrong or empty passphrase provided for private key"}, CA,
+                                            True) == [
+        "a file of it could not be read (Wrong or empty passphrase provided for private key)"]
