@@ -256,8 +256,7 @@ def test_a_key_that_does_not_match_the_passphrase_is_a_reason():
 def test_each_difference_from_the_ca_the_role_makes_is_a_reason():
     from cryptography.hazmat.primitives.asymmetric import ec  # pylint: disable=import-outside-toplevel
 
-    key, _ = made_ca()
-    _, other_certificate = made_ca()
+    key, other_certificate = made_ca()[0], made_ca()[1]
     assert tls.reasons_to_make_the_ca_again(found(key, other_certificate), CA, False) == [
         "its certificate is of another key"]
     assert tls.reasons_to_make_the_ca_again(found(*made_ca(curve=ec.SECP256R1())), CA, False) == [
