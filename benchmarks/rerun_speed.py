@@ -59,6 +59,8 @@ class Arm:
         self.collections = collections or ROOT / ".rig"
         self.inventory = inventory
         self.environment = environment or {}
+        # What runs the playbook (worker_profile.py runs it under cProfile).
+        self.executable = [str(BIN / "ansible-playbook")]
 
     def run(self, forks: int, extra_env=None) -> subprocess.CompletedProcess:
         directory = ephemeral()
@@ -70,7 +72,7 @@ class Arm:
                    MOLECULE_PROJECT_DIRECTORY=str(ROOT))
         env.update(self.environment, **(extra_env or {}))
         inventory = self.inventory or directory / "inventory"
-        return subprocess.run([str(BIN / "ansible-playbook"), "-i", str(inventory)] + self.command,
+        return subprocess.run(self.executable + ["-i", str(inventory)] + self.command,
                               env=env, capture_output=True, text=True, check=False)
 
 

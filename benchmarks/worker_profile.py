@@ -1,0 +1,173 @@
+"""Where a no-op site.yml spends its time on the controller: the main process and each forked worker.
+
+Ansible forks a worker for every host of every task, skipped or not; the worker evaluates the task's conditions,
+templates its arguments, runs its action and, for a module, waits for the host. This runs ``site.yml`` once on the
+cluster ``make demo`` leaves up (the scenario's inventory and ansible.cfg, mitogen's linear strategy, 10 forks,
+as ``rerun_speed.py --mitogen``), with ``cProfile`` in the main process and in every worker, and prints the
+share of each kind of work. cProfile slows Python code more than waiting, so the shares are of the profiled
+run, to compare kinds of work with one another, not seconds of a real run (``rerun_speed.py`` measures those).
+
+``--preload ROUNDS`` sizes one of those kinds instead: the run without profiles, alternating with a run whose
+main process has loaded Ansible's own Jinja plugins before it forks any worker, so that the workers inherit them
+(ansible-core 2.19 to 2.21 load them in each worker that looks a plugin up). That is a change to Ansible, not to
+the collection; the comparison says how much of a no-op run it would take off.
+
+    make demo
+    .venv/bin/python benchmarks/worker_profile.py [--forks 10] [--tags sidekiq] [--top 25] [--preload 3]
+"""
+
+import argparse
+import glob
+import os
+import pstats
+import re
+import subprocess
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from rerun_speed import SITE, Arm, mitogen_inventory
+
+# Runs ansible-playbook with each worker's _run under cProfile, one stats file per worker (argv[1] is the
+# directory); the main process is profiled by ``python -m cProfile`` around this.
+LAUNCHER = '''
+import cProfile, os, sys
+from ansible.executor.process import worker
+directory = sys.argv.pop(1)
+original = worker.WorkerProcess._run
+def _run(self):
+    profile = cProfile.Profile()
+    profile.enable()
+    try:
+        return original(self)
+    finally:
+        profile.disable()
+        profile.dump_stats(os.path.join(directory, "worker-%d.pstats" % os.getpid()))
+if directory:
+    worker.WorkerProcess._run = _run
+else:
+    # --preload: the main process loads every Jinja plugin of Ansible's own before the first play forks.
+    from ansible.executor import playbook_executor
+    from ansible.plugins.loader import filter_loader, test_loader
+    run = playbook_executor.PlaybookExecutor.run
+    def preloaded(self):
+        filter_loader.get("ansible.builtin.bool")
+        test_loader.get("ansible.builtin.changed")
+        return run(self)
+    playbook_executor.PlaybookExecutor.run = preloaded
+sys.argv[0] = "ansible-playbook"
+from ansible.cli.playbook import main
+sys.exit(main())
+'''
+
+# (label, file name ending, function name): the cumulative time of these functions, each the outermost call of
+# its kind (Jinja's compile also looks up every filter and test a template names, which loads Ansible's
+# plugins: that share is inside the compile share).
+WORKER_KINDS = (
+    ("the whole worker", "ansible/executor/process/worker.py", "_run"),
+    ("compiling Jinja templates and conditions", "jinja2/environment.py", "compile"),
+    ("  of which loading Ansible's own Jinja plugins", "ansible/plugins/loader.py",
+     "_ensure_non_collection_wrappers"),
+    ("rendering the template module's files", "ansible/plugins/action/template.py", "run"),
+    ("waiting for the host (mitogen)", "mitogen/core.py", "_get_sleep"),
+)
+MAIN_KINDS = (
+    ("the whole run", "ansible/executor/playbook_executor.py", "run"),
+    ("waiting for the workers", "ansible/plugins/strategy/__init__.py", "_wait_on_pending_results"),
+    ("forking the workers", "multiprocessing/process.py", "start"),
+    ("computing each host's variables", "ansible/vars/manager.py", "get_vars"),
+)
+
+
+def cumulative(stats: pstats.Stats, ending: str, function: str) -> float:
+    """The cumulative time of the matching functions (recursive calls counted once, as pstats does)."""
+    return sum(entry[3] for (path, _line, name), entry in stats.stats.items()  # pylint: disable=no-member
+               if path.endswith(ending) and name == function)
+
+
+def calls(stats: pstats.Stats, ending: str, function: str) -> int:
+    return sum(entry[1] for (path, _line, name), entry in stats.stats.items()  # pylint: disable=no-member
+               if path.endswith(ending) and name == function)
+
+
+def table(title: str, stats: pstats.Stats, kinds) -> None:
+    whole = cumulative(stats, kinds[0][1], kinds[0][2])
+    print("| %s | calls | profiled seconds | share |" % title)
+    print("| --- | ---: | ---: | ---: |")
+    for label, ending, function in kinds:
+        seconds = cumulative(stats, ending, function)
+        print("| %s | %d | %.1f | %.0f %% |" % (label, calls(stats, ending, function), seconds,
+                                                100 * seconds / whole if whole else 0))
+    print()
+
+
+def compare_preload(arm: Arm, launcher: Path, forks: int, rounds: int) -> None:
+    """The run as Ansible makes it against the same with Ansible's Jinja plugins loaded before the forks."""
+    ways = {"as Ansible runs it": [str(Path(sys.executable).parent / "ansible-playbook")],
+            "Jinja plugins loaded before the forks": [sys.executable, str(launcher), ""]}
+    samples = {name: [] for name in ways}
+    for number in range(rounds):
+        for name, executable in ways.items():
+            arm.executable = executable
+            started = time.monotonic()
+            result = arm.run(forks)
+            samples[name].append(time.monotonic() - started)
+            changed = [int(found) for found in re.findall(r"changed=(\d+)", result.stdout)]
+            if result.returncode or any(changed):
+                raise SystemExit("site.yml did not run clean (rc %d, changed %s):\n%s"
+                                 % (result.returncode, changed, result.stdout[-3000:]))
+        print("round %d: %s" % (number + 1, ", ".join("%s %.1f s" % (name, values[-1])
+                                                       for name, values in samples.items())), file=sys.stderr)
+    print("| run | median of %d |" % rounds)
+    print("| --- | ---: |")
+    for name, values in samples.items():
+        print("| %s | %.1f s |" % (name, statistics.median(values)))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n", maxsplit=1)[0])
+    parser.add_argument("--forks", type=int, default=10)
+    parser.add_argument("--tags", help="limit the run to these tags, as ansible-playbook --tags")
+    parser.add_argument("--top", type=int, default=0, help="also print the workers' N costliest functions")
+    parser.add_argument("--preload", type=int, metavar="ROUNDS",
+                        help="instead of profiling, time the run with and without Ansible's Jinja plugins loaded "
+                             "before the workers fork, alternating, for ROUNDS rounds")
+    args = parser.parse_args()
+    command = SITE + (["--tags", args.tags] if args.tags else [])
+    with tempfile.TemporaryDirectory(prefix="worker-profile-") as directory, mitogen_inventory() as found:
+        inventory, environment = found
+        launcher = Path(directory, "launcher.py")
+        launcher.write_text(LAUNCHER)
+        arm = Arm(command, inventory=inventory, environment=environment)
+        if args.preload:
+            compare_preload(arm, launcher, args.forks, args.preload)
+            return
+        main_stats = Path(directory, "main.pstats")
+        arm.executable = [sys.executable, "-m", "cProfile", "-o", str(main_stats), str(launcher), directory]
+        result = arm.run(args.forks)
+        changed = [int(number) for number in re.findall(r"changed=(\d+)", result.stdout)]
+        if result.returncode or any(changed):
+            raise SystemExit("site.yml did not run clean (rc %d, changed %s):\n%s"
+                             % (result.returncode, changed, result.stdout[-3000:]))
+        # A worker killed at the end of the run may leave its file unwritten.
+        workers = []
+        for path in sorted(glob.glob(os.path.join(directory, "worker-*.pstats"))):
+            try:
+                workers.append(pstats.Stats(path))
+            except (EOFError, ValueError, TypeError):
+                continue
+        if not workers:
+            raise SystemExit("no worker wrote its profile")
+        merged = workers[0]
+        for stats in workers[1:]:
+            merged.add(stats)
+        table("main process", pstats.Stats(str(main_stats)), MAIN_KINDS)
+        table("%d workers" % len(workers), merged, WORKER_KINDS)
+        if args.top:
+            merged.sort_stats("cumulative").print_stats(args.top)
+
+
+if __name__ == "__main__":
+    main()
