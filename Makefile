@@ -136,7 +136,7 @@ bench-pooling: demo
 
 # Converges the demo cluster first: the site arms must change nothing. Under mitogen, as README "Faster runs".
 bench-rerun: demo
-	$(BIN)/python benchmarks/rerun_speed.py --rounds 3 --forks 10 --mitogen --only mitogen
+	$(BIN)/python benchmarks/rerun_speed.py --rounds 3 --forks 10 --mitogen --preload --only mitogen
 
 clean:
 	@$(RIG) clean

@@ -13,7 +13,10 @@ alternating inside each round so that all of them see the same machine:
   "Faster runs"), and ``facts`` under it too;
 - with ``--mitogen --all-collections``, the mitogen site arms again with every collection of the venv's ansible
   package visible (Ansible scanning site-packages, as on a controller with that package installed); the other
-  arms see only the collections ``tools/rig collection`` links into ``.rig``.
+  arms see only the collections ``tools/rig collection`` links into ``.rig``;
+- with ``--preload``, the site arms again with the ``fediscale.mastodon.preload_jinja_plugins`` callback enabled
+  (README "Faster runs"); no other arm enables a callback (the arms read the scenario's ansible.cfg without its
+  ``callbacks_enabled``).
 
 Each arm runs with each of ``--forks`` (Ansible's default is 5) for ``--rounds`` rounds; the table has the
 medians and the ratios to ``facts`` at the same forks. ``--profile`` runs site.yml once more with
@@ -21,7 +24,7 @@ ansible.posix.profile_tasks and prints the slowest tasks.
 
     make demo
     .venv/bin/python benchmarks/rerun_speed.py [--rounds 3] [--forks 5,10] [--before REV] [--mitogen]
-        [--all-collections] [--profile] [--only TEXT]
+        [--all-collections] [--preload] [--profile] [--only TEXT]
 """
 
 import argparse
@@ -42,6 +45,7 @@ BIN = Path(sys.executable).parent
 FACTS = [str(ROOT / "benchmarks" / "facts_only.yml")]
 SITE = ["fediscale.mastodon.site"]
 SIDEKIQ = ["fediscale.mastodon.site", "--tags", "sidekiq"]
+PRELOAD = {"ANSIBLE_CALLBACKS_ENABLED": "fediscale.mastodon.preload_jinja_plugins"}
 
 
 def ephemeral() -> Path:
@@ -49,6 +53,14 @@ def ephemeral() -> Path:
     if not found or not Path(found[-1], "inventory").exists():
         raise SystemExit("no demo cluster: run make demo first")
     return Path(found[-1])
+
+
+def config_without_callbacks(directory: Path) -> Path:
+    """The scenario's ansible.cfg less callbacks_enabled: an arm enables a callback only by its environment."""
+    plain = directory / "ansible-without-callbacks.cfg"
+    lines = (directory / "ansible.cfg").read_text().splitlines(keepends=True)
+    plain.write_text("".join(line for line in lines if not line.startswith("callbacks_enabled")))
+    return plain
 
 
 class Arm:
@@ -64,7 +76,7 @@ class Arm:
 
     def run(self, forks: int, extra_env=None) -> subprocess.CompletedProcess:
         directory = ephemeral()
-        env = dict(os.environ, ANSIBLE_CONFIG=str(directory / "ansible.cfg"),
+        env = dict(os.environ, ANSIBLE_CONFIG=str(config_without_callbacks(directory)),
                    ANSIBLE_COLLECTIONS_PATH=str(self.collections), ANSIBLE_COLLECTIONS_SCAN_SYS_PATH="false",
                    ANSIBLE_FORKS=str(forks), ANSIBLE_NOCOLOR="1",
                    ANSIBLE_PIPELINING="True", MOLECULE_EPHEMERAL_DIRECTORY=str(directory),
@@ -133,6 +145,8 @@ def main() -> None:
     parser.add_argument("--all-collections", action="store_true",
                         help="the mitogen site arms again with every collection of the venv's ansible package "
                              "visible, as on a controller with that package installed")
+    parser.add_argument("--preload", action="store_true",
+                        help="the site arms again with the preload_jinja_plugins callback enabled")
     parser.add_argument("--profile", action="store_true")
     parser.add_argument("--only", help="run only the arms whose names contain this text (facts always runs)")
     args = parser.parse_args()
@@ -156,6 +170,12 @@ def main() -> None:
                 for name, command in (("site", SITE), ("site --tags sidekiq", SIDEKIQ)):
                     arms["%s, mitogen, every collection" % name] = Arm(command, inventory=inventory,
                                                                        environment=every)
+        if args.preload:
+            for name, arm in list(arms.items()):
+                if name.startswith("site") and " at " not in name:
+                    arms["%s, preload" % name] = Arm(arm.command, collections=arm.collections,
+                                                     inventory=arm.inventory,
+                                                     environment=dict(arm.environment, **PRELOAD))
         if args.only:
             arms = {name: arm for name, arm in arms.items() if args.only in name or name == "facts"}
         forks_list = [int(value) for value in args.forks.split(",")]

@@ -7,13 +7,11 @@ as ``rerun_speed.py --mitogen``), with ``cProfile`` in the main process and in e
 share of each kind of work. cProfile slows Python code more than waiting, so the shares are of the profiled
 run, to compare kinds of work with one another, not seconds of a real run (``rerun_speed.py`` measures those).
 
-``--preload ROUNDS`` sizes one of those kinds instead: the run without profiles, alternating with a run whose
-main process has loaded Ansible's own Jinja plugins before it forks any worker, so that the workers inherit them
-(ansible-core 2.19 to 2.21 load them in each worker that looks a plugin up). That is a change to Ansible, not to
-the collection; the comparison says how much of a no-op run it would take off.
+The run enables no callback (as ``rerun_speed.py``'s arms); ``--preload`` enables
+``fediscale.mastodon.preload_jinja_plugins``, whose effect the workers' share of loading Jinja plugins shows.
 
     make demo
-    .venv/bin/python benchmarks/worker_profile.py [--forks 10] [--tags sidekiq] [--top 25] [--preload 3]
+    .venv/bin/python benchmarks/worker_profile.py [--forks 10] [--tags sidekiq] [--top 25] [--preload]
 """
 
 import argparse
@@ -21,14 +19,11 @@ import glob
 import os
 import pstats
 import re
-import subprocess
-import statistics
 import sys
 import tempfile
-import time
 from pathlib import Path
 
-from rerun_speed import SITE, Arm, mitogen_inventory
+from rerun_speed import PRELOAD, SITE, Arm, mitogen_inventory
 
 # Runs ansible-playbook with each worker's _run under cProfile, one stats file per worker (argv[1] is the
 # directory); the main process is profiled by ``python -m cProfile`` around this.
@@ -45,18 +40,7 @@ def _run(self):
     finally:
         profile.disable()
         profile.dump_stats(os.path.join(directory, "worker-%d.pstats" % os.getpid()))
-if directory:
-    worker.WorkerProcess._run = _run
-else:
-    # --preload: the main process loads every Jinja plugin of Ansible's own before the first play forks.
-    from ansible.executor import playbook_executor
-    from ansible.plugins.loader import filter_loader, test_loader
-    run = playbook_executor.PlaybookExecutor.run
-    def preloaded(self):
-        filter_loader.get("ansible.builtin.bool")
-        test_loader.get("ansible.builtin.changed")
-        return run(self)
-    playbook_executor.PlaybookExecutor.run = preloaded
+worker.WorkerProcess._run = _run
 sys.argv[0] = "ansible-playbook"
 from ansible.cli.playbook import main
 sys.exit(main())
@@ -103,47 +87,20 @@ def table(title: str, stats: pstats.Stats, kinds) -> None:
     print()
 
 
-def compare_preload(arm: Arm, launcher: Path, forks: int, rounds: int) -> None:
-    """The run as Ansible makes it against the same with Ansible's Jinja plugins loaded before the forks."""
-    ways = {"as Ansible runs it": [str(Path(sys.executable).parent / "ansible-playbook")],
-            "Jinja plugins loaded before the forks": [sys.executable, str(launcher), ""]}
-    samples = {name: [] for name in ways}
-    for number in range(rounds):
-        for name, executable in ways.items():
-            arm.executable = executable
-            started = time.monotonic()
-            result = arm.run(forks)
-            samples[name].append(time.monotonic() - started)
-            changed = [int(found) for found in re.findall(r"changed=(\d+)", result.stdout)]
-            if result.returncode or any(changed):
-                raise SystemExit("site.yml did not run clean (rc %d, changed %s):\n%s"
-                                 % (result.returncode, changed, result.stdout[-3000:]))
-        print("round %d: %s" % (number + 1, ", ".join("%s %.1f s" % (name, values[-1])
-                                                       for name, values in samples.items())), file=sys.stderr)
-    print("| run | median of %d |" % rounds)
-    print("| --- | ---: |")
-    for name, values in samples.items():
-        print("| %s | %.1f s |" % (name, statistics.median(values)))
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n", maxsplit=1)[0])
     parser.add_argument("--forks", type=int, default=10)
     parser.add_argument("--tags", help="limit the run to these tags, as ansible-playbook --tags")
     parser.add_argument("--top", type=int, default=0, help="also print the workers' N costliest functions")
-    parser.add_argument("--preload", type=int, metavar="ROUNDS",
-                        help="instead of profiling, time the run with and without Ansible's Jinja plugins loaded "
-                             "before the workers fork, alternating, for ROUNDS rounds")
+    parser.add_argument("--preload", action="store_true",
+                        help="enable the fediscale.mastodon.preload_jinja_plugins callback")
     args = parser.parse_args()
     command = SITE + (["--tags", args.tags] if args.tags else [])
     with tempfile.TemporaryDirectory(prefix="worker-profile-") as directory, mitogen_inventory() as found:
         inventory, environment = found
         launcher = Path(directory, "launcher.py")
         launcher.write_text(LAUNCHER)
-        arm = Arm(command, inventory=inventory, environment=environment)
-        if args.preload:
-            compare_preload(arm, launcher, args.forks, args.preload)
-            return
+        arm = Arm(command, inventory=inventory, environment=dict(environment, **(PRELOAD if args.preload else {})))
         main_stats = Path(directory, "main.pstats")
         arm.executable = [sys.executable, "-m", "cProfile", "-o", str(main_stats), str(launcher), directory]
         result = arm.run(args.forks)
