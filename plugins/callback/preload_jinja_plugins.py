@@ -11,12 +11,11 @@ short_description: Load Ansible's Jinja filters and tests once per run instead o
 description:
   - Ansible forks a worker process for every host of every task. A worker whose conditions or arguments name a
     Jinja filter or test (C(bool), C(default), C(is defined), ...) loads every filter and test plugin of
-    ansible-core first, from their files, and throws them away when it exits, about a tenth of a worker's time in a
-    C(site.yml) run that changes nothing (C(benchmarks/worker_profile.py)).
+    ansible-core first, from their files, and throws them away when it exits.
   - This callback loads them in the main process when the playbook starts, so every worker inherits them with
     the fork. It writes no output and changes nothing a task does.
   - In a C(site.yml) run that changes nothing on the six-host demo cluster, the workers' share of loading these
-    plugins falls from about 13 % of their time to none (C(benchmarks/README.md)).
+    plugins falls from about 13 % of their time to none (C(benchmarks/worker_profile.py), C(benchmarks/README.md)).
   - An opt-in, as mitogen is; enable it in C(ansible.cfg) with C(callbacks_enabled).
 version_added: 0.1.0
 requirements:
