@@ -64,25 +64,20 @@ MAIN_KINDS = (
 )
 
 
-def cumulative(stats: pstats.Stats, ending: str, function: str) -> float:
-    """The cumulative time of the matching functions (recursive calls counted once, as pstats does)."""
-    return sum(entry[3] for (path, _line, name), entry in stats.stats.items()  # pylint: disable=no-member
-               if path.endswith(ending) and name == function)
-
-
-def calls(stats: pstats.Stats, ending: str, function: str) -> int:
-    return sum(entry[1] for (path, _line, name), entry in stats.stats.items()  # pylint: disable=no-member
-               if path.endswith(ending) and name == function)
+def calls_and_seconds(stats: pstats.Stats, ending: str, function: str):
+    """The calls and cumulative time of the matching functions (recursive calls counted once, as pstats does)."""
+    found = [entry for (path, _line, name), entry in stats.stats.items()  # pylint: disable=no-member
+             if path.endswith(ending) and name == function]
+    return sum(entry[1] for entry in found), sum(entry[3] for entry in found)
 
 
 def table(title: str, stats: pstats.Stats, kinds) -> None:
-    whole = cumulative(stats, kinds[0][1], kinds[0][2])
+    whole = calls_and_seconds(stats, kinds[0][1], kinds[0][2])[1]
     print("| %s | calls | profiled seconds | share |" % title)
     print("| --- | ---: | ---: | ---: |")
     for label, ending, function in kinds:
-        seconds = cumulative(stats, ending, function)
-        print("| %s | %d | %.1f | %.0f %% |" % (label, calls(stats, ending, function), seconds,
-                                                100 * seconds / whole if whole else 0))
+        number, seconds = calls_and_seconds(stats, ending, function)
+        print("| %s | %d | %.1f | %.0f %% |" % (label, number, seconds, 100 * seconds / whole if whole else 0))
     print()
 
 
