@@ -16,7 +16,13 @@ alternating inside each round so that all of them see the same machine:
   arms see only the collections ``tools/rig collection`` links into ``.rig``;
 - with ``--preload``, the site arms again with the ``fediscale.mastodon.preload_jinja_plugins`` callback enabled
   (README "Faster runs"); no other arm enables a callback (the arms read the scenario's ansible.cfg without its
-  ``callbacks_enabled``).
+  ``callbacks_enabled``);
+- with ``--skeleton``, for each whole-run site arm, two playbooks with site.yml's structure and none of its work,
+  made from the output of one run of site.yml: the same plays, tasks and hosts, and each host that ran a task
+  calls ``ansible.builtin.ping`` ("skeleton, a ping per task": a task that contacts its host and does nothing
+  there) or ``ansible.builtin.debug`` ("skeleton, no host contact"); a host that skipped it skips it, an include
+  is a ``debug`` on the hosts that included it. A loop is one call, so a skeleton is a floor: what a no-op run
+  of this many tasks costs before any of them checks anything.
 
 Each arm runs with each of ``--forks`` (Ansible's default is 5) for ``--rounds`` rounds; the table has the
 medians and the ratios to ``facts`` at the same forks. ``--profile`` runs site.yml once more with
@@ -24,12 +30,13 @@ ansible.posix.profile_tasks and prints the slowest tasks.
 
     make demo
     .venv/bin/python benchmarks/rerun_speed.py [--rounds 3] [--forks 5,10] [--before REV] [--mitogen]
-        [--all-collections] [--preload] [--profile] [--only TEXT]
+        [--all-collections] [--preload] [--skeleton] [--profile] [--only TEXT]
 """
 
 import argparse
 import contextlib
 import glob
+import json
 import os
 import re
 import shutil
@@ -99,6 +106,63 @@ def timed(name: str, arm: Arm, forks: int) -> float:
     return elapsed
 
 
+def skeleton_of(output: str, module: str) -> list:
+    """site.yml's plays, tasks and hosts read from the output of a run of it, each task ``module`` on the hosts
+    that ran it (skipped by the others) and each include a ``debug`` on the hosts that included it."""
+    plays = []
+    for line in output.splitlines():
+        play = re.match(r"PLAY \[(.*)\] \*", line)
+        task = re.match(r"TASK \[(.*)\] \*", line)
+        result = re.match(r"(ok|changed|skipping): \[([^\]]+?)(?: -> [^\]]+)?\]", line)
+        included = re.match(r"included: .* for (.*)$", line)
+        if play:
+            plays.append({"name": play.group(1), "tasks": []})
+        elif task and plays:
+            plays[-1]["tasks"].append({"name": task.group(1), "ran": [], "included": [], "hosts": []})
+        elif (result or included) and plays and plays[-1]["tasks"]:
+            current = plays[-1]["tasks"][-1]
+            if included:
+                hosts = [host.strip() for host in included.group(1).split(",")]
+                current["included"] += hosts
+            else:
+                hosts = [result.group(2)]
+                if result.group(1) != "skipping":
+                    current["ran"] += hosts
+            current["hosts"] += [host for host in hosts if host not in current["hosts"]]
+    skeleton = []
+    for play in plays:
+        hosts = sorted({host for task in play["tasks"] for host in task["hosts"]})
+        if not hosts:
+            continue
+        tasks = []
+        for task in play["tasks"]:
+            action, ran = (("ansible.builtin.debug", task["included"]) if task["included"]
+                           else (module, sorted(set(task["ran"]))))
+            tasks.append({"name": task["name"], action: {"msg": "skeleton"} if action.endswith("debug") else {},
+                          "when": "inventory_hostname in %s" % json.dumps(ran)})
+        skeleton.append({"name": play["name"], "hosts": ",".join(hosts), "gather_facts": False, "tasks": tasks})
+    return skeleton
+
+
+@contextlib.contextmanager
+def skeletons(site: Arm, forks: int):
+    """The two skeleton playbooks of ``--skeleton``, from one run of ``site`` (which must change nothing)."""
+    directory = Path(tempfile.mkdtemp(prefix="rerun-skeleton-"))
+    try:
+        result = site.run(forks)
+        if result.returncode or re.search(r"changed=[1-9]", result.stdout):
+            raise SystemExit("site.yml did not run clean, so its skeleton would not be a no-op run's:\n%s"
+                             % result.stdout[-3000:])
+        playbooks = {}
+        for name, module in (("a ping per task", "ansible.builtin.ping"), ("no host contact", "ansible.builtin.debug")):
+            path = directory / ("skeleton-%s.yml" % module.rsplit(".", 1)[-1])
+            path.write_text(json.dumps(skeleton_of(result.stdout, module), indent=1))
+            playbooks[name] = [str(path)]
+        yield playbooks
+    finally:
+        shutil.rmtree(str(directory), ignore_errors=True)
+
+
 @contextlib.contextmanager
 def collection_at(revision: str):
     """The collection as it was at REVISION, on a collections path of its own."""
@@ -147,6 +211,8 @@ def main() -> None:
                              "visible, as on a controller with that package installed")
     parser.add_argument("--preload", action="store_true",
                         help="the site arms again with the preload_jinja_plugins callback enabled")
+    parser.add_argument("--skeleton", action="store_true",
+                        help="for each whole-run site arm, site.yml's plays, tasks and hosts with none of its work")
     parser.add_argument("--profile", action="store_true")
     parser.add_argument("--only", help="run only the arms whose names contain this text (facts always runs)")
     args = parser.parse_args()
@@ -179,6 +245,16 @@ def main() -> None:
         if args.only:
             arms = {name: arm for name, arm in arms.items() if args.only in name or name == "facts"}
         forks_list = [int(value) for value in args.forks.split(",")]
+        if args.skeleton:
+            whole = {name: arm for name, arm in arms.items() if name.startswith("site") and "--tags" not in name
+                     and " at " not in name}
+            if whole:
+                playbooks = stack.enter_context(skeletons(next(iter(whole.values())), forks_list[-1]))
+                for name, arm in whole.items():
+                    for kind, command in playbooks.items():
+                        arms[name.replace("site", "skeleton, %s" % kind, 1)] = Arm(
+                            command, collections=arm.collections, inventory=arm.inventory,
+                            environment=arm.environment)
         samples = {(name, forks): [] for name in arms for forks in forks_list}
         for number in range(args.rounds):
             for (name, forks), values in samples.items():
