@@ -134,9 +134,10 @@ bench-pooling: demo
 	@cd $(ROOT) && export FEDISCALE_RIG_IMAGE=$$($(RIG) image-name $(DEBIAN)) && \
 	  $(BIN)/python benchmarks/pgbench_pooling.py
 
-# Converges the demo cluster first: the site arms must change nothing. Under mitogen, as README "Faster runs".
+# Converges the demo cluster first: the site arms must change nothing. Under mitogen, as README "Faster runs";
+# beside them, site.yml's skeleton (its tasks and hosts, none of its work: benchmarks/README.md).
 bench-rerun: demo
-	$(BIN)/python benchmarks/rerun_speed.py --rounds 3 --forks 10 --mitogen --preload --only mitogen
+	$(BIN)/python benchmarks/rerun_speed.py --rounds 3 --forks 10 --mitogen --preload --skeleton --only mitogen
 
 clean:
 	@$(RIG) clean

@@ -17,12 +17,13 @@ alternating inside each round so that all of them see the same machine:
 - with ``--preload``, the site arms again with the ``fediscale.mastodon.preload_jinja_plugins`` callback enabled
   (README "Faster runs"); no other arm enables a callback (the arms read the scenario's ansible.cfg without its
   ``callbacks_enabled``);
-- with ``--skeleton``, for each whole-run site arm, two playbooks with site.yml's structure and none of its work,
-  made from the output of one run of site.yml: the same plays, tasks and hosts, and each host that ran a task
-  calls ``ansible.builtin.ping`` ("skeleton, a ping per task": a task that contacts its host and does nothing
-  there) or ``ansible.builtin.debug`` ("skeleton, no host contact"); a host that skipped it skips it, an include
-  is a ``debug`` on the hosts that included it. A loop is one call, so a skeleton is a floor: what a no-op run
-  of this many tasks costs before any of them checks anything.
+- with ``--skeleton``, beside the last whole-run site arm (under mitogen and the callback when asked), two
+  playbooks with site.yml's structure and none of its work, made from the output of one run of site.yml: the same
+  plays, tasks and hosts, and each host that ran a task calls ``ansible.builtin.ping`` ("skeleton, a ping per
+  task": a task that contacts its host and does nothing there) or ``ansible.builtin.debug`` ("skeleton, no host
+  contact"); a host that skipped it skips it, an include is a ``debug`` on the hosts that included it. A loop is
+  one call, so a skeleton is a floor: what a no-op run of this many tasks costs before any of them checks
+  anything.
 
 Each arm runs with each of ``--forks`` (Ansible's default is 5) for ``--rounds`` rounds; the table has the
 medians and the ratios to ``facts`` at the same forks. ``--profile`` runs site.yml once more with
@@ -212,7 +213,7 @@ def main() -> None:
     parser.add_argument("--preload", action="store_true",
                         help="the site arms again with the preload_jinja_plugins callback enabled")
     parser.add_argument("--skeleton", action="store_true",
-                        help="for each whole-run site arm, site.yml's plays, tasks and hosts with none of its work")
+                        help="beside the last whole-run site arm, site.yml's plays, tasks and hosts with none of its work")
     parser.add_argument("--profile", action="store_true")
     parser.add_argument("--only", help="run only the arms whose names contain this text (facts always runs)")
     args = parser.parse_args()
@@ -245,16 +246,13 @@ def main() -> None:
         if args.only:
             arms = {name: arm for name, arm in arms.items() if args.only in name or name == "facts"}
         forks_list = [int(value) for value in args.forks.split(",")]
-        if args.skeleton:
-            whole = {name: arm for name, arm in arms.items() if name.startswith("site") and "--tags" not in name
-                     and " at " not in name}
-            if whole:
-                playbooks = stack.enter_context(skeletons(next(iter(whole.values())), forks_list[-1]))
-                for name, arm in whole.items():
-                    for kind, command in playbooks.items():
-                        arms[name.replace("site", "skeleton, %s" % kind, 1)] = Arm(
-                            command, collections=arm.collections, inventory=arm.inventory,
-                            environment=arm.environment)
+        whole = [name for name in arms if name.startswith("site") and "--tags" not in name and " at " not in name]
+        if args.skeleton and whole:
+            # The last whole-run arm is the fastest way asked for (mitogen, then the callback).
+            site = arms[whole[-1]]
+            for kind, command in stack.enter_context(skeletons(site, forks_list[-1])).items():
+                arms[whole[-1].replace("site", "skeleton, %s" % kind, 1)] = Arm(
+                    command, collections=site.collections, inventory=site.inventory, environment=site.environment)
         samples = {(name, forks): [] for name in arms for forks in forks_list}
         for number in range(args.rounds):
             for (name, forks), values in samples.items():
