@@ -96,14 +96,20 @@ class Arm:
                               env=env, capture_output=True, text=True, check=False)
 
 
-def timed(name: str, arm: Arm, forks: int) -> float:
-    started = time.monotonic()
-    result = arm.run(forks)
-    elapsed = time.monotonic() - started
+def ran_clean(name: str, result: subprocess.CompletedProcess) -> subprocess.CompletedProcess:
+    """The run, if it succeeded and changed nothing; otherwise the benchmark stops with its output."""
     changed = [int(number) for number in re.findall(r"changed=(\d+)", result.stdout)]
     if result.returncode or any(changed):
         raise SystemExit("%s did not run clean (rc %d, changed %s):\n%s"
                          % (name, result.returncode, changed, result.stdout[-3000:]))
+    return result
+
+
+def timed(name: str, arm: Arm, forks: int) -> float:
+    started = time.monotonic()
+    result = arm.run(forks)
+    elapsed = time.monotonic() - started
+    ran_clean(name, result)
     return elapsed
 
 
@@ -150,10 +156,8 @@ def skeletons(site: Arm, forks: int):
     """The two skeleton playbooks of ``--skeleton``, from one run of ``site`` (which must change nothing)."""
     directory = Path(tempfile.mkdtemp(prefix="rerun-skeleton-"))
     try:
-        result = site.run(forks)
-        if result.returncode or re.search(r"changed=[1-9]", result.stdout):
-            raise SystemExit("site.yml did not run clean, so its skeleton would not be a no-op run's:\n%s"
-                             % result.stdout[-3000:])
+        # The skeleton of a no-op run only.
+        result = ran_clean("site.yml (for its skeleton)", site.run(forks))
         playbooks = {}
         for name, module in (("a ping per task", "ansible.builtin.ping"), ("no host contact", "ansible.builtin.debug")):
             path = directory / ("skeleton-%s.yml" % module.rsplit(".", 1)[-1])
