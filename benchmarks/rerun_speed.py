@@ -121,7 +121,8 @@ def skeleton_of(output: str, module: str) -> list:
         play = re.match(r"PLAY \[(.*)\] \*", line)
         task = re.match(r"TASK \[(.*)\] \*", line)
         result = re.match(r"(ok|changed|skipping): \[([^\]]+?)(?: -> [^\]]+)?\]", line)
-        included = re.match(r"included: .* for (.*)$", line)
+        # A looped include names its item after the hosts: "... for web1, web2 => (item=...)".
+        included = re.match(r"included: .* for (.*?)(?: => .*)?$", line)
         if play:
             plays.append({"name": play.group(1), "tasks": []})
         elif task and plays:

@@ -22,6 +22,9 @@ PLAY [Connection pooler (pgbouncer)] *******************************************
 TASK [fediscale.mastodon.pgbouncer : Read the SCRAM secret from the primary] ***
 ok: [web1 -> db1]
 
+TASK [fediscale.mastodon.pgbouncer : Check each process] ***********************
+included: /collection/roles/pgbouncer/tasks/process.yml for web1, web2 => (item=pgbouncer-1)
+
 TASK [fediscale.mastodon.pgbouncer : Write each process's configuration] *******
 ok: [web1] => (item=pgbouncer-1)
 skipping: [web2] => (item=pgbouncer-1)
@@ -48,10 +51,11 @@ def test_the_skeleton_keeps_each_plays_tasks_and_the_hosts_that_ran_them():
          "ansible.builtin.ping": {}, "when": 'inventory_hostname in ["db1"]'}]
     # A delegated task counts for the host it ran for; a loop is one call; a host that skipped skips.
     assert [task["when"] for task in skeleton[1]["tasks"]] == [
-        'inventory_hostname in ["web1"]', 'inventory_hostname in ["web1"]', "inventory_hostname in []"]
+        'inventory_hostname in ["web1"]', 'inventory_hostname in ["web1", "web2"]', 'inventory_hostname in ["web1"]',
+        "inventory_hostname in []"]
 
 
 def test_the_skeleton_without_host_contact_debugs_instead():
     skeleton = rerun_speed.skeleton_of(OUTPUT, "ansible.builtin.debug")
     actions = [next(key for key in task if key.startswith("ansible.")) for play in skeleton for task in play["tasks"]]
-    assert actions == ["ansible.builtin.debug"] * 5
+    assert actions == ["ansible.builtin.debug"] * 6
