@@ -115,7 +115,8 @@ def timed(name: str, arm: Arm, forks: int) -> float:
 
 def skeleton_of(output: str, module: str) -> list:
     """site.yml's plays, tasks and hosts read from the output of a run of it, each task ``module`` on the hosts
-    that ran it (skipped by the others) and each include a ``debug`` on the hosts that included it."""
+    that ran it (skipped by the others) and each include a ``debug`` on the hosts that included it. A task that
+    only one host of the play answered runs once; one that no host answered is left out."""
     plays = []
     for line in output.splitlines():
         play = re.match(r"PLAY \[(.*)\] \*", line)
@@ -144,10 +145,18 @@ def skeleton_of(output: str, module: str) -> list:
             continue
         tasks = []
         for task in play["tasks"]:
+            # A task no host answered (a meta task) forks no worker.
+            if not task["hosts"]:
+                continue
             action, ran = (("ansible.builtin.debug", task["included"]) if task["included"]
                            else (module, sorted(set(task["ran"]))))
-            tasks.append({"name": task["name"], action: {"msg": "skeleton"} if action.endswith("debug") else {},
-                          "when": "inventory_hostname in %s" % json.dumps(ran)})
+            step = {"name": task["name"], action: {"msg": "skeleton"} if action.endswith("debug") else {}}
+            if len(task["hosts"]) == 1 < len(hosts):
+                # One host of several answered (run_once, or an include on one host): one worker, not a skip each.
+                step.update(run_once=True, when=bool(ran))
+            else:
+                step["when"] = "inventory_hostname in %s" % json.dumps(ran)
+            tasks.append(step)
         skeleton.append({"name": play["name"], "hosts": ",".join(hosts), "gather_facts": False, "tasks": tasks})
     return skeleton
 
