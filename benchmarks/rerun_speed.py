@@ -21,9 +21,9 @@ alternating inside each round so that all of them see the same machine:
   playbooks with site.yml's structure and none of its work, made from the output of one run of site.yml: the same
   plays, tasks and hosts, and each host that ran a task calls ``ansible.builtin.ping`` ("skeleton, a ping per
   task": a task that contacts its host and does nothing there) or ``ansible.builtin.debug`` ("skeleton, no host
-  contact"); a host that skipped it skips it, an include is a ``debug`` on the hosts that included it. A loop is
-  one call, so a skeleton is a floor: what a no-op run of this many tasks costs before any of them checks
-  anything.
+  contact"); a host that skipped it skips it, a task that one host of several answered runs once, a task no host
+  answered (``meta``) is left out, an include is a ``debug`` on the hosts that included it, and a loop is one
+  call: what a no-op run of this many tasks costs before any of them checks anything.
 
 Each arm runs with each of ``--forks`` (Ansible's default is 5) for ``--rounds`` rounds; the table has the
 medians and the ratios to ``facts`` at the same forks. ``--profile`` runs site.yml once more with
