@@ -148,8 +148,8 @@ def skeleton_of(output: str, module: str) -> list:
             # A task no host answered (a meta task) forks no worker.
             if not task["hosts"]:
                 continue
-            action, ran = (("ansible.builtin.debug", task["included"]) if task["included"]
-                           else (module, sorted(set(task["ran"]))))
+            action, ran = ("ansible.builtin.debug", task["included"]) if task["included"] else (module, task["ran"])
+            ran = sorted(set(ran))  # a loop or a looped include answers once per item
             step = {"name": task["name"], action: {"msg": "skeleton"} if action.endswith("debug") else {}}
             if len(task["hosts"]) == 1 < len(hosts):
                 # One host of several answered (run_once, or an include on one host): one worker, not a skip each.
@@ -166,7 +166,6 @@ def skeletons(site: Arm, forks: int):
     """The two skeleton playbooks of ``--skeleton``, from one run of ``site`` (which must change nothing)."""
     directory = Path(tempfile.mkdtemp(prefix="rerun-skeleton-"))
     try:
-        # The skeleton of a no-op run only.
         result = ran_clean("site.yml (for its skeleton)", site.run(forks))
         playbooks = {}
         for name, module in (("a ping per task", "ansible.builtin.ping"), ("no host contact", "ansible.builtin.debug")):

@@ -24,6 +24,7 @@ ok: [web1 -> db1]
 
 TASK [fediscale.mastodon.pgbouncer : Check each process] ***********************
 included: /collection/roles/pgbouncer/tasks/process.yml for web1, web2 => (item=pgbouncer-1)
+included: /collection/roles/pgbouncer/tasks/process.yml for web1, web2 => (item=pgbouncer-2)
 
 TASK [fediscale.mastodon.pgbouncer : Write each process's configuration] *******
 ok: [web1] => (item=pgbouncer-1)
